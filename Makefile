@@ -1,0 +1,32 @@
+# Two entry points matter (README quickstart): `make demo` and `make test`.
+# Both create the virtual environment on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m netsim.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check p2pkg tests netsim
+	$(BIN)/ruff format --check p2pkg tests netsim
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m netsim.bench_publish
+	$(BIN)/python -m netsim.bench_namespace
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
