@@ -1,0 +1,374 @@
+"""The master's publish: archives in, a new signed root out.
+
+Everything is prepared (inspected, copied, hashed, encoded, signed) before
+the one store transaction that makes it visible; any error before that
+leaves the store exactly as it was. Only the objects on changed projects'
+paths are new: file manifests, core-metadata blobs, project objects, one
+leaf and two nodes per changed project, and the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from p2pkg import tree
+from p2pkg.archives import ArchiveInfo, inspect_archive, is_archive
+from p2pkg.errors import ArchiveError, PublishError, StoreError
+from p2pkg.ingest import Hashed, hash_file
+from p2pkg.objects import (
+    Blob,
+    CoreMetadata,
+    FileEntry,
+    FileManifest,
+    ObjectId,
+    Project,
+    decode_as,
+)
+from p2pkg.root import (
+    Root,
+    check_namespace,
+    decode_signed_root,
+    format_pubkey,
+    public_bytes,
+    sign_root,
+)
+from p2pkg.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRES = 30 * 24 * 3600
+DEFAULT_NAMESPACE = "main"
+
+#: Called as ``progress(done, total)`` after each archive is ingested.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What a publish did: the root it ended on and which files it added."""
+
+    version: int
+    root_id: ObjectId
+    namespace: str
+    changed: bool
+    added: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    objects_written: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Ingested:
+    path: Path
+    info: ArchiveInfo
+    hashed: Hashed
+
+
+def collect_archives(paths: Iterable[Path]) -> list[Path]:
+    """Files named directly, plus archives found under directories (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_archive(f)))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ArchiveError(str(p), "no such file or directory")
+    return out
+
+
+def _file_identity(filename: str) -> tuple[object, ...]:
+    """What PyPI treats as "the same file": normalized name, version, tags."""
+    try:
+        if filename.endswith(".whl"):
+            name, version, build, tags = parse_wheel_filename(filename)
+            return ("wheel", name, version, build, frozenset(tags))
+        name, version = parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return ("other", filename)
+    return ("sdist", name, version)
+
+
+def _ingest(path: Path, temp_dir: Path) -> _Ingested:
+    info = inspect_archive(path)
+    return _Ingested(path, info, hash_file(path, temp_dir))
+
+
+def publish(
+    store: Store,
+    keys: Sequence[Ed25519PrivateKey],
+    paths: Sequence[Path],
+    *,
+    namespace: str | None = None,
+    expires_in: int = DEFAULT_EXPIRES,
+    now: float | None = None,
+    rotate_to: Ed25519PrivateKey | None = None,
+    yank: Mapping[str, str] | None = None,
+    unyank: Iterable[str] = (),
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> PublishResult:
+    """Publish ``paths`` (files or directories) and sign a new root.
+
+    With no paths (and no yank / rotation) the current namespace is re-signed
+    with a new version and expiry. Re-publishing identical files changes
+    nothing and writes no root.
+    """
+    now = time.time() if now is None else now
+    if not keys:
+        raise PublishError("at least one signing key is needed")
+    archives = collect_archives(paths)
+    with store.writing():
+        return _publish_locked(
+            store,
+            list(keys),
+            archives,
+            namespace=namespace,
+            expires_in=expires_in,
+            now=now,
+            rotate_to=rotate_to,
+            yank=dict(yank or {}),
+            unyank=set(unyank),
+            resign=not paths,
+            progress=progress,
+            workers=workers or min(4, os.cpu_count() or 1),
+        )
+
+
+def _current_root(
+    store: Store, keys: list[Ed25519PrivateKey], namespace: str | None
+) -> Root | None:
+    data = store.latest_root()
+    if data is None:
+        return None
+    signed, root = decode_signed_root(data)
+    if len(signed.signers(frozenset(root.keys))) < root.threshold:
+        raise StoreError("the store's latest root is not validly signed; run p2pkg verify")
+    if namespace is not None and namespace != root.namespace:
+        raise PublishError(f"store holds namespace {root.namespace!r}, not {namespace!r}")
+    mine = {public_bytes(k) for k in keys}
+    if len(mine & set(root.keys)) < root.threshold:
+        have = ", ".join(format_pubkey(k) for k in sorted(mine))
+        raise PublishError(
+            f"wrong key: {have} cannot sign namespace {root.namespace!r} "
+            f"(needs {root.threshold} of its {len(root.keys)} key(s))"
+        )
+    return root
+
+
+def _publish_locked(
+    store: Store,
+    keys: list[Ed25519PrivateKey],
+    archives: list[Path],
+    *,
+    namespace: str | None,
+    expires_in: int,
+    now: float,
+    rotate_to: Ed25519PrivateKey | None,
+    yank: dict[str, str],
+    unyank: set[str],
+    resign: bool,
+    progress: Progress | None,
+    workers: int,
+) -> PublishResult:
+    current = _current_root(store, keys, namespace)
+    if current is None:
+        namespace = namespace or DEFAULT_NAMESPACE
+        check_namespace(namespace)
+    else:
+        namespace = current.namespace
+
+    # Temp copies that are not committed (errors, duplicates, no-ops) are removed
+    # on the way out; committed ones were renamed away and unlink is a no-op.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_ingest, p, store.temp_dir) for p in archives]
+        try:
+            ingested: list[_Ingested] = []
+            for fut in futures:
+                ingested.append(fut.result())
+                if progress is not None:
+                    progress(len(ingested), len(futures))
+            return _apply(
+                store,
+                keys,
+                current,
+                namespace,
+                ingested,
+                expires_in=expires_in,
+                now=now,
+                rotate_to=rotate_to,
+                yank=yank,
+                unyank=unyank,
+                resign=resign,
+            )
+        finally:
+            for fut in futures:
+                fut.cancel()
+            for fut in futures:
+                if not fut.cancelled() and fut.exception() is None:
+                    temp = fut.result().hashed.temp
+                    if temp is not None:
+                        temp.unlink(missing_ok=True)
+
+
+def _apply(
+    store: Store,
+    keys: list[Ed25519PrivateKey],
+    current: Root | None,
+    namespace: str,
+    ingested: list[_Ingested],
+    *,
+    expires_in: int,
+    now: float,
+    rotate_to: Ed25519PrivateKey | None,
+    yank: dict[str, str],
+    unyank: set[str],
+    resign: bool,
+) -> PublishResult:
+    get = store.get_object
+    writer = tree.TreeWriter()
+    extra: dict[ObjectId, bytes] = {}
+    new_files: dict[bytes, Hashed] = {}
+    added: list[str] = []
+    unchanged: list[str] = []
+    projects: dict[str, dict[str, ObjectId]] = {}
+
+    def load_project(name: str) -> dict[str, ObjectId]:
+        if name not in projects:
+            files: dict[str, ObjectId] = {}
+            if current is not None:
+                found = tree.resolve(get, current.tree, name).project
+                if found is not None:
+                    files = {f.filename: f.manifest for f in found.files}
+            projects[name] = files
+        return projects[name]
+
+    def manifest_of(oid: ObjectId) -> FileManifest:
+        return decode_as(extra[oid] if oid in extra else get(oid), FileManifest)
+
+    def put(obj: Blob | FileManifest) -> ObjectId:
+        return writer.put(obj)
+
+    changed_projects: set[str] = set()
+    seen: dict[str, bytes] = {}
+    for item in ingested:
+        filename = item.path.name
+        h = item.hashed
+        if seen.get(filename, h.blake3) != h.blake3:
+            raise PublishError(f"{filename} given twice with different content")
+        if filename in seen:
+            continue
+        seen[filename] = h.blake3
+        files = load_project(item.info.project)
+        existing = files.get(filename)
+        if existing is not None:
+            if manifest_of(existing).blake3 != h.blake3:
+                raise PublishError(
+                    f"{filename} is already published with different content; "
+                    "published files are immutable (release a new version)"
+                )
+            unchanged.append(filename)
+            continue
+        identity = _file_identity(filename)
+        for other in files:
+            if _file_identity(other) == identity:
+                raise PublishError(f"{filename} conflicts with already published {other}")
+        core = None
+        if item.info.core_metadata is not None:
+            meta = item.info.core_metadata
+            core = CoreMetadata(hashlib.sha256(meta).digest(), put(Blob(meta)), len(meta))
+        manifest = FileManifest(
+            filename=filename,
+            version=item.info.version,
+            size=h.size,
+            sha256=h.sha256,
+            blake3=h.blake3,
+            requires_python=item.info.requires_python,
+            yanked=None,
+            upload_time=int(now),
+            core_metadata=core,
+            chunks=h.chunks,
+        )
+        files[filename] = put(manifest)
+        new_files[h.blake3] = h
+        changed_projects.add(item.info.project)
+        added.append(filename)
+
+    for filename, reason in [*yank.items(), *((f, None) for f in unyank)]:
+        project = _project_of(filename)
+        files = load_project(project)
+        if filename not in files:
+            raise PublishError(f"cannot (un)yank {filename}: not published")
+        old = manifest_of(files[filename])
+        if old.yanked != reason:
+            files[filename] = put(replace(old, yanked=reason))
+            changed_projects.add(project)
+
+    if not changed_projects and not resign and rotate_to is None and current is not None:
+        data = store.latest_root()
+        assert data is not None
+        signed, _ = decode_signed_root(data)
+        return PublishResult(current.version, signed.id, namespace, False, (), tuple(unchanged), 0)
+
+    changes: dict[str, ObjectId | None] = {}
+    for name in sorted(changed_projects):
+        entries = tuple(FileEntry(f, m) for f, m in projects[name].items())
+        changes[name] = writer.put(Project(name, entries))
+    tree_id = tree.update(get, current.tree if current else None, changes, writer)
+
+    signing = list(keys)
+    if rotate_to is not None:
+        new_keys: tuple[bytes, ...] = (public_bytes(rotate_to),)
+        threshold = 1
+        signing.append(rotate_to)
+    elif current is not None:
+        new_keys, threshold = current.keys, current.threshold
+    else:
+        new_keys, threshold = tuple(sorted({public_bytes(k) for k in keys})), 1
+    root = Root(
+        namespace=namespace,
+        version=(current.version + 1) if current else 1,
+        created=int(now),
+        expires=int(now) + expires_in,
+        threshold=threshold,
+        keys=tuple(sorted(new_keys)),
+        tree=tree_id,
+        upstream_serial=current.upstream_serial if current else 0,
+        mirrors=current.mirrors if current else (),
+    )
+    signed = sign_root(root, signing)
+    new_objects = {oid: data for oid, data in writer.objects.items() if not store.has_object(oid)}
+    store.commit(files=new_files.values(), objects=new_objects, root=signed.encode())
+    log.info("published root version %d (%d new objects)", root.version, len(new_objects) + 1)
+    return PublishResult(
+        root.version,
+        signed.id,
+        namespace,
+        True,
+        tuple(added),
+        tuple(unchanged),
+        len(new_objects) + 1,
+    )
+
+
+def _project_of(filename: str) -> str:
+    try:
+        if filename.endswith(".whl"):
+            return str(parse_wheel_filename(filename)[0])
+        return str(parse_sdist_filename(filename)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename) as exc:
+        raise PublishError(f"{filename}: {exc}") from None

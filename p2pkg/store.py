@@ -1,0 +1,300 @@
+"""A node's store: archives kept whole, a chunk index and metadata objects.
+
+Layout of a store directory (docs/architecture.md, "Store")::
+
+    index.sqlite          objects, roots, files, chunk index (WAL, synchronous=FULL)
+    files/<hh>/<blake3>   archives, named by the BLAKE3 of their content
+    tmp/                  temp files of writes in progress (cleared by the next writer)
+    lock                  held (flock) by the one process allowed to write
+
+Writes are atomic: an archive is written to ``tmp/``, fsynced, renamed into
+``files/`` and its directory fsynced *before* the transaction that indexes it
+commits, so the index never claims a file the disk does not hold. A crash
+between rename and commit leaves an unindexed file, which ``verify`` reports
+as an orphan (harmless) and a later writer reuses.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from p2pkg.chunking import ChunkId, ChunkRef, offsets
+from p2pkg.errors import NotFoundError, StoreError
+from p2pkg.ingest import Hashed
+from p2pkg.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
+from p2pkg.root import decode_signed_root
+
+SCHEMA_VERSION = 1
+DB_NAME = "index.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    id BLOB PRIMARY KEY, kind INTEGER NOT NULL, data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roots (version INTEGER PRIMARY KEY, id BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    blake3 BLOB PRIMARY KEY, size INTEGER NOT NULL, sha256 BLOB NOT NULL,
+    added REAL NOT NULL, last_used REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB NOT NULL, file BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY (id, file)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """An archive the store holds whole."""
+
+    blake3: bytes
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    file: bytes
+    offset: int
+    length: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Files, chunk index and objects of one node. Not thread-safe: one per thread."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = db
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, path: Path | str, *, create: bool = False) -> Store:
+        """Open the store at ``path``; with ``create`` make it if missing."""
+        path = Path(path)
+        db_path = path / DB_NAME
+        if not db_path.exists():
+            if not create:
+                raise StoreError(f"no store at {path} (no {DB_NAME})")
+            for sub in ("files", "tmp"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(db_path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store database {db_path}: {exc}") from None
+        return cls(path, db)
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write lock; clears temp files left by a crashed writer."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"store {self.path} is being written by another process") from None
+        try:
+            self.temp_dir.mkdir(exist_ok=True)
+            for stale in self.temp_dir.iterdir():
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.path / "tmp"
+
+    def file_path(self, blake3: bytes) -> Path:
+        h = blake3.hex()
+        return self.path / "files" / h[:2] / h
+
+    def quick_check(self) -> str | None:
+        """SQLite's own consistency check; None when the database is sound."""
+        try:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        result = "; ".join(str(r[0]) for r in rows)
+        return None if result == "ok" else result
+
+    # ------------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------ objects
+
+    def get_stored(self, oid: ObjectId) -> bytes:
+        """The stored (zstd-compressed) form of an object, as peers serve it."""
+        row = self._db.execute("SELECT data FROM objects WHERE id=?", (oid,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"object {oid.hex()} not in store")
+        return bytes(row[0])
+
+    def get_object(self, oid: ObjectId) -> bytes:
+        """Canonical bytes of an object, checked against its id."""
+        return open_object(self.get_stored(oid), oid)
+
+    def has_object(self, oid: ObjectId) -> bool:
+        return self._db.execute("SELECT 1 FROM objects WHERE id=?", (oid,)).fetchone() is not None
+
+    def iter_objects(self) -> Iterator[tuple[ObjectId, int, bytes]]:
+        for oid, kind, data in self._db.execute("SELECT id, kind, data FROM objects"):
+            yield ObjectId(bytes(oid)), int(kind), bytes(data)
+
+    def count_objects(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
+
+    # ------------------------------------------------------------------ roots
+
+    def latest_root(self) -> bytes | None:
+        """Canonical bytes of the highest-version signed root, or None."""
+        row = self._db.execute("SELECT id FROM roots ORDER BY version DESC LIMIT 1").fetchone()
+        return None if row is None else self.get_object(ObjectId(bytes(row[0])))
+
+    def root_versions(self) -> list[int]:
+        return [int(v) for (v,) in self._db.execute("SELECT version FROM roots ORDER BY version")]
+
+    def root_at(self, version: int) -> bytes:
+        row = self._db.execute("SELECT id FROM roots WHERE version=?", (version,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no root version {version} in store")
+        return self.get_object(ObjectId(bytes(row[0])))
+
+    # ------------------------------------------------------------------ files
+
+    def has_file(self, blake3: bytes) -> bool:
+        row = self._db.execute("SELECT 1 FROM files WHERE blake3=?", (blake3,)).fetchone()
+        return row is not None
+
+    def iter_files(self) -> Iterator[StoredFile]:
+        for b3, size, sha in self._db.execute("SELECT blake3, size, sha256 FROM files"):
+            yield StoredFile(bytes(b3), int(size), bytes(sha))
+
+    def file_chunks(self, blake3: bytes) -> list[tuple[ChunkId, int, int]]:
+        """Indexed chunks of a file: (id, offset, length), by offset."""
+        rows = self._db.execute(
+            "SELECT id, offset, length FROM chunks WHERE file=? ORDER BY offset", (blake3,)
+        )
+        return [(ChunkId(bytes(c)), int(o), int(n)) for c, o, n in rows]
+
+    def chunk_location(self, cid: ChunkId) -> ChunkLocation | None:
+        row = self._db.execute(
+            "SELECT file, offset, length FROM chunks WHERE id=? LIMIT 1", (cid,)
+        ).fetchone()
+        return None if row is None else ChunkLocation(bytes(row[0]), int(row[1]), int(row[2]))
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(
+        self,
+        *,
+        files: Iterable[Hashed] = (),
+        objects: Mapping[ObjectId, bytes] = {},
+        root: bytes | None = None,
+    ) -> None:
+        """Atomically add archives (from their temp copies), objects and a root.
+
+        ``objects`` maps id -> canonical bytes (ids are re-checked); ``root`` is a
+        signed root's canonical bytes. Either everything becomes visible or nothing
+        the index refers to changes.
+        """
+        files = list(files)
+        for f in files:
+            self._place(f)
+        now = time.time()
+        rows = []
+        for oid, data in objects.items():
+            if object_id(data) != oid:
+                raise StoreError(f"object {oid.hex()} does not hash to its id")
+            rows.append((oid, int(peek_kind(data)), compress(data)))
+        root_row = None
+        if root is not None:
+            _, parsed = decode_signed_root(root)
+            rid = object_id(root)
+            rows.append((rid, int(Kind.SIGNED_ROOT), compress(root)))
+            root_row = (parsed.version, rid, parsed.namespace)
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for f in files:
+                db.execute(
+                    "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?)",
+                    (f.blake3, f.size, f.sha256, now, now),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)",
+                    _chunk_rows(f.blake3, f.chunks),
+                )
+            db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", rows)
+            if root_row is not None:
+                db.execute("INSERT INTO roots VALUES (?, ?)", root_row[:2])
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('namespace', ?)", root_row[2:])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _place(self, f: Hashed) -> None:
+        """Rename a temp copy into ``files/`` durably (before the index names it)."""
+        if f.temp is None:
+            raise StoreError("file has no temp copy to commit")
+        final = self.file_path(f.blake3)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        f.temp.replace(final)
+        _fsync_dir(final.parent)
+
+
+def _chunk_rows(file: bytes, chunks: Sequence[ChunkRef]) -> Iterator[tuple[bytes, bytes, int, int]]:
+    for c, offset in zip(chunks, offsets(chunks), strict=True):
+        yield c.id, file, offset, c.length

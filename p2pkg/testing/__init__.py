@@ -1,0 +1,1 @@
+"""Helpers for tests and netsim: genuine archives, in-memory signers."""

@@ -1,0 +1,205 @@
+"""Re-check everything a store holds (``p2pkg verify``).
+
+Problems are things the store claims but does not hold or that do not hash
+to what they claim; warnings are harmless leftovers (an orphan archive from
+a crash between rename and commit) or facts an operator should act on (an
+expired root: re-sign).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pkg import tree
+from p2pkg.chunking import ChunkId, offsets
+from p2pkg.errors import (
+    DecodeError,
+    ExpiredRootError,
+    IntegrityError,
+    NotFoundError,
+    P2pkgError,
+    TrustError,
+)
+from p2pkg.ingest import hash_path
+from p2pkg.objects import (
+    FileManifest,
+    Kind,
+    Project,
+    decode,
+    decode_as,
+    open_object,
+)
+from p2pkg.root import decode_signed_root
+from p2pkg.store import Store, StoredFile
+from p2pkg.trust import check_expiry, trust_chain
+
+
+@dataclass
+class Report:
+    """The outcome of a verify run."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(
+    store: Store,
+    pinned: frozenset[bytes] | None = None,
+    now: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Re-hash objects and archives, check the root chain and the tree."""
+    now = time.time() if now is None else now
+    report = Report()
+    db_problem = store.quick_check()
+    if db_problem:
+        report.problems.append(f"database: {db_problem}")
+        return report
+    _check_objects(store, report)
+    _check_roots(store, pinned, now, report)
+    _check_tree(store, report)
+    _check_files(store, report, progress)
+    _check_leftovers(store, report)
+    return report
+
+
+def _check_objects(store: Store, report: Report) -> None:
+    n = 0
+    for oid, kind, data in store.iter_objects():
+        n += 1
+        try:
+            canonical = open_object(data, oid)
+            if canonical[0] != kind:
+                raise DecodeError(f"indexed as kind {kind}, encoded as {canonical[0]}")
+            if kind == Kind.SIGNED_ROOT:
+                decode_signed_root(canonical)
+            else:
+                decode(canonical)
+        except (DecodeError, IntegrityError) as exc:
+            report.problems.append(f"object {oid.hex()}: {exc}")
+    report.counts["objects"] = n
+
+
+def _check_roots(store: Store, pinned: frozenset[bytes] | None, now: float, report: Report) -> None:
+    versions = store.root_versions()
+    report.counts["roots"] = len(versions)
+    if not versions:
+        report.warnings.append("no signed root yet")
+        return
+    try:
+        chain = [store.root_at(v) for v in versions]
+        anchor = pinned or frozenset(decode_signed_root(chain[0])[1].keys)
+        trusted = trust_chain(anchor, chain, float("-inf"))
+        report.counts["root_version"] = trusted.version
+        check_expiry(trusted, now)
+    except TrustError as exc:
+        if isinstance(exc, ExpiredRootError):
+            report.warnings.append(f"{exc}: re-sign it (p2pkg publish with no files)")
+        else:
+            report.problems.append(f"root chain: {exc}")
+    except P2pkgError as exc:
+        report.problems.append(f"root chain: {exc}")
+
+
+def _check_tree(store: Store, report: Report) -> None:
+    """Everything the latest root references is present and decodes as its kind."""
+    data = store.latest_root()
+    if data is None:
+        return
+    try:
+        root = decode_signed_root(data)[1]
+    except DecodeError:
+        return  # already reported
+    get = store.get_object
+    projects = files = held = 0
+    try:
+        for entry in tree.iter_projects(get, root.tree):
+            projects += 1
+            project = decode_as(get(entry.project), Project)
+            if project.name != entry.name:
+                report.problems.append(f"leaf names {entry.name!r}, project says {project.name!r}")
+            for f in project.files:
+                files += 1
+                manifest = decode_as(get(f.manifest), FileManifest)
+                if manifest.filename != f.filename:
+                    report.problems.append(f"{f.filename}: manifest names {manifest.filename}")
+                if manifest.core_metadata is not None and not store.has_object(
+                    manifest.core_metadata.blob
+                ):
+                    report.problems.append(f"{f.filename}: core metadata object missing")
+                if store.has_file(manifest.blake3):
+                    held += 1
+    except (NotFoundError, DecodeError, IntegrityError) as exc:
+        report.problems.append(f"namespace tree: {exc}")
+    report.counts.update(projects=projects, files_in_namespace=files, files_held=held)
+    if held < files:
+        report.warnings.append(f"holds {held} of the namespace's {files} files (partial mirror)")
+
+
+def _check_one_file(
+    path: Path, f: StoredFile, indexed: list[tuple[ChunkId, int, int]]
+) -> list[str]:
+    name = f.blake3.hex()
+    try:
+        hashed = hash_path(path)
+    except FileNotFoundError:
+        return [f"file {name}: indexed but missing on disk"]
+    except OSError as exc:
+        return [f"file {name}: unreadable ({exc.strerror})"]
+    out = []
+    if hashed.size != f.size:
+        out.append(f"file {name}: size {hashed.size}, index says {f.size}")
+    if hashed.blake3 != f.blake3:
+        out.append(f"file {name}: content hashes to {hashed.blake3.hex()}")
+    if hashed.sha256 != f.sha256:
+        out.append(f"file {name}: sha256 mismatch")
+    expected = [
+        (c.id, off, c.length) for c, off in zip(hashed.chunks, offsets(hashed.chunks), strict=True)
+    ]
+    if indexed != expected:
+        out.append(f"file {name}: chunk index does not match content")
+    return out
+
+
+def _check_files(store: Store, report: Report, progress: Callable[[int, int], None] | None) -> None:
+    files = list(store.iter_files())
+    report.counts["files"] = len(files)
+    report.counts["bytes"] = sum(f.size for f in files)
+    # SQLite is read here, on this thread; workers only hash (GIL released).
+    jobs = [(store.file_path(f.blake3), f, store.file_chunks(f.blake3)) for f in files]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for done, problems in enumerate(pool.map(lambda job: _check_one_file(*job), jobs), 1):
+            report.problems.extend(problems)
+            if progress is not None:
+                progress(done, len(jobs))
+
+
+def _check_leftovers(store: Store, report: Report) -> None:
+    indexed = {f.blake3.hex() for f in store.iter_files()}
+    orphans = 0
+    files_dir = store.path / "files"
+    if files_dir.is_dir():
+        for sub in files_dir.iterdir():
+            for p in sub.iterdir():
+                if p.name not in indexed:
+                    orphans += 1
+    if orphans:
+        report.warnings.append(
+            f"{orphans} unindexed archive(s) on disk (left by an interrupted write)"
+        )
+    temps = list(store.temp_dir.iterdir()) if store.temp_dir.is_dir() else []
+    if temps:
+        report.warnings.append(
+            f"{len(temps)} temp file(s) in {store.temp_dir} (an interrupted write)"
+        )
+    report.counts["orphans"] = orphans
