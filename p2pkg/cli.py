@@ -208,7 +208,6 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @store_option
 @click.option(
     "--key",
-    "key_files",
     multiple=True,
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
@@ -233,7 +232,7 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def publish(
     store: Path,
-    key_files: tuple[Path, ...],
+    key: tuple[Path, ...],
     namespace: str | None,
     expires: str,
     rotate_to: Path | None,
@@ -257,7 +256,7 @@ def publish(
 
     seconds = parse_duration(expires)
     with errors_as_exit():
-        keys = [load_private_key(k) for k in key_files]
+        keys = [load_private_key(k) for k in key]
         new_key = load_private_key(rotate_to) if rotate_to else None
         with Store.open(store, create=True) as st, _progress("publishing") as bar:
             result = do_publish(

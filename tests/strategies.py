@@ -1,0 +1,77 @@
+"""Hypothesis strategies for valid p2pkg objects."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from p2pkg.chunking import ChunkId, ChunkRef
+from p2pkg.objects import (
+    TREE_LEVELS,
+    Blob,
+    CoreMetadata,
+    FileEntry,
+    FileManifest,
+    Leaf,
+    LeafEntry,
+    Node,
+    NodeEntry,
+    ObjectId,
+    Project,
+    name_hash,
+)
+
+hashes = st.binary(min_size=32, max_size=32)
+oids = hashes.map(ObjectId)
+names = st.from_regex(r"\A[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,30}\Z", fullmatch=True)
+filenames = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.+-]{0,60}\Z", fullmatch=True)
+texts = st.text(max_size=40)
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> FileManifest:
+    lengths = draw(st.lists(st.integers(1, 300_000), max_size=20))
+    chunks = tuple(ChunkRef(ChunkId(draw(hashes)), n) for n in lengths)
+    core = None
+    if draw(st.booleans()):
+        core = CoreMetadata(draw(hashes), draw(oids), draw(st.integers(0, 1 << 20)))
+    return FileManifest(
+        filename=draw(filenames),
+        version=draw(st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3}){0,3}\Z", fullmatch=True)),
+        size=sum(lengths),
+        sha256=draw(hashes),
+        blake3=draw(hashes),
+        requires_python=draw(texts),
+        yanked=draw(st.none() | texts),
+        upload_time=draw(st.integers(0, 1 << 40)),
+        core_metadata=core,
+        chunks=chunks,
+    )
+
+
+@st.composite
+def projects(draw: st.DrawFn) -> Project:
+    files = draw(st.dictionaries(filenames, oids, max_size=10))
+    entries = tuple(FileEntry(f, m) for f, m in sorted(files.items(), key=lambda x: x[0].encode()))
+    return Project(draw(names), entries)
+
+
+@st.composite
+def leaves(draw: st.DrawFn) -> Leaf:
+    prefix = draw(st.binary(min_size=TREE_LEVELS, max_size=TREE_LEVELS))
+    # Names must hash into the leaf: keep the drawn ones that do (few), which
+    # is fine: most leaves are tiny.
+    pool = draw(st.lists(names, max_size=30, unique=True))
+    chosen = sorted({n for n in pool if name_hash(n)[:TREE_LEVELS] == prefix})
+    return Leaf(prefix, tuple(LeafEntry(n, draw(oids)) for n in chosen))
+
+
+@st.composite
+def nodes(draw: st.DrawFn) -> Node:
+    depth = draw(st.integers(0, TREE_LEVELS - 1))
+    prefix = draw(st.binary(min_size=depth, max_size=depth))
+    slots = draw(st.lists(st.integers(0, 255), unique=True, max_size=20))
+    return Node(prefix, tuple(NodeEntry(s, draw(oids)) for s in sorted(slots)))
+
+
+blobs = st.binary(max_size=500).map(Blob)
+any_object = st.one_of(blobs, manifests(), projects(), leaves(), nodes())
