@@ -1,7 +1,7 @@
 """Hash, chunk and copy one archive into a store's temp area.
 
 The source is copied into the store's temp area first (``copy_file_range``,
-a kernel-side copy, then fsync), and the copy is hashed in one pass over an
+a kernel-side copy), and the copy is hashed in one pass over an
 mmap: sha256 (what pip checks), BLAKE3 of the
 whole file, FastCDC cut points and a BLAKE3 id per chunk. hashlib, blake3
 and pyfastcdc all release the GIL on large buffers, so two archives ingest
@@ -82,11 +82,23 @@ def hash_path(path: Path) -> Hashed:
                 view.release()
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's data to disk (any descriptor of the file will do)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
-    """Hash ``src``; when ``temp_dir`` is given, copy it there first (fsynced).
+    """Hash ``src``; when ``temp_dir`` is given, copy it there first.
 
     The copy is hashed, not the source, so the bytes that reach the store are
     exactly the bytes the hashes describe even if the source changes meanwhile.
+    The copy is *not* fsynced here: the caller does it (:func:`fsync_path`) on
+    another thread so that disk writeback overlaps hashing, and must do so
+    before the copy is committed.
     """
     if temp_dir is None:
         return hash_path(src)
@@ -95,7 +107,6 @@ def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     try:
         with src.open("rb") as fh:
             _copy(fh.fileno(), fd_out, os.fstat(fh.fileno()).st_size)
-        os.fsync(fd_out)
         os.close(fd_out)
         fd_out = -1
         hashed = hash_path(temp)

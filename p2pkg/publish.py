@@ -29,7 +29,7 @@ from packaging.utils import (
 from p2pkg import tree
 from p2pkg.archives import ArchiveInfo, inspect_archive, is_archive
 from p2pkg.errors import ArchiveError, PublishError, StoreError
-from p2pkg.ingest import Hashed, hash_file
+from p2pkg.ingest import Hashed, fsync_path, hash_file
 from p2pkg.objects import (
     Blob,
     CoreMetadata,
@@ -194,14 +194,23 @@ def _publish_locked(
 
     # Temp copies that are not committed (errors, duplicates, no-ops) are removed
     # on the way out; committed ones were renamed away and unlink is a no-op.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # Copies are fsynced on their own threads as soon as they are hashed, so
+    # disk writeback overlaps the hashing of the next archives; every fsync
+    # completes before the commit that makes the copies visible.
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(2) as syncs:
         futures = [pool.submit(_ingest, p, store.temp_dir) for p in archives]
         try:
             ingested: list[_Ingested] = []
+            synced = []
             for fut in futures:
-                ingested.append(fut.result())
+                item = fut.result()
+                ingested.append(item)
+                if item.hashed.temp is not None:
+                    synced.append(syncs.submit(fsync_path, item.hashed.temp))
                 if progress is not None:
                     progress(len(ingested), len(futures))
+            for s in synced:
+                s.result()
             return _apply(
                 store,
                 keys,

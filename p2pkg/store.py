@@ -7,9 +7,9 @@ Layout of a store directory (docs/architecture.md, "Store")::
     tmp/                  temp files of writes in progress (cleared by the next writer)
     lock                  held (flock) by the one process allowed to write
 
-Writes are atomic: an archive is written to ``tmp/``, fsynced, renamed into
-``files/`` and its directory fsynced *before* the transaction that indexes it
-commits, so the index never claims a file the disk does not hold. A crash
+Writes are atomic: an archive is written to ``tmp/``, fsynced (by the
+caller), renamed into ``files/`` and its directory fsynced *before* the
+transaction that indexes it commits, so the index never claims a file the disk does not hold. A crash
 between rename and commit leaves an unindexed file, which ``verify`` reports
 as an orphan (harmless) and a later writer reuses.
 """
@@ -21,6 +21,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,8 +250,7 @@ class Store:
         the index refers to changes.
         """
         files = list(files)
-        for f in files:
-            self._place(f)
+        self._place_all(files)
         now = time.time()
         rows = []
         for oid, data in objects.items():
@@ -285,14 +285,18 @@ class Store:
                 db.execute("ROLLBACK")
             raise
 
-    def _place(self, f: Hashed) -> None:
-        """Rename a temp copy into ``files/`` durably (before the index names it)."""
-        if f.temp is None:
-            raise StoreError("file has no temp copy to commit")
-        final = self.file_path(f.blake3)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        f.temp.replace(final)
-        _fsync_dir(final.parent)
+    def _place_all(self, files: list[Hashed]) -> None:
+        """Rename fsynced temp copies into ``files/`` durably, before the index names them."""
+        dirs = set()
+        for f in files:
+            if f.temp is None:
+                raise StoreError("file has no temp copy to commit")
+            final = self.file_path(f.blake3)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            f.temp.replace(final)
+            dirs.add(final.parent)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(_fsync_dir, dirs))
 
 
 def _chunk_rows(file: bytes, chunks: Sequence[ChunkRef]) -> Iterator[tuple[bytes, bytes, int, int]]:
