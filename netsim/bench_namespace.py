@@ -62,9 +62,8 @@ def store_scale() -> dict[str, object]:
         publish_s = time.perf_counter() - t0
         root_bytes = st.latest_root()
         assert root_bytes is not None
-        print(
-            f"published {len(first.added)} files in {publish_s:.1f}s ({first.objects_written} objects)"
-        )
+        n_obj = first.objects_written
+        print(f"published {len(first.added)} files in {publish_s:.1f}s ({n_obj} objects)")
 
         ns = open_store_namespace(st)
         get = CountingGet(st)

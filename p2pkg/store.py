@@ -9,9 +9,10 @@ Layout of a store directory (docs/architecture.md, "Store")::
 
 Writes are atomic: an archive is written to ``tmp/``, fsynced (by the
 caller), renamed into ``files/`` and its directory fsynced *before* the
-transaction that indexes it commits, so the index never claims a file the disk does not hold. A crash
-between rename and commit leaves an unindexed file, which ``verify`` reports
-as an orphan (harmless) and a later writer reuses.
+transaction that indexes it commits, so the index never claims a file the
+disk does not hold. A crash between rename and commit leaves an unindexed
+file, which ``verify`` reports as an orphan (harmless) and a later writer
+reuses.
 """
 
 from __future__ import annotations
