@@ -19,6 +19,7 @@ from p2pkg.objects import (
     Project,
     name_hash,
 )
+from p2pkg.root import Root
 
 hashes = st.binary(min_size=32, max_size=32)
 oids = hashes.map(ObjectId)
@@ -75,3 +76,20 @@ def nodes(draw: st.DrawFn) -> Node:
 
 blobs = st.binary(max_size=500).map(Blob)
 any_object = st.one_of(blobs, manifests(), projects(), leaves(), nodes())
+
+
+@st.composite
+def roots(draw: st.DrawFn) -> Root:
+    keys = draw(st.lists(hashes, min_size=1, max_size=5, unique=True))
+    created = draw(st.integers(0, 1 << 40))
+    return Root(
+        namespace=draw(st.from_regex(r"\A[a-z0-9](?:[a-z0-9.-]{0,20}[a-z0-9])?\Z", fullmatch=True)),
+        version=draw(st.integers(1, 1 << 62)),
+        created=created,
+        expires=created + draw(st.integers(1, 1 << 30)),
+        threshold=draw(st.integers(1, len(keys))),
+        keys=tuple(sorted(keys)),
+        tree=draw(oids),
+        upstream_serial=draw(st.integers(0, 1 << 40)),
+        mirrors=tuple(draw(st.lists(st.text(max_size=30), max_size=3))),
+    )
