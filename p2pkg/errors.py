@@ -15,7 +15,13 @@
     ├── PublishError           a publish that would break the namespace's rules
     ├── StoreError             a missing, locked or inconsistent store
     ├── KeyFileError           an unreadable or malformed key file
-    └── NotFoundError          a project / file / object the namespace does not hold
+    ├── NotFoundError          a project / file / object the namespace does not hold
+    ├── PeerError              one peer misbehaved or failed (carries ``peer``)
+    │   ├── ProtocolError          malformed or out-of-limit HTTP from a peer
+    │   ├── TransportError         connect failure, reset, timeout, stall
+    │   ├── PeerBusyError          503 with Retry-After (the peer's "not now")
+    │   └── BadDataError           bytes that fail verification: the peer is banned
+    └── FetchError             no peer could deliver (all failed, banned or absent)
 
 Every error carries the data a caller needs to act on it (object id,
 expected, actual); the CLI maps each class to one readable line and an exit
@@ -109,3 +115,39 @@ class KeyFileError(P2pkgError):
 
 class NotFoundError(P2pkgError):
     """The namespace holds no such project, file or object."""
+
+
+class PeerError(P2pkgError):
+    """Something one peer did; other peers may still serve the request."""
+
+    def __init__(self, peer: str, message: str) -> None:
+        super().__init__(f"peer {peer}: {message}")
+        self.peer = peer
+
+
+class ProtocolError(PeerError):
+    """The peer spoke malformed or out-of-limit HTTP, or an unexpected status."""
+
+    def __init__(self, peer: str, message: str, status: int | None = None) -> None:
+        super().__init__(peer, message)
+        self.status = status
+
+
+class TransportError(PeerError):
+    """Connection refused, reset, timed out or stalled."""
+
+
+class PeerBusyError(PeerError):
+    """The peer answered 503: over its connection or bandwidth budget."""
+
+    def __init__(self, peer: str, retry_after: float) -> None:
+        super().__init__(peer, f"busy, retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class BadDataError(PeerError):
+    """The peer sent bytes that do not match their id: it gets banned."""
+
+
+class FetchError(P2pkgError):
+    """No peer could deliver what was asked (all failed, were banned, or none had it)."""

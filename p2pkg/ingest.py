@@ -21,6 +21,7 @@ from pathlib import Path
 import blake3
 
 from p2pkg.chunking import ChunkId, ChunkRef, make_chunker
+from p2pkg.fsutil import copy_fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +52,6 @@ def hash_bytes(data: bytes) -> tuple[bytes, bytes, tuple[ChunkRef, ...]]:
     return _hash_view(memoryview(data))
 
 
-def _copy(src_fd: int, dst_fd: int, size: int) -> None:
-    offset = 0
-    try:
-        while offset < size:
-            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
-            if n == 0:
-                raise OSError("source file shrank while being copied")
-            offset += n
-    except OSError as exc:
-        if exc.errno not in (18, 38, 95):  # EXDEV, ENOSYS, EOPNOTSUPP: fall back
-            raise
-        os.lseek(src_fd, offset, os.SEEK_SET)
-        os.lseek(dst_fd, offset, os.SEEK_SET)
-        while chunk := os.read(src_fd, 1 << 20):
-            os.write(dst_fd, chunk)
-
-
 def hash_path(path: Path) -> Hashed:
     """sha256, BLAKE3 and chunk list of the file at ``path`` (no copy)."""
     with path.open("rb") as fh:
@@ -82,22 +66,14 @@ def hash_path(path: Path) -> Hashed:
                 view.release()
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file's data to disk (any descriptor of the file will do)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     """Hash ``src``; when ``temp_dir`` is given, copy it there first.
 
     The copy is hashed, not the source, so the bytes that reach the store are
     exactly the bytes the hashes describe even if the source changes meanwhile.
-    The copy is *not* fsynced here: the caller does it (:func:`fsync_path`) on
-    another thread so that disk writeback overlaps hashing, and must do so
+    The copy is *not* fsynced here: the caller does it on
+    another thread so that disk writeback overlaps hashing
+    (:func:`p2pkg.fsutil.fsync_path`), and must do so
     before the copy is committed.
     """
     if temp_dir is None:
@@ -106,7 +82,7 @@ def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     temp = Path(name)
     try:
         with src.open("rb") as fh:
-            _copy(fh.fileno(), fd_out, os.fstat(fh.fileno()).st_size)
+            copy_fd(fh.fileno(), fd_out, os.fstat(fh.fileno()).st_size)
         os.close(fd_out)
         fd_out = -1
         hashed = hash_path(temp)

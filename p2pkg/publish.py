@@ -29,7 +29,8 @@ from packaging.utils import (
 from p2pkg import tree
 from p2pkg.archives import ArchiveInfo, inspect_archive, is_archive
 from p2pkg.errors import ArchiveError, PublishError, StoreError
-from p2pkg.ingest import Hashed, fsync_path, hash_file
+from p2pkg.fsutil import fsync_path
+from p2pkg.ingest import Hashed, hash_file
 from p2pkg.objects import (
     Blob,
     CoreMetadata,

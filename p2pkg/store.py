@@ -30,6 +30,7 @@ from types import TracebackType
 
 from p2pkg.chunking import ChunkId, ChunkRef, offsets
 from p2pkg.errors import NotFoundError, StoreError
+from p2pkg.fsutil import fsync_dir
 from p2pkg.ingest import Hashed
 from p2pkg.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
 from p2pkg.root import decode_signed_root
@@ -68,14 +69,6 @@ class ChunkLocation:
     file: bytes
     offset: int
     length: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -203,6 +196,22 @@ class Store:
         row = self._db.execute("SELECT id FROM roots ORDER BY version DESC LIMIT 1").fetchone()
         return None if row is None else self.get_object(ObjectId(bytes(row[0])))
 
+    def latest_root_stored(self) -> tuple[int, ObjectId, bytes] | None:
+        """(version, id, zstd frame) of the latest root, as peers serve it."""
+        row = self._db.execute(
+            "SELECT version, id FROM roots ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        oid = ObjectId(bytes(row[1]))
+        return int(row[0]), oid, self.get_stored(oid)
+
+    def root_stored(self, version: int) -> bytes:
+        row = self._db.execute("SELECT id FROM roots WHERE version=?", (version,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no root version {version} in store")
+        return self.get_stored(ObjectId(bytes(row[0])))
+
     def root_versions(self) -> list[int]:
         return [int(v) for (v,) in self._db.execute("SELECT version FROM roots ORDER BY version")]
 
@@ -217,6 +226,15 @@ class Store:
     def has_file(self, blake3: bytes) -> bool:
         row = self._db.execute("SELECT 1 FROM files WHERE blake3=?", (blake3,)).fetchone()
         return row is not None
+
+    def file_size(self, blake3: bytes) -> int | None:
+        row = self._db.execute("SELECT size FROM files WHERE blake3=?", (blake3,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def stats(self) -> tuple[int, int]:
+        """(archives held, bytes held)."""
+        row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files").fetchone()
+        return int(row[0]), int(row[1])
 
     def iter_files(self) -> Iterator[StoredFile]:
         for b3, size, sha in self._db.execute("SELECT blake3, size, sha256 FROM files"):
@@ -297,7 +315,7 @@ class Store:
             f.temp.replace(final)
             dirs.add(final.parent)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(_fsync_dir, dirs))
+            list(pool.map(fsync_dir, dirs))
 
 
 def _chunk_rows(file: bytes, chunks: Sequence[ChunkRef]) -> Iterator[tuple[bytes, bytes, int, int]]:

@@ -1,0 +1,666 @@
+"""The fetch engine: trusted root, verified objects, parallel verified file download.
+
+The thin shell around the pure parts: :mod:`p2pkg.trust` decides on roots,
+:mod:`p2pkg.select` on files, :class:`p2pkg.schedule.Scheduler` on spans.
+This module moves bytes: it asks peers, checks every object against its id
+and every chunk against its BLAKE3 before it touches the disk, and writes the
+destination only when the whole file's sha256 and BLAKE3 match the manifest
+(temp name, fsync, rename).
+
+A download in progress lives in a *partial* file (in the store's
+``partial/`` or beside the destination). Re-running a fetch re-hashes the
+partial file's chunks and downloads only the ones that do not verify, so
+an interrupted fetch resumes; chunks the local store already holds (an older
+version of the same wheel) are copied instead of downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import blake3
+
+from p2pkg.config import LIMITS
+from p2pkg.errors import (
+    BadDataError,
+    DecodeError,
+    ExpiredRootError,
+    FetchError,
+    IntegrityError,
+    NotFoundError,
+    PeerBusyError,
+    PeerError,
+    ProtocolError,
+    SignatureError,
+    TrustError,
+)
+from p2pkg.fsutil import copy_atomic, fsync_dir
+from p2pkg.http import wire
+from p2pkg.http.client import ClientConfig, PeerClient, Sink, SinkDone, SkipSink
+from p2pkg.ingest import Hashed
+from p2pkg.objects import (
+    TREE_LEVELS,
+    FileManifest,
+    Leaf,
+    Node,
+    ObjectId,
+    Project,
+    decode_as,
+    decompress,
+    name_hash,
+    open_object,
+)
+from p2pkg.root import decode_signed_root
+from p2pkg.schedule import Failure, ScheduleConfig, Scheduler, Span
+from p2pkg.select import candidates, parse_spec, python_allows
+from p2pkg.store import Store
+from p2pkg.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
+
+log = logging.getLogger(__name__)
+
+MAX_CHAIN_WALK = 1000
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A peer's base URL and its locality tier (0 LAN, 1 configured, 2 DHT)."""
+
+    url: str
+    tier: int = 1
+
+
+@dataclass
+class FetchStats:
+    """What one file download did (for --json, logs and benchmarks)."""
+
+    filename: str = ""
+    size: int = 0
+    from_network: int = 0
+    from_local: int = 0  # chunks reused from the partial file or the store
+    seconds: float = 0.0
+    peers: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+class _Absent(PeerError):
+    """The peer answered 404 for this file."""
+
+
+class _SpanSink:
+    """Receives one span: verifies each chunk, writes it at its offset."""
+
+    def __init__(
+        self,
+        ctx: _Download,
+        peer: str,
+        span: Span,
+    ) -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.span = span
+        self.i = span.first
+        self.filled = 0
+        self.received = 0
+        lengths = ctx.sched.lengths
+        self.buf = bytearray(max(lengths[span.first : span.end]))
+        self.view = memoryview(self.buf)
+
+    def buffer(self) -> memoryview:
+        return self.view[self.filled : self.ctx.sched.lengths[self.i]]
+
+    def advance(self, n: int) -> None:
+        ctx = self.ctx
+        self.filled += n
+        self.received += n
+        length = ctx.sched.lengths[self.i]
+        if self.filled < length:
+            return
+        chunk = self.view[:length]
+        index = self.i
+        if not ctx.sched.done[index]:
+            # docs/protocol.md §2.2: a chunk is accepted only if it hashes to its id.
+            if blake3.blake3(chunk).digest() != ctx.manifest.chunks[index].id:
+                raise BadDataError(
+                    self.peer, f"chunk {index} of {ctx.manifest.filename} failed verification"
+                )
+            os.pwrite(ctx.fd, chunk, ctx.sched.offsets[index])
+            ctx.chunk_verified(self.peer, index)
+        else:
+            ctx.sched.chunk_done(self.peer, index)
+            if not ctx.sched.still_needed(self.span):
+                raise SinkDone  # a duplicate finished this span first
+        self.i += 1
+        self.filled = 0
+
+
+class _PrefixHasher:
+    """sha256 + BLAKE3 of the whole file, on a worker thread, trailing the verified prefix.
+
+    The final whole-file check (docs/protocol.md §3.3) would otherwise be a
+    serial pass after the download; this way it overlaps it and only the
+    last chunks remain to hash at the end.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.sha = hashlib.sha256()
+        self.b3 = blake3.blake3()
+        self.pos = 0
+        self.target = 0
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="p2pkg-hash", daemon=True)
+        self.thread.start()
+
+    def advance(self, target: int) -> None:
+        with self.cond:
+            if target > self.target:
+                self.target = target
+                self.cond.notify()
+
+    def _run(self) -> None:
+        try:
+            while self.pos < self.size:
+                with self.cond:
+                    while self.pos >= self.target and not self.stopped:
+                        self.cond.wait()
+                    if self.stopped:
+                        return
+                    target = self.target
+                while self.pos < target:
+                    data = os.pread(self.fd, min(4 << 20, target - self.pos), self.pos)
+                    if not data:
+                        raise OSError("partial file shorter than expected")
+                    self.sha.update(data)
+                    self.b3.update(data)
+                    self.pos += len(data)
+        except BaseException as exc:  # re-raised by finish()
+            self.error = exc
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """Block until the whole file is hashed; (sha256, BLAKE3)."""
+        self.advance(self.size)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.sha.digest(), self.b3.digest()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+        self.thread.join()
+
+
+@dataclass
+class _Download:
+    manifest: FileManifest
+    fd: int
+    sched: Scheduler
+    stats: FetchStats
+    progress: Progress | None
+    hasher: _PrefixHasher
+    done_bytes: int = 0
+    prefix: int = 0  # chunks 0..prefix-1 are all verified
+
+    def start(self) -> None:
+        s = self.sched
+        self.done_bytes = sum(s.lengths[i] for i in range(len(s.lengths)) if s.done[i])
+        self._advance_prefix()
+
+    def chunk_verified(self, peer: str, index: int) -> None:
+        length = self.sched.lengths[index]
+        self.sched.chunk_done(peer, index)
+        self.stats.from_network += length
+        self.done_bytes += length
+        if index == self.prefix:
+            self._advance_prefix()
+        if self.progress is not None:
+            self.progress(self.done_bytes, self.manifest.size)
+
+    def _advance_prefix(self) -> None:
+        s = self.sched
+        while self.prefix < len(s.lengths) and s.done[self.prefix]:
+            self.prefix += 1
+        self.hasher.advance(s.offsets[self.prefix])
+
+
+class Fetcher:
+    """Peers, trust state and an optional local store, shared by many fetches."""
+
+    def __init__(
+        self,
+        pinned: frozenset[bytes],
+        peers: Sequence[str | Peer],
+        store: Store | None = None,
+        *,
+        client_config: ClientConfig = ClientConfig(),  # noqa: B008 - frozen
+        schedule_config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not pinned:
+            raise TrustError("at least one trusted key (--trust) is needed")
+        self.pinned = pinned
+        self.peers = [p if isinstance(p, Peer) else Peer(p) for p in peers]
+        self.store = store
+        self.clients = {p.url: PeerClient(p.url, client_config) for p in self.peers}
+        self.schedule_config = schedule_config
+        self.clock = clock
+        self.trusted: TrustedRoot | None = None
+        self.banned: set[str] = set()
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+    def add_peer(self, peer: str | Peer) -> None:
+        p = peer if isinstance(peer, Peer) else Peer(peer)
+        if p.url not in self.clients:
+            self.peers.append(p)
+            self.clients[p.url] = PeerClient(p.url)
+
+    def _live_peers(self) -> list[Peer]:
+        return sorted((p for p in self.peers if p.url not in self.banned), key=lambda p: p.tier)
+
+    # ------------------------------------------------------------------ roots
+
+    def _local_trusted(self) -> TrustedRoot | None:
+        if self.trusted is not None:
+            return self.trusted
+        if self.store is None:
+            return None
+        versions = self.store.root_versions()
+        if not versions:
+            return None
+        chain = [self.store.root_at(v) for v in versions]
+        try:
+            return trust_chain(self.pinned, chain, float("-inf"))
+        except TrustError as exc:
+            log.warning("local store's roots are not trusted by the pinned keys: %s", exc)
+            return None
+
+    async def _get_root_bytes(self, peer: Peer, path: str) -> bytes:
+        client = self.clients[peer.url]
+        status, body, _ = await client.get_bytes(path, 64 * 1024)
+        if status != 200:
+            raise ProtocolError(peer.url, f"{path}: HTTP {status}", status)
+        try:
+            return open_root(body)
+        except DecodeError as exc:
+            raise ProtocolError(peer.url, f"malformed root: {exc}") from None
+
+    async def _walk_chain(self, peer: Peer, first: int, last: int) -> list[bytes]:
+        if last - first > MAX_CHAIN_WALK:
+            raise FetchError(f"root chain {first}..{last} is longer than {MAX_CHAIN_WALK}")
+        return [
+            await self._get_root_bytes(peer, wire.root_version_path(v)) for v in range(first, last)
+        ]
+
+    async def refresh_root(self) -> TrustedRoot:
+        """Ask every peer for its latest root; trust the newest one the rules accept."""
+        base = self._local_trusted()
+        peers = self._live_peers()
+        results = await asyncio.gather(
+            *(self._get_root_bytes(p, wire.root_path()) for p in peers), return_exceptions=True
+        )
+        offers: list[tuple[int, bytes, Peer]] = []
+        for peer, res in zip(peers, results, strict=True):
+            if isinstance(res, BaseException):
+                if not isinstance(res, PeerError):
+                    raise res
+                log.info("no root from %s: %s", peer.url, res)
+                continue
+            offers.append((decode_signed_root(res)[1].version, res, peer))
+        offers.sort(key=lambda o: -o[0])
+        now = self.clock()
+        for version, data, peer in offers:
+            if base is not None and version <= base.version:
+                if version < base.version:
+                    log.warning("peer %s serves old root version %d (rollback?)", peer.url, version)
+                continue
+            try:
+                accepted = await self._accept(base, data, version, peer, now)
+            except (TrustError, PeerError, FetchError) as exc:
+                log.warning("peer %s: root version %d rejected: %s", peer.url, version, exc)
+                continue
+            self._remember_root(accepted)
+            return accepted
+        if base is not None:
+            trusted = check_expiry(base, now)
+            self.trusted = trusted
+            return trusted
+        raise FetchError("no peer served a root signed by the trusted key(s)")
+
+    async def _accept(
+        self, base: TrustedRoot | None, data: bytes, version: int, peer: Peer, now: float
+    ) -> TrustedRoot:
+        if base is None:
+            try:
+                return bootstrap(self.pinned, data, now)
+            except SignatureError:
+                # The pinned key may have been rotated away: walk from version 1.
+                chain = [*await self._walk_chain(peer, 1, version), data]
+                return trust_chain(self.pinned, chain, now)
+        try:
+            return update(base, data, now)
+        except SignatureError:
+            chain = [*await self._walk_chain(peer, base.version + 1, version), data]
+            return update_chain(base, chain, now)
+
+    def _remember_root(self, trusted: TrustedRoot) -> None:
+        self.trusted = trusted
+        if self.store is not None:
+            self.store.commit(root=trusted.signed.encode())
+
+    async def accept_root(self, data: bytes) -> TrustedRoot | None:
+        """Consider a root pushed to us (canonical bytes); None if not newer."""
+        base = self._local_trusted()
+        now = self.clock()
+        if base is not None and decode_signed_root(data)[1].version <= base.version:
+            return None
+        accepted = bootstrap(self.pinned, data, now) if base is None else update(base, data, now)
+        self._remember_root(accepted)
+        return accepted
+
+    # ------------------------------------------------------------------ objects
+
+    async def get_object(self, oid: ObjectId) -> bytes:
+        """Canonical bytes of object ``oid``: from the store, else any peer (verified)."""
+        if self.store is not None and self.store.has_object(oid):
+            return self.store.get_object(oid)
+        errors = []
+        for peer in self._live_peers():
+            client = self.clients[peer.url]
+            try:
+                status, body, _ = await client.get_bytes(wire.object_path(oid), 17 << 20)
+                if status != 200:
+                    errors.append(f"{peer.url}: HTTP {status}")
+                    continue
+                data = open_object(body, oid)
+            except (DecodeError, IntegrityError) as exc:
+                log.warning("banning peer %s: object %s: %s", peer.url, oid.hex()[:16], exc)
+                self.banned.add(peer.url)
+                continue
+            except PeerError as exc:
+                errors.append(str(exc))
+                continue
+            if self.store is not None:
+                self.store.commit(objects={oid: data})
+            return data
+        raise FetchError(f"no peer served object {oid.hex()}: {'; '.join(errors) or 'no peers'}")
+
+    async def project(self, name: str) -> Project | None:
+        """Resolve a project through the trusted tree (docs/protocol.md §3.5)."""
+        trusted = self.trusted or await self.refresh_root()
+        h = name_hash(name)
+        oid = trusted.root.tree
+        for depth in range(TREE_LEVELS):
+            child = decode_as(await self.get_object(oid), Node).child(h[depth])
+            if child is None:
+                return None
+            oid = child
+        for entry in decode_as(await self.get_object(oid), Leaf).projects:
+            if entry.name == name:
+                return decode_as(await self.get_object(entry.project), Project)
+        return None
+
+    async def manifest(self, oid: ObjectId) -> FileManifest:
+        return decode_as(await self.get_object(oid), FileManifest)
+
+    async def resolve(self, spec_text: str, filename: str | None = None) -> FileManifest:
+        """The manifest of the file ``spec_text`` (and ``filename``) means."""
+        spec = parse_spec(spec_text)
+        project = await self.project(spec.name)
+        if project is None:
+            raise NotFoundError(f"no project {spec.name!r} in the namespace")
+        if filename is not None:
+            oid = project.lookup(filename)
+            if oid is None:
+                raise NotFoundError(f"project {spec.name!r} has no file {filename!r}")
+            return await self.manifest(oid)
+        python = ".".join(str(v) for v in sys.version_info[:3])
+        for cand in candidates((f.filename for f in project.files), spec):
+            oid = project.lookup(cand.filename)
+            assert oid is not None
+            m = await self.manifest(oid)
+            if m.yanked is not None and not spec.pinned:
+                continue
+            if not python_allows(m.requires_python, python):
+                continue
+            return m
+        raise NotFoundError(f"no file of {spec.name!r} matches {spec_text!r} for this interpreter")
+
+    # ------------------------------------------------------------------ files
+
+    async def fetch(
+        self,
+        spec: str,
+        dest: Path | None,
+        *,
+        filename: str | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[Path, FetchStats]:
+        manifest = await self.resolve(spec, filename)
+        return await self.fetch_file(manifest, dest, progress=progress)
+
+    async def fetch_file(
+        self,
+        manifest: FileManifest,
+        dest: Path | None,
+        *,
+        progress: Progress | None = None,
+    ) -> tuple[Path, FetchStats]:
+        """Download ``manifest``'s file; return its path (``dest``/filename if given)."""
+        started = time.monotonic()
+        stats = FetchStats(manifest.filename, manifest.size)
+        store = self.store
+        if store is None and dest is None:
+            raise ValueError("a destination directory or a store is needed")
+        if store is not None and store.has_file(manifest.blake3):
+            stats.from_local = manifest.size
+            path = store.file_path(manifest.blake3)
+            if dest is not None:
+                path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
+            stats.seconds = time.monotonic() - started
+            return path, stats
+        if store is not None:
+            partial_dir = store.path / "partial"
+        else:
+            assert dest is not None
+            partial_dir = dest
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        partial = partial_dir / f".{manifest.blake3.hex()}.p2pkg-partial"
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # SQLite stays on this thread; the worker only reads, hashes and copies.
+            elsewhere = _store_locations(store, manifest) if store is not None else {}
+            have = await anyio.to_thread.run_sync(_reusable_chunks, fd, manifest, elsewhere)
+            stats.from_local = sum(manifest.chunks[i].length for i in have)
+            hasher = _PrefixHasher(fd, manifest.size)
+            try:
+                await self._download(manifest, fd, have, stats, progress, hasher)
+                sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
+            finally:
+                hasher.stop()
+            if sha != manifest.sha256:
+                raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
+            if b3 != manifest.blake3:
+                raise IntegrityError(manifest.filename, manifest.blake3.hex(), b3.hex())
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if store is not None:
+            store.commit(files=[_as_hashed(manifest, partial)])
+            path = store.file_path(manifest.blake3)
+            if dest is not None:
+                path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
+        else:
+            assert dest is not None
+            path = dest / manifest.filename
+            partial.replace(path)
+            fsync_dir(dest)
+        stats.seconds = time.monotonic() - started
+        return path, stats
+
+    async def _download(
+        self,
+        manifest: FileManifest,
+        fd: int,
+        have: set[int],
+        stats: FetchStats,
+        progress: Progress | None,
+        hasher: _PrefixHasher,
+    ) -> None:
+        peers = self._live_peers()
+        if not peers and len(have) < len(manifest.chunks):
+            raise FetchError(f"no peers to fetch {manifest.filename} from")
+        sched = Scheduler(
+            [c.length for c in manifest.chunks],
+            have,
+            [(p.url, p.tier) for p in peers],
+            time.monotonic(),
+            self.schedule_config,
+        )
+        ctx = _Download(manifest, fd, sched, stats, progress, hasher)
+        ctx.start()
+        wake = anyio.Event()
+        path = wire.file_path(manifest.blake3)
+
+        async def run(peer: str, span: Span) -> None:
+            nonlocal wake
+            sink = _SpanSink(ctx, peer, span)
+            try:
+                await self._request_span(peer, path, span, manifest.size, sink)
+                sched.span_finished(peer, span, time.monotonic(), sink.received)
+            except PeerBusyError as exc:
+                sched.span_failed(peer, span, time.monotonic(), Failure.BUSY, exc.retry_after)
+            except BadDataError as exc:
+                log.warning("banning peer %s: %s", peer, exc)
+                self.banned.add(peer)
+                sched.span_failed(peer, span, time.monotonic(), Failure.BAD)
+            except _Absent:
+                log.info("peer %s does not hold %s", peer, manifest.filename)
+                sched.span_failed(peer, span, time.monotonic(), Failure.ABSENT)
+            except PeerError as exc:
+                log.info("span %d-%d from %s failed: %s", span.first, span.end, peer, exc)
+                sched.span_failed(peer, span, time.monotonic(), Failure.ERROR)
+            finally:
+                wake.set()
+
+        async with anyio.create_task_group() as tg:
+            while not sched.complete:
+                if sched.failed():
+                    summary = "; ".join(
+                        f"{n}: {s['dropped']}" for n, s in sched.peer_summary().items()
+                    )
+                    raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
+                now = time.monotonic()
+                for name in sched.ready_peers(now):
+                    while (span := sched.assign(name, now)) is not None:
+                        tg.start_soon(run, name, span)
+                wake = anyio.Event()
+                wakeup = sched.next_wakeup(now)
+                timeout = math.inf if wakeup is None else max(0.0, wakeup - now)
+                with anyio.move_on_after(timeout):
+                    await wake.wait()
+            tg.cancel_scope.cancel()  # endgame duplicates still running lost the race
+        stats.peers = sched.peer_summary()
+
+    async def _request_span(
+        self, peer: str, path: str, span: Span, size: int, sink: _SpanSink
+    ) -> None:
+        client = self.clients[peer]
+        whole = span.start == 0 and span.stop == size
+
+        def factory(head: wire.ResponseHead) -> Sink:
+            if head.status == 206 and not whole:
+                if head.content_range != (span.start, span.stop, size):
+                    raise ProtocolError(
+                        peer, f"asked {span.start}-{span.stop}, got {head.content_range}"
+                    )
+                return sink
+            if head.status == 200:
+                if head.content_length != size:
+                    raise ProtocolError(
+                        peer, f"file is {head.content_length} bytes, expected {size}"
+                    )
+                # A server that ignores Range sends the whole file: skip to the span.
+                return sink if whole else SkipSink(sink, span.start, span.stop - span.start)
+            if head.status == 404:
+                raise _Absent(peer, "404")
+            if head.status == 503:
+                raise PeerBusyError(peer, head.retry_after())
+            raise ProtocolError(peer, f"unexpected HTTP {head.status}", head.status)
+
+        headers = () if whole else (("Range", f"bytes={span.start}-{span.stop - 1}"),)
+        await client.request("GET", path, factory, headers=headers)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def open_root(wire_bytes: bytes) -> bytes:
+    """Canonical bytes of a root served as a zstd frame (bounded by the root limit)."""
+    data = decompress(wire_bytes, LIMITS.max_root_size)
+    decode_signed_root(data)
+    return data
+
+
+def _store_locations(store: Store, manifest: FileManifest) -> dict[int, tuple[Path, int]]:
+    """Chunk index -> (archive path, offset) for chunks the store holds in other files."""
+    out = {}
+    for i, c in enumerate(manifest.chunks):
+        loc = store.chunk_location(c.id)
+        if loc is not None:
+            out[i] = (store.file_path(loc.file), loc.offset)
+    return out
+
+
+def _reusable_chunks(
+    fd: int, manifest: FileManifest, elsewhere: dict[int, tuple[Path, int]]
+) -> set[int]:
+    """Chunks already verified in the partial file, or copied from other local files."""
+    size = os.fstat(fd).st_size
+    have: set[int] = set()
+    offsets = manifest.chunk_offsets()
+    if size == manifest.size and size > 0:
+        for i, c in enumerate(manifest.chunks):
+            if blake3.blake3(os.pread(fd, c.length, offsets[i])).digest() == c.id:
+                have.add(i)
+    else:
+        os.ftruncate(fd, manifest.size)
+    for i, (path, offset) in elsewhere.items():
+        if i in have:
+            continue
+        c = manifest.chunks[i]
+        try:
+            with path.open("rb") as fh:
+                data = os.pread(fh.fileno(), c.length, offset)
+        except OSError:
+            continue
+        if len(data) == c.length and blake3.blake3(data).digest() == c.id:
+            os.pwrite(fd, data, offsets[i])
+            have.add(i)
+    return have
+
+
+def _as_hashed(manifest: FileManifest, path: Path) -> Hashed:
+    return Hashed(manifest.size, manifest.sha256, manifest.blake3, manifest.chunks, path)
+
+
+__all__ = ["ExpiredRootError", "FetchStats", "Fetcher", "Peer"]

@@ -1,0 +1,387 @@
+"""The peer client: HTTP/1.1 over ``asyncio.BufferedProtocol``.
+
+The response head is collected in a small buffer and parsed by h11; the
+body is then received *directly* into buffers a sink provides
+(``recv_into``, no intermediate copies): for a span, one reusable buffer
+per chunk, hashed with BLAKE3 as soon as it is full and written with
+``pwrite`` at its offset. A sink raising :class:`BadDataError` aborts the
+connection at once, so a bad peer's bytes never reach the file.
+
+Every wait is bounded: connect, head, and "no progress for ``stall``
+seconds" while a body streams (slow-retrieval defence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from p2pkg.errors import BadDataError, P2pkgError, ProtocolError, TransportError
+from p2pkg.http import wire
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    connect_timeout: float = 5.0
+    head_timeout: float = 10.0
+    stall_timeout: float = 5.0  # abort when a body makes no progress for this long
+    idle_connections: int = 4  # kept per peer for reuse
+    max_error_body: int = 64 * 1024
+
+
+class Sink(Protocol):
+    """Where a response body goes."""
+
+    def buffer(self) -> memoryview:
+        """A non-empty writable view for the next bytes."""
+        ...
+
+    def advance(self, n: int) -> None:
+        """``n`` bytes were written into the last buffer. May raise to abort."""
+        ...
+
+
+class SinkDone(Exception):
+    """Raised by a sink that needs no more bytes (the rest is discarded)."""
+
+
+class BytesSink:
+    """Collects a whole body of known, bounded size."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.filled = 0
+
+    def buffer(self) -> memoryview:
+        return memoryview(self.data)[self.filled :]
+
+    def advance(self, n: int) -> None:
+        self.filled += n
+
+
+class SkipSink:
+    """Discards ``skip`` bytes, passes ``take`` bytes to ``inner``, then stops.
+
+    Used when a static server ignores Range and answers 200 with the whole file.
+    """
+
+    def __init__(self, inner: Sink, skip: int, take: int) -> None:
+        self.inner = inner
+        self.skip = skip
+        self.take = take
+        self._scratch = bytearray(min(skip, 1 << 20) or 1)
+
+    def buffer(self) -> memoryview:
+        if self.skip:
+            return memoryview(self._scratch)[: min(self.skip, len(self._scratch))]
+        view = self.inner.buffer()
+        return view[: self.take] if len(view) > self.take else view
+
+    def advance(self, n: int) -> None:
+        if self.skip:
+            self.skip -= n
+            return
+        self.take -= n
+        self.inner.advance(n)
+        if self.take == 0:
+            raise SinkDone
+
+
+SinkFactory = Callable[[wire.ResponseHead], Sink]
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self._head = bytearray(wire.MAX_HEAD)
+        self._head_len = 0
+        self._in_body = False
+        self._remaining = 0
+        self._sink: Sink | None = None
+        self._factory: SinkFactory | None = None
+        self._method = "GET"
+        self.head_future: asyncio.Future[wire.ResponseHead] | None = None
+        self.body_future: asyncio.Future[bool] | None = None  # True: connection reusable
+        self.progress = 0.0
+        self.closed = False
+        self._reusable = False
+
+    # -- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._in_body and self._sink is not None:
+            view = self._sink.buffer()
+            return view[: self._remaining] if len(view) > self._remaining else view
+        return memoryview(self._head)[self._head_len :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.progress = time.monotonic()
+        try:
+            if self._in_body:
+                self._body_bytes(nbytes)
+            else:
+                self._head_bytes(nbytes)
+        except SinkDone:
+            self._finish_body(reusable=False)
+        except P2pkgError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a sink bug must not hang the request
+            self._fail(ProtocolError(self.peer, f"client error: {exc!r}"))
+
+    def eof_received(self) -> bool | None:
+        self._fail(TransportError(self.peer, "connection closed by peer"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        reason = f"connection lost: {exc}" if exc else "connection closed"
+        self._fail(TransportError(self.peer, reason))
+
+    # -- parsing
+
+    def _head_bytes(self, nbytes: int) -> None:
+        start = max(0, self._head_len - 3)
+        self._head_len += nbytes
+        end = self._head.find(b"\r\n\r\n", start, self._head_len)
+        if end < 0:
+            if self._head_len >= len(self._head):
+                raise ProtocolError(self.peer, "response head too large")
+            if self.head_future is None:
+                raise ProtocolError(self.peer, "unsolicited bytes")
+            return
+        end += 4
+        try:
+            head = wire.parse_response_head(bytes(self._head[:end]), self._method)
+        except wire.BadResponse as exc:
+            raise ProtocolError(self.peer, f"bad response head: {exc}") from None
+        leftover = bytes(self._head[end : self._head_len])
+        self._head_len = 0
+        if head.content_length is None:
+            raise ProtocolError(self.peer, "response without Content-Length")
+        assert self._factory is not None
+        self._sink = self._factory(head)
+        self._in_body = True
+        self._remaining = 0 if self._method == "HEAD" else head.content_length
+        if self.head_future is not None and not self.head_future.done():
+            self.head_future.set_result(head)
+        if self._remaining == 0:
+            self._finish_body(reusable=head.keep_alive and not leftover)
+            return
+        self._reusable = head.keep_alive
+        # Bytes that arrived with the head go through the sink like any others.
+        view = memoryview(leftover)
+        while view and self._in_body:
+            target = self.get_buffer(len(view))
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            self._body_bytes(n)
+
+    def _body_bytes(self, n: int) -> None:
+        self._remaining -= n
+        assert self._sink is not None
+        self._sink.advance(n)
+        if self._remaining == 0:
+            self._finish_body(reusable=self._reusable)
+
+    def _finish_body(self, *, reusable: bool) -> None:
+        self._in_body = False
+        self._sink = None
+        if self.body_future is not None and not self.body_future.done():
+            self.body_future.set_result(reusable)
+
+    def _fail(self, exc: P2pkgError) -> None:
+        self._in_body = False
+        self._sink = None
+        for fut in (self.head_future, self.body_future):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    # -- driving
+
+    def start(self, method: str, data: bytes, factory: SinkFactory) -> None:
+        loop = asyncio.get_running_loop()
+        self._method = method
+        self._factory = factory
+        self._head_len = 0
+        self.head_future = loop.create_future()
+        self.body_future = loop.create_future()
+        self.progress = time.monotonic()
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Connection:
+    """One keep-alive connection to a peer; one request at a time."""
+
+    def __init__(self, peer: str, proto: _Protocol, config: ClientConfig) -> None:
+        self.peer = peer
+        self._proto = proto
+        self._config = config
+        self.reusable = True
+
+    @classmethod
+    async def open(cls, peer: str, host: str, port: int, config: ClientConfig) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(peer), host, port),
+                config.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise TransportError(peer, f"cannot connect: {exc or 'timeout'}") from None
+        return cls(peer, proto, config)
+
+    def close(self) -> None:
+        if self._proto.transport is not None and not self._proto.closed:
+            self._proto.transport.close()
+        self.reusable = False
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        host: str,
+        factory: SinkFactory,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+    ) -> wire.ResponseHead:
+        """Send a request and stream the response body into ``factory(head)``'s sink."""
+        proto = self._proto
+        if proto.closed:
+            raise TransportError(self.peer, "connection closed")
+        data = wire.format_request(method, target, host, headers, len(body)) + body
+        self.reusable = False
+        proto.start(method, data, factory)
+        assert proto.head_future is not None and proto.body_future is not None
+        try:
+            head = await asyncio.wait_for(
+                asyncio.shield(proto.head_future), self._config.head_timeout
+            )
+            await self._wait_body(proto.body_future)
+            self.reusable = proto.body_future.result() and not proto.closed
+            return head
+        except TimeoutError:
+            self.close()
+            raise TransportError(self.peer, "timed out waiting for a response") from None
+        except BaseException:
+            self.close()
+            raise
+
+    async def _wait_body(self, fut: asyncio.Future[bool]) -> None:
+        stall = self._config.stall_timeout
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), stall)
+                return
+            if time.monotonic() - self._proto.progress >= stall:
+                raise TransportError(self.peer, f"stalled: no data for {stall:g}s")
+
+
+class PeerClient:
+    """Requests to one peer (base URL), with a small pool of idle connections."""
+
+    def __init__(self, base_url: str, config: ClientConfig = ClientConfig()) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"peer URL must be http://host:port[/path], got {base_url!r}")
+        self.url = base_url.rstrip("/")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.base_path = parts.path.rstrip("/")
+        self.host_header = parts.netloc
+        self.config = config
+        self._idle: list[Connection] = []
+
+    async def _connection(self) -> Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reusable and not conn._proto.closed:
+                return conn
+        return await Connection.open(self.url, self.host, self.port, self.config)
+
+    def _release(self, conn: Connection) -> None:
+        if conn.reusable and len(self._idle) < self.config.idle_connections:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        factory: SinkFactory,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+    ) -> wire.ResponseHead:
+        conn = await self._connection()
+        try:
+            head = await conn.request(
+                method, self.base_path + path, self.host_header, factory, headers=headers, body=body
+            )
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn)
+        return head
+
+    async def get_bytes(self, path: str, limit: int) -> tuple[int, bytes, wire.ResponseHead]:
+        """GET a small body (objects, roots, status): (status, body, head), bounded by ``limit``."""
+        sinks: list[BytesSink] = []
+
+        def factory(head: wire.ResponseHead) -> Sink:
+            size = head.content_length or 0
+            cap = limit if head.status == 200 else self.config.max_error_body
+            if size > cap:
+                raise ProtocolError(self.url, f"{path}: body of {size} bytes exceeds {cap}")
+            sink = BytesSink(size)
+            sinks.append(sink)
+            return sink
+
+        head = await self.request("GET", path, factory)
+        return head.status, bytes(sinks[0].data) if sinks else b"", head
+
+    async def post(self, path: str, body: bytes, limit: int = 64 * 1024) -> int:
+        sinks: list[BytesSink] = []
+
+        def factory(head: wire.ResponseHead) -> Sink:
+            size = min(head.content_length or 0, limit)
+            if (head.content_length or 0) > limit:
+                raise ProtocolError(self.url, "response too large")
+            sink = BytesSink(size)
+            sinks.append(sink)
+            return sink
+
+        head = await self.request("POST", path, factory, body=body)
+        return head.status
+
+
+__all__ = [
+    "BadDataError",
+    "BytesSink",
+    "ClientConfig",
+    "Connection",
+    "PeerClient",
+    "Sink",
+    "SinkDone",
+    "SkipSink",
+]

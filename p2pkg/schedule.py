@@ -1,0 +1,296 @@
+"""Which span of a file goes to which peer, and what to do when peers fail. Pure.
+
+The transfer unit is a **span**: a run of consecutive chunks, sized so a peer
+needs about ``target_span_seconds`` for it at its measured rate (bounded by
+``min_span`` / ``max_span``; a small file is one span). The verification unit
+is the chunk: the shell reports each verified chunk with :meth:`chunk_done`.
+
+Peers have ``slots`` concurrent spans. Failures are classified:
+
+* ``busy`` (503): the peer is skipped until its Retry-After has passed;
+* ``absent`` (404): the peer does not hold the file; never asked again here;
+* ``error`` (timeout, reset, stall, protocol): exponential back-off, and after
+  ``max_failures`` in a row the peer is dropped for this file;
+* ``bad`` (a chunk that fails its hash): the peer is banned.
+
+When no chunk is left unassigned, an idle peer duplicates the rest of an
+in-flight span it is expected to finish at least ``endgame_factor`` times
+sooner than the span's owner (a slow or stalled peer); the first copy of a
+chunk wins and the shell stops a span whose remaining chunks are all done.
+
+Everything is driven by the caller's clock, so tests and netsim replay any
+timing exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    target_span_seconds: float = 1.0
+    min_span: int = 512 * 1024
+    max_span: int = 32 * 1024 * 1024
+    initial_span: int = 4 * 1024 * 1024
+    slots: int = 1
+    max_failures: int = 4
+    backoff: float = 0.25
+    backoff_cap: float = 8.0
+    busy_cap: float = 30.0
+    rate_alpha: float = 0.5  # EWMA weight of the newest throughput sample
+    # Endgame: duplicate a span only if an idle peer should finish its rest this
+    # many times sooner than its owner (a span with no rate yet: after stall_after).
+    endgame_factor: float = 2.0
+    stall_after: float = 1.0
+    assumed_rate: float = 8 * 1024 * 1024  # for a peer not measured yet
+    endgame_poll: float = 0.25
+
+
+class Failure(Enum):
+    BUSY = "busy"
+    ABSENT = "absent"
+    ERROR = "error"
+    BAD = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Chunks ``first`` .. ``end - 1``, bytes ``start`` .. ``stop - 1`` of the file."""
+
+    id: int
+    first: int
+    end: int
+    start: int
+    stop: int
+    duplicate: bool = False
+
+
+@dataclass
+class PeerState:
+    name: str
+    tier: int = 0  # lower is preferred (LAN 0, configured 1, DHT 2)
+    rate: float = 0.0  # bytes/s, EWMA over finished spans
+    inflight: dict[int, float] = field(default_factory=dict)  # span id -> start time
+    failures: int = 0
+    not_before: float = 0.0
+    dropped: str | None = None  # why this peer is out for this file
+    received: int = 0
+
+
+class Scheduler:
+    """Plans the download of one file from several peers."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        have: Iterable[int],
+        peers: Sequence[tuple[str, int]],
+        now: float,
+        config: ScheduleConfig = ScheduleConfig(),
+    ) -> None:
+        self.config = config
+        self.lengths = list(lengths)
+        self.offsets = [0, *itertools.accumulate(self.lengths)]
+        self.size = self.offsets[-1]
+        self.done = bytearray(len(self.lengths))
+        for i in have:
+            self.done[i] = 1
+        self.remaining = len(self.lengths) - sum(self.done)
+        self.cover = [0] * len(self.lengths)  # in-flight spans covering each chunk
+        self.peers = {name: PeerState(name, tier) for name, tier in peers}
+        self.spans: dict[int, tuple[str, Span]] = {}
+        self._ids = itertools.count()
+        self._duplicated: set[int] = set()
+        self._hint = 0  # no unassigned chunk before this index
+        self.started = now
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+    def usable(self, peer: PeerState) -> bool:
+        return peer.dropped is None
+
+    def failed(self) -> bool:
+        """True when chunks are missing and no peer can ever deliver them."""
+        return (
+            not self.complete
+            and not self.spans
+            and not any(self.usable(p) for p in self.peers.values())
+        )
+
+    def ready_peers(self, now: float) -> list[str]:
+        """Peers that could take a span now, best first (tier, then rate)."""
+        ready = [
+            p
+            for p in self.peers.values()
+            if self.usable(p) and now >= p.not_before and len(p.inflight) < self._slots(p)
+        ]
+        ready.sort(key=lambda p: (p.tier, -p.rate))
+        return [p.name for p in ready]
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When to call :meth:`assign` again even if no request ends before then.
+
+        A back-off or busy pause ending, or, while spans are in flight and a peer
+        sits idle, the next endgame check (a stalled owner is only noticed by time).
+        """
+        times = [p.not_before for p in self.peers.values() if self.usable(p) and p.not_before > now]
+        if self.spans and self.ready_peers(now):
+            times.append(now + self.config.endgame_poll)
+        return min(times) if times else None
+
+    def still_needed(self, span: Span) -> bool:
+        """Whether any chunk of ``span`` is still missing (else the shell stops it)."""
+        return any(not self.done[i] for i in range(span.first, span.end))
+
+    def peer_summary(self) -> dict[str, dict[str, object]]:
+        return {
+            p.name: {"rate": p.rate, "received": p.received, "dropped": p.dropped}
+            for p in self.peers.values()
+        }
+
+    # ------------------------------------------------------------------ decisions
+
+    def _slots(self, peer: PeerState) -> int:
+        return 1 if self.size <= self.config.min_span else self.config.slots
+
+    def _span_bytes(self, peer: PeerState) -> int:
+        cfg = self.config
+        if peer.rate <= 0:
+            return cfg.initial_span
+        want = int(peer.rate * cfg.target_span_seconds)
+        return max(cfg.min_span, min(cfg.max_span, want))
+
+    def assign(self, name: str, now: float) -> Span | None:
+        """The next span for peer ``name``, or None if it has nothing to do now."""
+        peer = self.peers[name]
+        if (
+            not self.usable(peer)
+            or now < peer.not_before
+            or len(peer.inflight) >= self._slots(peer)
+        ):
+            return None
+        span = self._fresh_span(peer) or self._endgame_span(peer, now)
+        if span is None:
+            return None
+        for i in range(span.first, span.end):
+            self.cover[i] += 1
+        peer.inflight[span.id] = now
+        self.spans[span.id] = (name, span)
+        return span
+
+    def _fresh_span(self, peer: PeerState) -> Span | None:
+        n = len(self.lengths)
+        i = self._hint
+        while i < n and (self.done[i] or self.cover[i]):
+            i += 1
+        self._hint = i
+        if i == n:
+            return None
+        budget = self._span_bytes(peer)
+        first = i
+        total = 0
+        while i < n and not self.done[i] and not self.cover[i] and (total < budget or i == first):
+            total += self.lengths[i]
+            i += 1
+        return Span(next(self._ids), first, i, self.offsets[first], self.offsets[i])
+
+    def _owner_eta(self, owner: PeerState, span: Span, now: float) -> float:
+        """Seconds the owner of ``span`` is still expected to need."""
+        started = owner.inflight.get(span.id, now)
+        if owner.rate > 0:
+            return max(0.0, started + (span.stop - span.start) / owner.rate - now)
+        # No measurement yet: only a span that has been running a while is suspect.
+        return math.inf if now - started > self.config.stall_after else 0.0
+
+    def _endgame_span(self, peer: PeerState, now: float) -> Span | None:
+        """Duplicate the tail of an in-flight span that ``peer`` should finish much sooner."""
+        best: tuple[float, int, Span] | None = None  # (time saved, span id, span)
+        for sid, (owner_name, span) in self.spans.items():
+            if owner_name == peer.name or sid in self._duplicated or span.duplicate:
+                continue
+            left_bytes = sum(
+                self.lengths[i] for i in range(span.first, span.end) if not self.done[i]
+            )
+            if not left_bytes:
+                continue
+            owner_eta = self._owner_eta(self.peers[owner_name], span, now)
+            mine = left_bytes / (peer.rate if peer.rate > 0 else self.config.assumed_rate)
+            saved = owner_eta - mine
+            if owner_eta > self.config.endgame_factor * mine and (best is None or saved > best[0]):
+                best = (saved, sid, span)
+        if best is None:
+            return None
+        _, sid, span = best
+        self._duplicated.add(sid)
+        first = next(i for i in range(span.first, span.end) if not self.done[i])
+        return Span(
+            next(self._ids),
+            first,
+            span.end,
+            self.offsets[first],
+            self.offsets[span.end],
+            duplicate=True,
+        )
+
+    # ------------------------------------------------------------------ events
+
+    def chunk_done(self, name: str, index: int) -> bool:
+        """A verified chunk from ``name`` was written. False if it was already done."""
+        peer = self.peers[name]
+        peer.received += self.lengths[index]
+        if self.done[index]:
+            return False
+        self.done[index] = 1
+        self.remaining -= 1
+        return True
+
+    def _release(self, name: str, span: Span) -> float:
+        self.spans.pop(span.id, None)
+        started = self.peers[name].inflight.pop(span.id, 0.0)
+        for i in range(span.first, span.end):
+            self.cover[i] -= 1
+            if not self.done[i] and not self.cover[i]:
+                self._hint = min(self._hint, i)
+        return started
+
+    def span_finished(self, name: str, span: Span, now: float, received: int) -> None:
+        """The request for ``span`` ended normally after ``received`` body bytes."""
+        started = self._release(name, span)
+        peer = self.peers[name]
+        peer.failures = 0
+        elapsed = now - started
+        if received >= 64 * 1024 and elapsed > 0:
+            sample = received / elapsed
+            a = self.config.rate_alpha
+            peer.rate = sample if peer.rate <= 0 else a * sample + (1 - a) * peer.rate
+
+    def span_failed(
+        self, name: str, span: Span, now: float, failure: Failure, retry_after: float = 0.0
+    ) -> None:
+        """The request for ``span`` failed; its unfinished chunks go back to the pool."""
+        self._release(name, span)
+        peer = self.peers[name]
+        cfg = self.config
+        match failure:
+            case Failure.BUSY:
+                peer.not_before = now + min(max(retry_after, cfg.backoff), cfg.busy_cap)
+            case Failure.ABSENT:
+                peer.dropped = "does not hold the file"
+            case Failure.BAD:
+                peer.dropped = "sent data that failed verification (banned)"
+            case Failure.ERROR:
+                peer.failures += 1
+                if peer.failures >= cfg.max_failures:
+                    peer.dropped = f"failed {peer.failures} times in a row"
+                else:
+                    delay = cfg.backoff * 2 ** (peer.failures - 1)
+                    peer.not_before = now + min(delay, cfg.backoff_cap)

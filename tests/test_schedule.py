@@ -1,0 +1,161 @@
+"""The scheduler is pure: drive it with a fake clock and simulated peers."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from p2pkg.schedule import Failure, ScheduleConfig, Scheduler, Span
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def lengths(total: int, chunk: int = 80 * KiB) -> list[int]:
+    out = [chunk] * (total // chunk)
+    if total % chunk:
+        out.append(total % chunk)
+    return out
+
+
+@dataclass
+class SimPeer:
+    rate: float  # bytes/s
+    latency: float = 0.001
+    fail: Failure | None = None  # how every request to it ends
+    bad_chunk: bool = False
+
+
+def simulate(
+    total: int,
+    peers: dict[str, SimPeer],
+    have: set[int] = frozenset(),  # type: ignore[assignment]
+    seed: int = 1,
+    max_steps: int = 100_000,
+) -> tuple[Scheduler, float]:
+    """Discrete-event run: each span takes latency + bytes/rate on its peer."""
+    rng = random.Random(seed)
+    s = Scheduler(lengths(total), have, [(n, 0) for n in peers], now=0.0)
+    now = 0.0
+    inflight: list[tuple[float, str, Span]] = []
+    for _ in range(max_steps):
+        if s.complete:
+            return s, now
+        assert not s.failed(), f"seed={seed}: failed with peers {s.peer_summary()}"
+        for name in s.ready_peers(now):
+            while (span := s.assign(name, now)) is not None:
+                p = peers[name]
+                busy = sum(1 for _, n, _ in inflight if n == name) + 1
+                dt = p.latency + (span.stop - span.start) / (p.rate / busy)
+                inflight.append((now + dt * rng.uniform(0.9, 1.1), name, span))
+        wake = s.next_wakeup(now)
+        if not inflight:
+            assert wake is not None, "stuck: nothing in flight and nothing to wait for"
+            now = wake
+            continue
+        inflight.sort(key=lambda x: x[0])
+        if wake is not None and wake < inflight[0][0]:
+            now = wake  # a timer fires before the next request ends
+            continue
+        t, name, span = inflight.pop(0)
+        now = t
+        p = peers[name]
+        if p.fail is not None:
+            s.span_failed(name, span, now, p.fail, retry_after=0.5)
+        elif p.bad_chunk:
+            s.span_failed(name, span, now, Failure.BAD)
+        else:
+            for i in range(span.first, span.end):
+                s.chunk_done(name, i)
+            s.span_finished(name, span, now, span.stop - span.start)
+    raise AssertionError("did not finish")
+
+
+def test_single_peer_downloads_everything_in_big_spans() -> None:
+    s, t = simulate(256 * MiB, {"a": SimPeer(500 * MiB)})
+    assert s.complete
+    assert t == pytest.approx(256 / 500, rel=0.25)
+
+
+def test_four_peers_share_the_work() -> None:
+    peers = {n: SimPeer(25 * MiB) for n in "abcd"}
+    s, t = simulate(256 * MiB, peers)
+    assert t < 256 / 100 * 1.15  # within 15% of the aggregate 100 MiB/s
+    received = [s.peers[n].received for n in "abcd"]
+    assert min(received) > 0.15 * 256 * MiB
+    assert sum(received) < 1.1 * 256 * MiB  # endgame duplicates little
+
+
+def test_endgame_rescues_a_stalling_peer() -> None:
+    peers = {"ok": SimPeer(50 * MiB), "crawl": SimPeer(0.2 * MiB)}
+    s, t = simulate(16 * MiB, peers)
+    # Without endgame the crawler's first 4 MiB span alone would take 20 s; an
+    # unmeasured owner is suspected after stall_after (1 s), then "ok" takes over.
+    assert t < ScheduleConfig().stall_after + 16 / 50 * 2
+
+
+def test_fast_peer_gets_more() -> None:
+    s, _ = simulate(128 * MiB, {"fast": SimPeer(200 * MiB), "slow": SimPeer(10 * MiB)})
+    assert s.peers["fast"].received > 5 * s.peers["slow"].received
+
+
+@pytest.mark.parametrize("failure", [Failure.ERROR, Failure.BUSY, Failure.ABSENT, Failure.BAD])
+def test_failing_peer_is_routed_around(failure: Failure) -> None:
+    peers = {"good": SimPeer(50 * MiB), "bad": SimPeer(500 * MiB, fail=failure)}
+    s, _ = simulate(32 * MiB, peers)
+    assert s.complete
+    if failure in (Failure.ABSENT, Failure.BAD):
+        assert s.peers["bad"].dropped is not None
+
+
+def test_all_peers_failing_is_detected() -> None:
+    s = Scheduler(lengths(4 * MiB), (), [("a", 0)], 0.0)
+    for _ in range(ScheduleConfig().max_failures):
+        now = s.next_wakeup(0.0) or 0.0
+        span = s.assign("a", now + 100)
+        assert span is not None
+        s.span_failed("a", span, now + 100, Failure.ERROR)
+    assert s.failed()
+
+
+def test_resume_skips_chunks_we_have() -> None:
+    n = len(lengths(16 * MiB))
+    have = set(range(0, n, 2))
+    s = Scheduler(lengths(16 * MiB), have, [("a", 0)], 0.0)
+    assigned = set()
+    while (span := s.assign("a", 0.0)) is not None:
+        assigned |= set(range(span.first, span.end))
+    assert not (assigned & have)
+
+
+def test_endgame_duplicates_the_slow_span() -> None:
+    s = Scheduler(lengths(2 * MiB), (), [("slow", 0), ("fast", 0)], 0.0)
+    span = s.assign("slow", 0.0)
+    assert span is not None and span.first == 0  # whole file in one span
+    assert s.assign("fast", 0.1) is None  # too early to suspect the owner
+    dup = s.assign("fast", 2.0)
+    assert dup is not None and dup.duplicate and dup.first == 0
+    for i in range(dup.first, dup.end):
+        assert s.chunk_done("fast", i)
+    s.span_finished("fast", dup, 0.1, dup.stop - dup.start)
+    assert s.complete and not s.still_needed(span)
+    assert not s.chunk_done("slow", 0)  # a late duplicate chunk changes nothing
+
+
+def test_small_file_is_one_request() -> None:
+    s = Scheduler([40 * KiB], (), [("a", 0), ("b", 0)], 0.0)
+    span = s.assign("a", 0.0)
+    assert span is not None and (span.first, span.end) == (0, 1)
+    assert s.assign("a", 0.0) is None  # one slot for small files
+
+
+def test_busy_peer_waits_for_retry_after() -> None:
+    s = Scheduler(lengths(8 * MiB), (), [("a", 0)], 0.0)
+    span = s.assign("a", 0.0)
+    assert span is not None
+    s.span_failed("a", span, 1.0, Failure.BUSY, retry_after=3.0)
+    assert s.ready_peers(2.0) == []
+    assert s.next_wakeup(2.0) == 4.0
+    assert s.ready_peers(4.0) == ["a"]
