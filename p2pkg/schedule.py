@@ -195,7 +195,13 @@ class Scheduler:
         self._hint = i
         if i == n:
             return None
-        budget = self._span_bytes(peer)
+        # As the pool drains, spans shrink so that all peers finish together
+        # instead of one peer holding a long last span while the others idle.
+        usable = sum(1 for p in self.peers.values() if self.usable(p)) or 1
+        unassigned = sum(
+            self.lengths[j] for j in range(i, n) if not self.done[j] and not self.cover[j]
+        )
+        budget = min(self._span_bytes(peer), max(self.config.min_span, unassigned // usable))
         first = i
         total = 0
         while i < n and not self.done[i] and not self.cover[i] and (total < budget or i == first):

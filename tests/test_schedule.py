@@ -132,16 +132,21 @@ def test_resume_skips_chunks_we_have() -> None:
 
 def test_endgame_duplicates_the_slow_span() -> None:
     s = Scheduler(lengths(2 * MiB), (), [("slow", 0), ("fast", 0)], 0.0)
-    span = s.assign("slow", 0.0)
-    assert span is not None and span.first == 0  # whole file in one span
-    assert s.assign("fast", 0.1) is None  # too early to suspect the owner
+    slow = s.assign("slow", 0.0)
+    fast = s.assign("fast", 0.0)
+    assert slow is not None and fast is not None and not fast.duplicate
+    for i in range(fast.first, fast.end):
+        s.chunk_done("fast", i)
+    s.span_finished("fast", fast, 0.05, fast.stop - fast.start)
+    assert s.assign("fast", 0.1) is None  # too early to suspect the slow owner
+    assert s.next_wakeup(0.1) is not None  # but the shell is told to look again
     dup = s.assign("fast", 2.0)
-    assert dup is not None and dup.duplicate and dup.first == 0
+    assert dup is not None and dup.duplicate and (dup.first, dup.end) == (slow.first, slow.end)
     for i in range(dup.first, dup.end):
         assert s.chunk_done("fast", i)
-    s.span_finished("fast", dup, 0.1, dup.stop - dup.start)
-    assert s.complete and not s.still_needed(span)
-    assert not s.chunk_done("slow", 0)  # a late duplicate chunk changes nothing
+    s.span_finished("fast", dup, 2.1, dup.stop - dup.start)
+    assert s.complete and not s.still_needed(slow)
+    assert not s.chunk_done("slow", slow.first)  # a late duplicate chunk changes nothing
 
 
 def test_small_file_is_one_request() -> None:
