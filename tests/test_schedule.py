@@ -131,7 +131,7 @@ def test_resume_skips_chunks_we_have() -> None:
 
 
 def test_endgame_duplicates_the_slow_span() -> None:
-    s = Scheduler(lengths(2 * MiB), (), [("slow", 0), ("fast", 0)], 0.0)
+    s = Scheduler(lengths(1 * MiB), (), [("slow", 0), ("fast", 0)], 0.0)
     slow = s.assign("slow", 0.0)
     fast = s.assign("fast", 0.0)
     assert slow is not None and fast is not None and not fast.duplicate
