@@ -30,10 +30,12 @@ from p2pkg import __version__
 from p2pkg.errors import (
     ArchiveError,
     DecodeError,
+    FetchError,
     IntegrityError,
     KeyFileError,
     NotFoundError,
     P2pkgError,
+    PeerError,
     PublishError,
     StoreError,
     TrustError,
@@ -51,11 +53,14 @@ EXIT_CODES: dict[type[P2pkgError], int] = {
     KeyFileError: 5,
     StoreError: 6,
     NotFoundError: 7,
+    FetchError: 8,
+    PeerError: 8,
 }
 EXIT_HELP = """\b
 Exit codes: 0 ok, 1 verify found problems, 2 usage error, 3 trust failure
 (signature, rollback, expiry), 4 corrupt or malformed data, 5 bad input
-(archive, key, publish rule), 6 store error, 7 not found."""
+(archive, key, publish rule), 6 store error, 7 not found, 8 network (no peer
+could deliver)."""
 
 log = logging.getLogger("p2pkg")
 
@@ -228,6 +233,9 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @click.option("--yank", multiple=True, metavar="FILENAME", help="Mark a published file yanked.")
 @click.option("--yank-reason", default="", help="Reason shown for --yank.")
 @click.option("--unyank", multiple=True, metavar="FILENAME", help="Clear a file's yank.")
+@click.option(
+    "--notify", multiple=True, metavar="URL", help="Push the new root to this seed. Repeatable."
+)
 @json_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def publish(
@@ -239,6 +247,7 @@ def publish(
     yank: tuple[str, ...],
     yank_reason: str,
     unyank: tuple[str, ...],
+    notify: tuple[str, ...],
     as_json: bool,
     paths: tuple[Path, ...],
 ) -> None:
@@ -270,7 +279,11 @@ def publish(
                 unyank=unyank,
                 progress=bar,
             )
+    pushed: dict[str, str] = {}
+    if notify and result.changed:
+        pushed = _push_root(store, notify)
     data = {
+        "notified": pushed,
         "namespace": result.namespace,
         "version": result.version,
         "root_id": result.root_id.hex(),
@@ -290,6 +303,22 @@ def publish(
             f"({len(result.unchanged)} already published)"
         )
     emit(as_json, data, text)
+
+
+def _push_root(store: Path, urls: tuple[str, ...]) -> dict[str, str]:
+    import anyio
+
+    from p2pkg.seed import notify
+    from p2pkg.store import Store
+
+    with Store.open(store) as st:
+        latest = st.latest_root_stored()
+    assert latest is not None
+    out = anyio.run(notify, list(urls), latest[2])
+    for url, outcome in out.items():
+        if outcome != "ok":
+            click.echo(f"p2pkg: warning: could not notify {url}: {outcome}", err=True)
+    return out
 
 
 @contextmanager
@@ -402,6 +431,282 @@ def verify(store: Path, trust: tuple[str, ...], as_json: bool) -> None:
     emit(as_json, data, "\n".join(lines))
     if not report.ok:
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------- network roles
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_size(text: str) -> int:
+    """``25MB``, ``1.5GiB``, ``100k`` or plain bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m:
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 25MB, 1GiB)")
+    base = 1024 if m.group(3).startswith("i") else 1000
+    power = " kmgt".index(m.group(2) or " ")
+    return int(float(m.group(1)) * base**power)
+
+
+def listen_option(f: F) -> F:
+    return click.option(
+        "--listen",
+        default="127.0.0.1:8000",
+        show_default=True,
+        metavar="HOST:PORT",
+        help="Address to serve on (port 0 picks a free port).",
+    )(f)
+
+
+def budget_options(f: F) -> F:
+    f = click.option(
+        "--max-connections",
+        default=512,
+        show_default=True,
+        help="Connections beyond this are answered 503 (Retry-After).",
+    )(f)
+    return click.option(
+        "--rate",
+        metavar="SIZE",
+        help="Upload cap per second for the whole server, e.g. 25MB; past it, 503.",
+    )(f)
+
+
+def _server_config(max_connections: int, rate: str | None) -> Any:
+    from p2pkg.http.server import ServerConfig
+
+    return ServerConfig(max_connections=max_connections, rate=parse_size(rate) if rate else None)
+
+
+def _run_forever(coro_fn: Callable[[], Any]) -> None:
+    """Run a server coroutine until Ctrl-C / SIGTERM, then exit cleanly."""
+    import signal
+
+    import anyio
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await coro_fn()
+            tg.cancel_scope.cancel()
+
+    with errors_as_exit():
+        anyio.run(main)
+
+
+@main.command()
+@store_option
+@listen_option
+@budget_options
+def serve(store: Path, listen: str, max_connections: int, rate: str | None) -> None:
+    """Serve a store to peers over HTTP (the master serves its own store this way).
+
+    Serves the signed root, objects, chunks, chunk batches and whole
+    archives with Range support (docs/protocol.md §6). Runs until Ctrl-C.
+    """
+    from p2pkg.http.server import PeerServer
+    from p2pkg.store import Store
+
+    host, port = parse_listen(listen)
+    config = _server_config(max_connections, rate)
+
+    async def run() -> None:
+        import anyio
+
+        Store.open(store).close()  # a clear error if there is no store
+        server = PeerServer(store, config)
+        try:
+            await server.start(host, port)
+            click.echo(f"serving {store} on {server.url}", err=True)
+            await anyio.sleep_forever()
+        finally:
+            await server.close()
+
+    _run_forever(run)
+
+
+@main.command()
+@store_option
+@listen_option
+@budget_options
+@trust_option
+@click.option(
+    "--upstream",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    help="Peer to follow (the master, other seeds). Repeatable; fetched in parallel.",
+)
+@click.option(
+    "--project", "projects", multiple=True, metavar="NAME", help="Mirror only these projects."
+)
+@click.option(
+    "--interval", default="30s", show_default=True, help="Poll period when nothing is pushed."
+)
+def seed(
+    store: Path,
+    listen: str,
+    max_connections: int,
+    rate: str | None,
+    trust: tuple[str, ...],
+    upstream: tuple[str, ...],
+    projects: tuple[str, ...],
+    interval: str,
+) -> None:
+    """Run a volunteer seeding node: follow the master's namespace and serve it.
+
+    Polls the upstreams for a newer signed root (and takes pushes from
+    `p2pkg publish --notify`), fetches only what changed, verifies every
+    object and chunk, and serves everything it holds. GET /p2pkg/v1/status
+    reports its freshness (synced version, lag). Runs until Ctrl-C.
+    """
+    from p2pkg.seed import SeedConfig, Seeder
+
+    pins = parse_trust(trust)
+    if pins is None:
+        raise click.UsageError("--trust PUBKEY is required (the master's key)")
+    host, port = parse_listen(listen)
+    config = SeedConfig(interval=float(parse_duration(interval)))
+
+    async def run() -> None:
+        seeder = Seeder(
+            store,
+            pins,
+            list(upstream),
+            projects=projects,
+            config=config,
+            server_config=_server_config(max_connections, rate),
+        )
+        try:
+            import anyio
+
+            async with anyio.create_task_group() as tg:
+                url = await tg.start(seeder.run, host, port)
+                click.echo(f"seed serving {store} on {url}", err=True)
+        finally:
+            await seeder.close()
+
+    _run_forever(run)
+
+
+@main.command()
+@click.argument("spec")
+@trust_option
+@click.option("--peer", "peers", multiple=True, metavar="URL", help="Peer base URL. Repeatable.")
+@click.option(
+    "--dest",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the archive to.",
+)
+@click.option("--file", "filename", metavar="FILENAME", help="Pick this exact archive.")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local store to cache roots, objects and archives (enables upgrades from chunks).",
+)
+@json_option
+def fetch(
+    spec: str,
+    trust: tuple[str, ...],
+    peers: tuple[str, ...],
+    dest: Path,
+    filename: str | None,
+    store: Path | None,
+    as_json: bool,
+) -> None:
+    """Fetch an archive from peers, verified against the master's key.
+
+    \b
+    SPEC is a project name, name==version, or a PEP 440 specifier
+    ("requests>=2.30,<3"). Without --file, the newest allowed version's wheel
+    that best matches this interpreter is chosen, else its sdist; yanked files
+    are skipped unless pinned with ==.
+
+    Chunks come from all peers in parallel and each is checked against its
+    BLAKE3 id as it arrives; the file appears in --dest only once its sha256
+    and BLAKE3 match the signed manifest. An interrupted fetch resumes.
+    """
+    from p2pkg.fetch import Fetcher
+    from p2pkg.store import Store
+
+    pins = parse_trust(trust)
+    if pins is None:
+        raise click.UsageError("--trust PUBKEY is required (the master's key)")
+    if not peers:
+        raise click.UsageError("at least one --peer URL is needed")
+    result: dict[str, Any] = {}
+
+    async def run() -> None:
+        st = Store.open(store, create=True) if store is not None else None
+        fetcher = Fetcher(pins, list(peers), st)
+        try:
+            manifest = await fetcher.resolve(spec, filename)
+            with _progress(f"fetching {manifest.filename}") as bar:
+                path, stats = await fetcher.fetch_file(manifest, dest, progress=bar)
+            result.update(
+                path=str(path),
+                filename=manifest.filename,
+                version=manifest.version,
+                size=manifest.size,
+                sha256=manifest.sha256.hex(),
+                seconds=round(stats.seconds, 3),
+                bytes_from_network=stats.from_network,
+                bytes_from_local=stats.from_local,
+                peers={u: s["received"] for u, s in stats.peers.items()},
+            )
+        finally:
+            fetcher.close()
+            if st is not None:
+                st.close()
+
+    import anyio
+
+    with errors_as_exit():
+        anyio.run(run)
+    text = (
+        f"{result['path']}  ({result['size']} bytes, "
+        f"{result['bytes_from_network']} from the network, {result['seconds']}s)"
+    )
+    emit(as_json, result, text)
+
+
+@main.command()
+@store_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the static peer layout to.",
+)
+@json_option
+def export(store: Path, out: Path, as_json: bool) -> None:
+    """Export a store as static files that any HTTP server can serve as a peer.
+
+    Serve OUT with nginx or `python -m http.server` and give its URL to
+    --peer/--upstream: clients fetch whole archives or byte ranges from it.
+    Incremental; the root is written last.
+    """
+    from p2pkg.export import export_store
+    from p2pkg.store import Store
+
+    with errors_as_exit(), Store.open(store) as st:
+        result = export_store(st, out)
+    data = {"objects": result.objects, "files": result.files, "root_version": result.root_version}
+    emit(as_json, data, f"exported to {out}: {result.objects} objects, {result.files} files")
 
 
 if __name__ == "__main__":  # pragma: no cover

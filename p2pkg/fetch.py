@@ -250,6 +250,7 @@ class Fetcher:
         client_config: ClientConfig = ClientConfig(),  # noqa: B008 - frozen
         schedule_config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
         clock: Callable[[], float] = time.time,
+        persist_roots: bool = True,
     ) -> None:
         if not pinned:
             raise TrustError("at least one trusted key (--trust) is needed")
@@ -261,6 +262,9 @@ class Fetcher:
         self.clock = clock
         self.trusted: TrustedRoot | None = None
         self.banned: set[str] = set()
+        # A seed serves its store: it records a root only once everything under
+        # it is synced, so it turns this off and commits the root itself.
+        self.persist_roots = persist_roots
 
     def close(self) -> None:
         for c in self.clients.values():
@@ -317,11 +321,13 @@ class Fetcher:
             *(self._get_root_bytes(p, wire.root_path()) for p in peers), return_exceptions=True
         )
         offers: list[tuple[int, bytes, Peer]] = []
+        problems: list[str] = []
         for peer, res in zip(peers, results, strict=True):
             if isinstance(res, BaseException):
                 if not isinstance(res, PeerError):
                     raise res
                 log.info("no root from %s: %s", peer.url, res)
+                problems.append(str(res))
                 continue
             offers.append((decode_signed_root(res)[1].version, res, peer))
         offers.sort(key=lambda o: -o[0])
@@ -335,6 +341,7 @@ class Fetcher:
                 accepted = await self._accept(base, data, version, peer, now)
             except (TrustError, PeerError, FetchError) as exc:
                 log.warning("peer %s: root version %d rejected: %s", peer.url, version, exc)
+                problems.append(f"peer {peer.url}: root version {version} rejected: {exc}")
                 continue
             self._remember_root(accepted)
             return accepted
@@ -342,7 +349,8 @@ class Fetcher:
             trusted = check_expiry(base, now)
             self.trusted = trusted
             return trusted
-        raise FetchError("no peer served a root signed by the trusted key(s)")
+        detail = "; ".join(problems) or "no peers"
+        raise FetchError(f"no peer served a root signed by the trusted key(s): {detail}")
 
     async def _accept(
         self, base: TrustedRoot | None, data: bytes, version: int, peer: Peer, now: float
@@ -362,7 +370,7 @@ class Fetcher:
 
     def _remember_root(self, trusted: TrustedRoot) -> None:
         self.trusted = trusted
-        if self.store is not None:
+        if self.store is not None and self.persist_roots:
             self.store.commit(root=trusted.signed.encode())
 
     async def accept_root(self, data: bytes) -> TrustedRoot | None:
@@ -377,8 +385,12 @@ class Fetcher:
 
     # ------------------------------------------------------------------ objects
 
-    async def get_object(self, oid: ObjectId) -> bytes:
-        """Canonical bytes of object ``oid``: from the store, else any peer (verified)."""
+    async def get_object(self, oid: ObjectId, *, keep: bool = True) -> bytes:
+        """Canonical bytes of object ``oid``: from the store, else any peer (verified).
+
+        With a store and ``keep``, a fetched object is committed to the store
+        at once; a seed passes ``keep=False`` and commits bottom-up itself.
+        """
         if self.store is not None and self.store.has_object(oid):
             return self.store.get_object(oid)
         errors = []
@@ -397,7 +409,7 @@ class Fetcher:
             except PeerError as exc:
                 errors.append(str(exc))
                 continue
-            if self.store is not None:
+            if self.store is not None and keep:
                 self.store.commit(objects={oid: data})
             return data
         raise FetchError(f"no peer served object {oid.hex()}: {'; '.join(errors) or 'no peers'}")
