@@ -560,6 +560,7 @@ class Fetcher:
                 await self._request_span(peer, path, span, manifest.size, sink)
                 sched.span_finished(peer, span, time.monotonic(), sink.received)
             except PeerBusyError as exc:
+                log.info("peer %s is busy (503), retry after %gs", peer, exc.retry_after)
                 sched.span_failed(peer, span, time.monotonic(), Failure.BUSY, exc.retry_after)
             except BadDataError as exc:
                 log.warning("banning peer %s: %s", peer, exc)
@@ -574,13 +575,12 @@ class Fetcher:
             finally:
                 wake.set()
 
+        failed = False
         async with anyio.create_task_group() as tg:
             while not sched.complete:
                 if sched.failed():
-                    summary = "; ".join(
-                        f"{n}: {s['dropped']}" for n, s in sched.peer_summary().items()
-                    )
-                    raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
+                    failed = True
+                    break
                 now = time.monotonic()
                 for name in sched.ready_peers(now):
                     while (span := sched.assign(name, now)) is not None:
@@ -592,6 +592,9 @@ class Fetcher:
                     await wake.wait()
             tg.cancel_scope.cancel()  # endgame duplicates still running lost the race
         stats.peers = sched.peer_summary()
+        if failed:
+            summary = "; ".join(f"{n}: {s['dropped']}" for n, s in stats.peers.items())
+            raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
 
     async def _request_span(
         self, peer: str, path: str, span: Span, size: int, sink: _SpanSink

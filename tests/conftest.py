@@ -32,3 +32,8 @@ def store_dir(tmp_path: Path) -> Path:
 
 
 MakeWheel = Callable[..., Path]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

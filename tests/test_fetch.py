@@ -1,0 +1,228 @@
+"""Fetching from real peer servers on 127.0.0.1, including misbehaving ones."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2pkg.errors import FetchError
+from p2pkg.export import export_store
+from p2pkg.fetch import Fetcher
+from p2pkg.http.client import ClientConfig
+from p2pkg.http.server import PeerServer
+from p2pkg.objects import compress
+from p2pkg.store import Store
+
+from .helpers import snapshot
+from .netutil import FakePeer, FaultyServer, Master, http_response, make_master, spawn
+
+pytestmark = pytest.mark.anyio
+FAST = ClientConfig(stall_timeout=0.5, head_timeout=2.0, connect_timeout=2.0)
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Master:
+    return make_master(tmp_path)
+
+
+async def _servers(master: Master, n: int) -> list[PeerServer]:
+    out = []
+    for _ in range(n):
+        s = PeerServer(master.store)
+        await s.start()
+        out.append(s)
+    return out
+
+
+async def test_three_peers_share_a_file(master: Master, tmp_path: Path) -> None:
+    servers = await _servers(master, 3)
+    fetcher = Fetcher(master.pins, [s.url for s in servers])
+    try:
+        path, stats = await fetcher.fetch("big", tmp_path / "out")
+        assert path.read_bytes() == master.big.read_bytes()
+        assert stats.from_network == master.big.stat().st_size
+        small, _ = await fetcher.fetch("small", tmp_path / "out")
+        assert small.read_bytes() == master.small.read_bytes()
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+            [path.name, small.name]
+        )
+    finally:
+        fetcher.close()
+        for s in servers:
+            await s.close()
+
+
+@pytest.mark.parametrize("mode", ["corrupt", "absent", "stall", "reset", "busy"])
+async def test_bad_peer_is_routed_around(
+    master: Master, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="p2pkg")
+    bad = FaultyServer(master.store, mode)
+    await bad.start()
+    good = await _servers(master, 2)
+    # The bad peer first: it gets the first span of every file.
+    fetcher = Fetcher(master.pins, [bad.url, *(s.url for s in good)], client_config=FAST)
+    out = tmp_path / "out"
+    try:
+        for spec, original in (("big", master.big), ("small", master.small)):
+            path, stats = await fetcher.fetch(spec, out)
+            assert path.read_bytes() == original.read_bytes(), f"mode={mode}"
+        assert bad.url in caplog.text, f"the bad peer is named in the log (mode={mode})"
+        if mode == "corrupt":
+            assert bad.url in fetcher.banned
+            assert "banning peer" in caplog.text
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partials left
+    finally:
+        fetcher.close()
+        await bad.close()
+        for s in good:
+            await s.close()
+
+
+async def test_only_bad_peers_means_nothing_is_written(master: Master, tmp_path: Path) -> None:
+    bad = FaultyServer(master.store, "corrupt")
+    await bad.start()
+    fetcher = Fetcher(master.pins, [bad.url], client_config=FAST)
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(FetchError, match="no peer could deliver"):
+            await fetcher.fetch("big", out)
+        assert not (out / master.big.name).exists()
+    finally:
+        fetcher.close()
+        await bad.close()
+
+
+async def test_static_export_served_by_python_http_server(master: Master, tmp_path: Path) -> None:
+    """A store exported as files is a complete read-only peer, even without Range support."""
+    with Store.open(master.store) as st:
+        export_store(st, tmp_path / "static")
+    cmd = [
+        sys.executable,
+        "-m",
+        "http.server",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "-d",
+        str(tmp_path / "static"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        port = int(line.split("port ")[1].split()[0])
+        url = f"http://127.0.0.1:{port}"
+        small_spans = Fetcher(master.pins, [url], schedule_config=_small_spans())
+        try:
+            path, _ = await small_spans.fetch("big", tmp_path / "out")
+            assert path.read_bytes() == master.big.read_bytes()
+            path, _ = await small_spans.fetch("small", tmp_path / "out")
+            assert path.read_bytes() == master.small.read_bytes()
+        finally:
+            small_spans.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _small_spans():  # type: ignore[no-untyped-def]
+    from p2pkg.schedule import ScheduleConfig
+
+    # Several spans per file, so the "server ignored Range" path is exercised.
+    return ScheduleConfig(initial_span=1 << 20, min_span=512 * 1024, max_span=1 << 20)
+
+
+async def test_resume_downloads_only_missing_chunks(master: Master, tmp_path: Path) -> None:
+    servers = await _servers(master, 1)
+    out = tmp_path / "out"
+    fetcher = Fetcher(master.pins, [servers[0].url])
+    try:
+        manifest = await fetcher.resolve("big")
+        # Simulate an interrupted download: a partial file holding every other chunk.
+        out.mkdir()
+        partial = out / f".{manifest.blake3.hex()}.p2pkg-partial"
+        data = master.big.read_bytes()
+        buf = bytearray(len(data))
+        kept = 0
+        for i, off in enumerate(manifest.chunk_offsets()):
+            if i % 2 == 0:
+                n = manifest.chunks[i].length
+                buf[off : off + n] = data[off : off + n]
+                kept += n
+        partial.write_bytes(bytes(buf))
+        path, stats = await fetcher.fetch_file(manifest, out)
+        assert path.read_bytes() == data
+        assert stats.from_local == kept
+        assert stats.from_network == len(data) - kept
+        assert not partial.exists()
+    finally:
+        fetcher.close()
+        await servers[0].close()
+
+
+async def test_upgrade_reuses_chunks_from_the_store(master: Master, tmp_path: Path) -> None:
+    from p2pkg.publish import publish
+    from p2pkg.testing.archives import build_wheel
+
+    payload = bytes(range(256)) * 20_000  # the same payload in both versions
+    v1 = build_wheel(tmp_path, "lib", "1.0", payload=payload)
+    v2 = build_wheel(tmp_path, "lib", "2.0", payload=payload + b"new code")
+    with Store.open(master.store) as st:
+        publish(st, [master.key], [v1, v2])
+    servers = await _servers(master, 1)
+    with Store.open(tmp_path / "client", create=True) as client_store:
+        fetcher = Fetcher(master.pins, [servers[0].url], client_store)
+        try:
+            await fetcher.fetch("lib==1.0", None)
+            _, stats = await fetcher.fetch("lib==2.0", tmp_path / "out")
+            assert stats.from_local > 0.8 * v2.stat().st_size
+            assert (tmp_path / "out" / v2.name).read_bytes() == v2.read_bytes()
+        finally:
+            fetcher.close()
+            await servers[0].close()
+
+
+async def test_malformed_and_lying_responses(master: Master, tmp_path: Path) -> None:
+    """Bad heads, oversized bodies, objects that do not hash to their id, stale roots."""
+    with Store.open(master.store) as st:
+        latest = st.latest_root_stored()
+        assert latest is not None
+        root_frame = latest[2]
+        tree_id = next(oid for oid, kind, _ in st.iter_objects() if kind == 5)
+    obj = f"/p2pkg/v1/objects/{tree_id.hex()}"
+    cases = {
+        "garbage head": {"/p2pkg/v1/root": b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"},
+        "not http": {"/p2pkg/v1/root": b"\x00\x01\x02 definitely not http\r\n\r\n"},
+        "huge root": {"/p2pkg/v1/root": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n"},
+        "root not zstd": {"/p2pkg/v1/root": http_response(200, b"not a root")},
+        "object hashes wrong": {
+            "/p2pkg/v1/root": http_response(200, root_frame),
+            obj: http_response(200, compress(b"\x05\x01\x00\x00")),
+        },
+    }
+    for name, routes in cases.items():
+        fake = FakePeer(routes)
+        url = await fake.start()
+        client_store = tmp_path / f"client-{len(name)}-{name[:4]}"
+        with Store.open(client_store, create=True) as cs:
+            before = snapshot(client_store)
+            fetcher = Fetcher(master.pins, [url], cs, client_config=FAST)
+            try:
+                with pytest.raises(FetchError):
+                    await fetcher.fetch("big", tmp_path / "out")
+            finally:
+                fetcher.close()
+                await fake.close()
+            after = snapshot(client_store)
+            # At most the (valid, signed) root was remembered; no object, no file.
+            not_roots = [row for row in after[0][1] if row[1] != 7]  # objects but signed roots
+            assert not_roots == list(before[0][1]), name
+            assert after[0][3] == before[0][3] and after[1] == before[1], name
+    assert not (tmp_path / "out").exists()
