@@ -265,6 +265,8 @@ class Fetcher:
         # A seed serves its store: it records a root only once everything under
         # it is synced, so it turns this off and commits the root itself.
         self.persist_roots = persist_roots
+        # Why the last refresh got no root at all (empty when some peer answered).
+        self.unreachable: list[str] = []
 
     def close(self) -> None:
         for c in self.clients.values():
@@ -331,6 +333,7 @@ class Fetcher:
                 continue
             offers.append((decode_signed_root(res)[1].version, res, peer))
         offers.sort(key=lambda o: -o[0])
+        self.unreachable = [] if offers else problems
         now = self.clock()
         for version, data, peer in offers:
             if base is not None and version <= base.version:

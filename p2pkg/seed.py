@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from p2pkg.errors import DecodeError, P2pkgError
+from p2pkg.errors import DecodeError, FetchError, P2pkgError
 from p2pkg.fetch import Fetcher, Peer, open_root
 from p2pkg.http import wire
 from p2pkg.http.client import PeerClient
@@ -157,8 +157,10 @@ class Seeder:
                 f = self.freshness
                 f.failures_in_a_row += 1
                 f.last_error = str(exc)
-                delay = min(self.config.max_backoff, 2 ** min(f.failures_in_a_row, 16))
-                delay = min(delay, self.config.interval)
+                # Back off from the poll interval up to max_backoff; a push still
+                # wakes the seed at once.
+                exponent = min(f.failures_in_a_row - 1, 16)
+                delay = min(self.config.max_backoff, self.config.interval * 2**exponent)
                 log.warning("seed sync failed (retry in %.0fs): %s", delay, exc)
             self._wake = anyio.Event()
             with anyio.move_on_after(delay):
@@ -184,6 +186,9 @@ class Seeder:
         f = self.freshness
         f.last_attempt = time.time()
         trusted = await self.fetcher.refresh_root()
+        if self.fetcher.unreachable:
+            # Still serving what we hold; say so and back off.
+            raise FetchError("no upstream reachable: " + "; ".join(self.fetcher.unreachable))
         f.upstream_version = max(f.upstream_version or 0, trusted.version)
         if f.synced_version is not None and trusted.version <= f.synced_version:
             f.failures_in_a_row = 0

@@ -56,8 +56,8 @@ def make_master(tmp: Path, big_size: int = 6 * MiB) -> Master:
 class FaultyServer(PeerServer):
     """A peer that misbehaves when serving archive bytes."""
 
-    def __init__(self, store: Path, mode: str, config: ServerConfig = ServerConfig()) -> None:
-        super().__init__(store, config)
+    def __init__(self, store: Path, mode: str, config: ServerConfig | None = None) -> None:
+        super().__init__(store, config or ServerConfig())
         self.mode = mode
 
     async def _sendfile(

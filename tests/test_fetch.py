@@ -18,7 +18,7 @@ from p2pkg.objects import compress
 from p2pkg.store import Store
 
 from .helpers import snapshot
-from .netutil import FakePeer, FaultyServer, Master, http_response, make_master, spawn
+from .netutil import FakePeer, FaultyServer, Master, http_response, make_master
 
 pytestmark = pytest.mark.anyio
 FAST = ClientConfig(stall_timeout=0.5, head_timeout=2.0, connect_timeout=2.0)
@@ -69,7 +69,7 @@ async def test_bad_peer_is_routed_around(
     out = tmp_path / "out"
     try:
         for spec, original in (("big", master.big), ("small", master.small)):
-            path, stats = await fetcher.fetch(spec, out)
+            path, _stats = await fetcher.fetch(spec, out)
             assert path.read_bytes() == original.read_bytes(), f"mode={mode}"
         assert bad.url in caplog.text, f"the bad peer is named in the log (mode={mode})"
         if mode == "corrupt":

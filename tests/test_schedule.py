@@ -90,7 +90,7 @@ def test_four_peers_share_the_work() -> None:
 
 def test_endgame_rescues_a_stalling_peer() -> None:
     peers = {"ok": SimPeer(50 * MiB), "crawl": SimPeer(0.2 * MiB)}
-    s, t = simulate(16 * MiB, peers)
+    _s, t = simulate(16 * MiB, peers)
     # Without endgame the crawler's first 4 MiB span alone would take 20 s; an
     # unmeasured owner is suspected after stall_after (1 s), then "ok" takes over.
     assert t < ScheduleConfig().stall_after + 16 / 50 * 2

@@ -280,6 +280,10 @@ class Connection:
         except BaseException:
             self.close()
             raise
+        finally:
+            for fut in (proto.head_future, proto.body_future):
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # mark retrieved: the error was raised once, here
 
     async def _wait_body(self, fut: asyncio.Future[bool]) -> None:
         stall = self._config.stall_timeout

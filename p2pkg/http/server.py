@@ -102,6 +102,7 @@ class PeerServer:
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._overflow = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -153,13 +154,7 @@ class PeerServer:
     ) -> None:
         cfg = self.config
         if self.stats.active >= cfg.max_connections:
-            self.stats.busy += 1
-            with contextlib.suppress(ConnectionError):
-                writer.write(
-                    self._head(503, [("Retry-After", "1"), ("Content-Length", "0")], False)
-                )
-                await writer.drain()
-            writer.close()
+            await self._refuse(reader, writer)
             return
         self.stats.active += 1
         self._conns.add(writer)
@@ -202,6 +197,30 @@ class PeerServer:
         finally:
             self.stats.active -= 1
             self._conns.discard(writer)
+            writer.close()
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Over the connection budget: answer the first request 503, then close.
+
+        Reading the request first (briefly) gives the client a proper HTTP answer
+        instead of a reset racing its write. Overflow connections have their own
+        ceiling (as many again as the budget); past it they are closed at once.
+        """
+        self.stats.busy += 1
+        if self._overflow >= self.config.max_connections:
+            writer.transport.abort()
+            return
+        self._overflow += 1
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+            headers = [("Retry-After", "1"), ("Content-Length", "4")]
+            writer.write(self._head(503, headers, False) + b"busy")
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._overflow -= 1
             writer.close()
 
     # ------------------------------------------------------------------ responses
