@@ -109,3 +109,35 @@ def test_help_teaches() -> None:
     out = run("--help")
     assert "Exit codes" in out and "keygen" in out
     assert "--trust" in run("show", "--help")
+
+
+def test_serve_export_fetch_cli(tmp_path: Path, dist: Path, master: tuple[Path, str]) -> None:
+    import subprocess
+    import sys
+
+    from .netutil import serve_process
+
+    key, pub = master
+    store = tmp_path / "store"
+    build_wheel(dist, "demo", "1.0", payload=3 << 20)
+    run("publish", "--store", str(store), "--key", str(key), str(dist))
+    out = json.loads(
+        run("export", "--store", str(store), "--out", str(tmp_path / "static"), "--json")
+    )
+    assert out["files"] == 1 and out["root_version"] == 1
+    assert (tmp_path / "static" / "p2pkg" / "v1" / "root").exists()
+    with serve_process(store) as (_, url):
+        fetch = [sys.executable, "-m", "p2pkg.cli", "fetch", "demo", "--trust", pub, "--peer", url]
+        done = subprocess.run(
+            [*fetch, "--dest", str(tmp_path / "out"), "--json"], capture_output=True, check=True
+        )
+        result = json.loads(done.stdout)
+        assert result["filename"] == "demo-1.0-py3-none-any.whl"
+        assert (tmp_path / "out" / result["filename"]).stat().st_size == result["size"]
+        missing = subprocess.run(
+            [*fetch[:4], "nope", *fetch[5:], "--dest", str(tmp_path)], capture_output=True
+        )
+        assert missing.returncode == 7 and missing.stderr.decode().count("\n") == 1
+    dead = subprocess.run(fetch, capture_output=True, check=False)  # the peer is gone now
+    assert dead.returncode == 8 and b"Traceback" not in dead.stderr
+    assert run("fetch", "demo", "--peer", "http://127.0.0.1:9", code=2)  # --trust is required
