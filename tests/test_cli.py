@@ -135,7 +135,9 @@ def test_serve_export_fetch_cli(tmp_path: Path, dist: Path, master: tuple[Path, 
         assert result["filename"] == "demo-1.0-py3-none-any.whl"
         assert (tmp_path / "out" / result["filename"]).stat().st_size == result["size"]
         missing = subprocess.run(
-            [*fetch[:4], "nope", *fetch[5:], "--dest", str(tmp_path)], capture_output=True
+            [*fetch[:4], "nope", *fetch[5:], "--dest", str(tmp_path)],
+            capture_output=True,
+            check=False,
         )
         assert missing.returncode == 7 and missing.stderr.decode().count("\n") == 1
     dead = subprocess.run(fetch, capture_output=True, check=False)  # the peer is gone now
