@@ -1,7 +1,11 @@
-"""The README demo: a master publishes a signed namespace, anyone verifies it.
+"""The README demo: a signed namespace, a master and three seeds on loopback.
 
 Run: ``make demo``. Everything happens under ``demo-out/`` (recreated each
-run) with the real ``p2pkg`` CLI in subprocesses, printing each command.
+run) with the real ``p2pkg`` CLI in subprocesses, printing each command:
+publish and verify; serve the master; three seeds follow it (one mirrors a
+single project); a client fetches through the seeds only; a new release is
+pushed to the seeds; the master goes away and the seeds keep serving.
+Every process started here is stopped before the demo ends.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from netsim.testbed import Testbed, status, wait_synced
 from p2pkg.testing.archives import build_sdist, build_wheel
 
 OUT = Path("demo-out")
@@ -67,6 +72,8 @@ def main() -> None:
     step("verify re-hashes every object and archive")
     p2pkg("verify", "--store", store, "--trust", pub)
 
+    network(store, pub, dist)
+
     step("tampering is caught: flip one byte of a stored archive")
     victim = next(p for p in (OUT / "master-store" / "files").rglob("*") if p.is_file())
     data = bytearray(victim.read_bytes())
@@ -78,7 +85,41 @@ def main() -> None:
     p2pkg("keygen", "--out", str(OUT / "mallory.key"))
     p2pkg("publish", "--store", store, "--key", str(OUT / "mallory.key"), check=False)
 
-    print("\ndemo finished: everything above ran for real under demo-out/")
+    print("\ndemo finished: everything above ran for real under demo-out/ on 127.0.0.1")
+
+
+def network(store: str, pub: str, dist: Path) -> None:
+    key = str(OUT / "master.key")
+    with Testbed() as bed:
+        step("the master serves its store over HTTP")
+        master_proc, master = bed.serve(Path(store))
+        print(f"  $ p2pkg serve --store {store} --listen 127.0.0.1:0  ->  {master}")
+
+        step("three volunteer seeds follow the master (seed-3 mirrors one project)")
+        _, s1 = bed.seed(OUT / "seed-1", pub, [master], "--interval", "2s")
+        _, s2 = bed.seed(OUT / "seed-2", pub, [master, s1], "--interval", "2s")
+        _, s3 = bed.seed(OUT / "seed-3", pub, [s1, s2], "--interval", "2s", "--project", "demo-app")
+        for name, url in (("seed-1", s1), ("seed-2", s2), ("seed-3", s3)):
+            st = wait_synced(url, 2)
+            version, files, lag = st["synced_version"], st["files"], st["lag_versions"]
+            print(f"  {name} {url}: root v{version}, {files} files, lag {lag}")
+
+        step("a client that knows only the seeds fetches, verifying every chunk")
+        seeds = ["--peer", s1, "--peer", s2, "--peer", s3]
+        p2pkg("fetch", "demo-base", "--trust", pub, *seeds, "--dest", str(OUT / "downloads"))
+        p2pkg("fetch", "demo-app==1.0", "--trust", pub, *seeds, "--dest", str(OUT / "downloads"))
+
+        step("a new release is pushed to the seeds (no waiting for their poll)")
+        build_wheel(dist, "demo-base", "2.0", payload=300_000)
+        p2pkg("publish", "--store", store, "--key", key, "--notify", s1, "--notify", s2, str(dist))
+        for url in (s1, s2):
+            wait_synced(url, 3, timeout=10)
+        print(f"  seed-1 and seed-2 at root v3 (status: {status(s1)['synced_version']})")
+
+        step("the master goes away: the seeds keep serving")
+        master_proc.terminate()
+        master_proc.wait(timeout=10)
+        p2pkg("fetch", "demo-base", "--trust", pub, *seeds, "--dest", str(OUT / "downloads"))
 
 
 if __name__ == "__main__":

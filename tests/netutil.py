@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from netsim import testbed
 from p2pkg.http.server import PeerServer, ServerConfig
 from p2pkg.publish import publish
 from p2pkg.root import format_pubkey, public_bytes
@@ -120,56 +119,14 @@ def http_response(status: int, body: bytes, extra: str = "") -> bytes:
     return f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
-@contextmanager
-def serve_process(store: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def serve_process(
+    store: Path, *args: str
+) -> AbstractContextManager[tuple[subprocess.Popen[bytes], str]]:
     """``p2pkg serve`` in a subprocess on a free port; yields (process, url)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "p2pkg.cli",
-        "serve",
-        "--store",
-        str(store),
-        "--listen",
-        "127.0.0.1:0",
-        *args,
-    ]
-    with spawn(cmd, r"on (http://\S+)") as (proc, url):
-        yield proc, url
+    return testbed.serve(store, *args)
 
 
-@contextmanager
-def spawn(
-    cmd: list[str], pattern: str, timeout: float = 20
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start ``cmd``; wait for ``pattern`` on its stderr; yield (process, first group)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-            m = re.search(pattern, line.decode(errors="replace"))
-            if m:
-                break
-        else:
-            raise TimeoutError(f"{cmd[3:5]} did not start")
-        if not m:
-            raise RuntimeError(f"{cmd} exited: {line!r}")
-        yield proc, m.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+spawn = testbed.spawn
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
