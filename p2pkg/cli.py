@@ -602,7 +602,7 @@ def seed(
 
 
 @main.command()
-@click.argument("spec")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 @trust_option
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="Peer base URL. Repeatable.")
 @click.option(
@@ -610,34 +610,37 @@ def seed(
     default=".",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory to write the archive to.",
+    help="Directory to write the archives to.",
 )
-@click.option("--file", "filename", metavar="FILENAME", help="Pick this exact archive.")
+@click.option("--file", "filename", metavar="FILENAME", help="Pick this exact archive (one SPEC).")
 @click.option(
     "--store",
     type=click.Path(file_okay=False, path_type=Path),
     help="Local store to cache roots, objects and archives (enables upgrades from chunks).",
 )
+@click.option("--jobs", default=8, show_default=True, help="Archives fetched at the same time.")
 @json_option
 def fetch(
-    spec: str,
+    specs: tuple[str, ...],
     trust: tuple[str, ...],
     peers: tuple[str, ...],
     dest: Path,
     filename: str | None,
     store: Path | None,
+    jobs: int,
     as_json: bool,
 ) -> None:
-    """Fetch an archive from peers, verified against the master's key.
+    """Fetch archives from peers, verified against the master's key.
 
     \b
     SPEC is a project name, name==version, or a PEP 440 specifier
-    ("requests>=2.30,<3"). Without --file, the newest allowed version's wheel
-    that best matches this interpreter is chosen, else its sdist; yanked files
-    are skipped unless pinned with ==.
+    ("requests>=2.30,<3"); several SPECs are fetched concurrently. Without
+    --file, the newest allowed version's wheel that best matches this
+    interpreter is chosen, else its sdist; yanked files are skipped unless
+    pinned with ==.
 
     Chunks come from all peers in parallel and each is checked against its
-    BLAKE3 id as it arrives; the file appears in --dest only once its sha256
+    BLAKE3 id as it arrives; a file appears in --dest only once its sha256
     and BLAKE3 match the signed manifest. An interrupted fetch resumes.
     """
     from p2pkg.fetch import Fetcher
@@ -648,26 +651,34 @@ def fetch(
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
     if not peers:
         raise click.UsageError("at least one --peer URL is needed")
-    result: dict[str, Any] = {}
+    if filename is not None and len(specs) != 1:
+        raise click.UsageError("--file needs exactly one SPEC")
+    results: list[dict[str, Any]] = []
 
     async def run() -> None:
+        import anyio
+
         st = Store.open(store, create=True) if store is not None else None
         fetcher = Fetcher(pins, list(peers), st)
+        limiter = anyio.CapacityLimiter(max(1, jobs))
         try:
-            manifest = await fetcher.resolve(spec, filename)
-            with _progress(f"fetching {manifest.filename}") as bar:
-                path, stats = await fetcher.fetch_file(manifest, dest, progress=bar)
-            result.update(
-                path=str(path),
-                filename=manifest.filename,
-                version=manifest.version,
-                size=manifest.size,
-                sha256=manifest.sha256.hex(),
-                seconds=round(stats.seconds, 3),
-                bytes_from_network=stats.from_network,
-                bytes_from_local=stats.from_local,
-                peers={u: s["received"] for u, s in stats.peers.items()},
-            )
+            await fetcher.refresh_root()
+            if len(specs) == 1:
+                manifest = await fetcher.resolve(specs[0], filename)
+                with _progress(f"fetching {manifest.filename}") as bar:
+                    path, stats = await fetcher.fetch_file(manifest, dest, progress=bar)
+                results.append(_fetch_result(manifest, path, stats))
+                return
+
+            async def one(spec: str) -> None:
+                async with limiter:
+                    manifest = await fetcher.resolve(spec)
+                    path, stats = await fetcher.fetch_file(manifest, dest)
+                results.append(_fetch_result(manifest, path, stats))
+
+            async with anyio.create_task_group() as tg:
+                for spec in specs:
+                    tg.start_soon(one, spec)
         finally:
             fetcher.close()
             if st is not None:
@@ -676,12 +687,40 @@ def fetch(
     import anyio
 
     with errors_as_exit():
-        anyio.run(run)
-    text = (
-        f"{result['path']}  ({result['size']} bytes, "
-        f"{result['bytes_from_network']} from the network, {result['seconds']}s)"
-    )
-    emit(as_json, result, text)
+        try:
+            anyio.run(run)
+        except BaseExceptionGroup as group:
+            raise _first_p2pkg_error(group) from None
+    lines = [
+        f"{r['path']}  ({r['size']} bytes, {r['bytes_from_network']} from the network, "
+        f"{r['seconds']}s)"
+        for r in results
+    ]
+    emit(as_json, results[0] if len(specs) == 1 else {"files": results}, "\n".join(lines))
+
+
+def _fetch_result(manifest: Any, path: Path, stats: Any) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "filename": manifest.filename,
+        "version": manifest.version,
+        "size": manifest.size,
+        "sha256": manifest.sha256.hex(),
+        "seconds": round(stats.seconds, 3),
+        "bytes_from_network": stats.from_network,
+        "bytes_from_local": stats.from_local,
+        "peers": {u: s["received"] for u, s in stats.peers.items()},
+    }
+
+
+def _first_p2pkg_error(group: BaseExceptionGroup) -> BaseException:
+    """The first p2pkg error inside a task group's exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_p2pkg_error(exc)
+        if isinstance(exc, P2pkgError):
+            return exc
+    return group
 
 
 @main.command()

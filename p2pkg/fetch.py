@@ -17,13 +17,16 @@ version of the same wheel) are copied instead of downloaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
+import mmap
 import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +73,7 @@ from p2pkg.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, updat
 log = logging.getLogger(__name__)
 
 MAX_CHAIN_WALK = 1000
+OBJECT_CACHE_BYTES = 64 << 20
 Progress = Callable[[int, int], None]
 
 
@@ -172,23 +176,34 @@ class _PrefixHasher:
                 self.cond.notify()
 
     def _run(self) -> None:
+        if self.size == 0:
+            return
         try:
-            while self.pos < self.size:
-                with self.cond:
-                    while self.pos >= self.target and not self.stopped:
-                        self.cond.wait()
-                    if self.stopped:
-                        return
-                    target = self.target
-                while self.pos < target:
-                    data = os.pread(self.fd, min(4 << 20, target - self.pos), self.pos)
-                    if not data:
-                        raise OSError("partial file shorter than expected")
-                    self.sha.update(data)
-                    self.b3.update(data)
-                    self.pos += len(data)
+            # Hash straight from the page cache through a read-only mapping (no copies).
+            with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    self._hash(view)
+                finally:
+                    view.release()
         except BaseException as exc:  # re-raised by finish()
             self.error = exc
+
+    def _hash(self, view: memoryview) -> None:
+        while self.pos < self.size:
+            with self.cond:
+                while self.pos >= self.target and not self.stopped:
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                target = self.target
+            while self.pos < target:
+                end = min(target, self.pos + (4 << 20))
+                block = view[self.pos : end]
+                self.sha.update(block)
+                self.b3.update(block)
+                block.release()
+                self.pos = end
 
     def finish(self) -> tuple[bytes, bytes]:
         """Block until the whole file is hashed; (sha256, BLAKE3)."""
@@ -267,6 +282,9 @@ class Fetcher:
         self.persist_roots = persist_roots
         # Why the last refresh got no root at all (empty when some peer answered).
         self.unreachable: list[str] = []
+        # Verified objects, so a batch of fetches resolves shared nodes once.
+        self._cache: OrderedDict[ObjectId, bytes] = OrderedDict()
+        self._cache_bytes = 0
 
     def close(self) -> None:
         for c in self.clients.values():
@@ -394,6 +412,10 @@ class Fetcher:
         With a store and ``keep``, a fetched object is committed to the store
         at once; a seed passes ``keep=False`` and commits bottom-up itself.
         """
+        cached = self._cache.get(oid)
+        if cached is not None:
+            self._cache.move_to_end(oid)
+            return cached
         if self.store is not None and self.store.has_object(oid):
             return self.store.get_object(oid)
         errors = []
@@ -414,8 +436,16 @@ class Fetcher:
                 continue
             if self.store is not None and keep:
                 self.store.commit(objects={oid: data})
+            self._remember(oid, data)
             return data
         raise FetchError(f"no peer served object {oid.hex()}: {'; '.join(errors) or 'no peers'}")
+
+    def _remember(self, oid: ObjectId, data: bytes) -> None:
+        self._cache[oid] = data
+        self._cache_bytes += len(data)
+        while self._cache_bytes > OBJECT_CACHE_BYTES and self._cache:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
 
     async def project(self, name: str) -> Project | None:
         """Resolve a project through the trusted tree (docs/protocol.md §3.5)."""
@@ -662,6 +692,10 @@ def _reusable_chunks(
                 have.add(i)
     else:
         os.ftruncate(fd, manifest.size)
+        if manifest.size:
+            # Reserve the blocks up front: ENOSPC shows now, not mid-transfer.
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(fd, 0, manifest.size)
     for i, (path, offset) in elsewhere.items():
         if i in have:
             continue

@@ -81,6 +81,8 @@ def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     fd_out, name = tempfile.mkstemp(dir=temp_dir, suffix=".part")
     temp = Path(name)
     try:
+        # Archives are public: readable by a static server running as another user.
+        os.fchmod(fd_out, 0o644)
         with src.open("rb") as fh:
             copy_fd(fh.fileno(), fd_out, os.fstat(fh.fileno()).st_size)
         os.close(fd_out)

@@ -193,3 +193,14 @@ def test_verify_finds_bad_objects(published: Path, store_dir: Path) -> None:
     with Store.open(store_dir) as st:
         report = verify_store(st)
     assert any(oid.hex() in p for p in report.problems)
+
+
+def test_stored_archives_are_world_readable(
+    dist: Path, store_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    """A static server (nginx as another user) must be able to serve an export."""
+    build_wheel(dist, "demo", "1.0")
+    _publish(store_dir, key, dist)
+    for path in (store_dir / "files").rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
