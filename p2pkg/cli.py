@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import platformdirs
 
 from p2pkg import __version__
 from p2pkg.errors import (
@@ -92,10 +91,14 @@ def errors_as_exit() -> Iterator[None]:
 
 
 def default_store() -> Path:
+    import platformdirs  # lazy: start-up time counts for every small fetch
+
     return platformdirs.user_data_path("p2pkg") / "store"
 
 
 def default_config() -> Path:
+    import platformdirs
+
     return platformdirs.user_config_path("p2pkg") / "config.toml"
 
 
@@ -644,6 +647,7 @@ def fetch(
     and BLAKE3 match the signed manifest. An interrupted fetch resumes.
     """
     from p2pkg.fetch import Fetcher
+    from p2pkg.fsutil import fsync_dir
     from p2pkg.store import Store
 
     pins = parse_trust(trust)
@@ -670,15 +674,17 @@ def fetch(
                 results.append(_fetch_result(manifest, path, stats))
                 return
 
-            async def one(spec: str) -> None:
+            manifests = await fetcher.resolve_many(specs)
+
+            async def one(manifest: Any) -> None:
                 async with limiter:
-                    manifest = await fetcher.resolve(spec)
-                    path, stats = await fetcher.fetch_file(manifest, dest)
+                    path, stats = await fetcher.fetch_file(manifest, dest, sync_dir=False)
                 results.append(_fetch_result(manifest, path, stats))
 
             async with anyio.create_task_group() as tg:
-                for spec in specs:
-                    tg.start_soon(one, spec)
+                for manifest in dict.fromkeys(manifests):
+                    tg.start_soon(one, manifest)
+            fsync_dir(dest)  # one directory sync for the whole batch
         finally:
             fetcher.close()
             if st is not None:

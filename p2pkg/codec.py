@@ -140,6 +140,12 @@ class Reader:
             raise DecodeError(f"{self.remaining} trailing bytes")
 
 
+def encode_uvarint(value: int) -> bytes:
+    w = Writer()
+    w.uvarint(value)
+    return w.getvalue()
+
+
 def check_strictly_sorted(keys: list[bytes], what: str) -> None:
     """Canonical lists are sorted and unique; anything else has two encodings."""
     for a, b in itertools.pairwise(keys):

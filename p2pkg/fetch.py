@@ -27,13 +27,14 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import blake3
 
+from p2pkg.codec import Reader
 from p2pkg.config import LIMITS
 from p2pkg.errors import (
     BadDataError,
@@ -66,7 +67,7 @@ from p2pkg.objects import (
 )
 from p2pkg.root import decode_signed_root
 from p2pkg.schedule import Failure, ScheduleConfig, Scheduler, Span
-from p2pkg.select import candidates, parse_spec, python_allows
+from p2pkg.select import Spec, candidates, parse_spec, python_allows
 from p2pkg.store import Store
 from p2pkg.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
 
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 
 MAX_CHAIN_WALK = 1000
 OBJECT_CACHE_BYTES = 64 << 20
+SMALL_FILE = 1 << 20  # at most this: hashed inline, no helper thread, no fallocate
 Progress = Callable[[int, int], None]
 
 
@@ -227,7 +229,7 @@ class _Download:
     sched: Scheduler
     stats: FetchStats
     progress: Progress | None
-    hasher: _PrefixHasher
+    hasher: _PrefixHasher | None  # None for small files: hashed in one go at the end
     done_bytes: int = 0
     prefix: int = 0  # chunks 0..prefix-1 are all verified
 
@@ -250,7 +252,8 @@ class _Download:
         s = self.sched
         while self.prefix < len(s.lengths) and s.done[self.prefix]:
             self.prefix += 1
-        self.hasher.advance(s.offsets[self.prefix])
+        if self.hasher is not None:
+            self.hasher.advance(s.offsets[self.prefix])
 
 
 class Fetcher:
@@ -285,6 +288,7 @@ class Fetcher:
         # Verified objects, so a batch of fetches resolves shared nodes once.
         self._cache: OrderedDict[ObjectId, bytes] = OrderedDict()
         self._cache_bytes = 0
+        self._nodes: dict[ObjectId, Node] = {}
 
     def close(self) -> None:
         for c in self.clients.values():
@@ -440,6 +444,69 @@ class Fetcher:
             return data
         raise FetchError(f"no peer served object {oid.hex()}: {'; '.join(errors) or 'no peers'}")
 
+    async def get_objects(self, oids: Iterable[ObjectId]) -> dict[ObjectId, bytes]:
+        """Several objects at once (docs/protocol.md §6.2, batch): id -> canonical bytes.
+
+        Asks peers with ``POST /objects`` (up to 1024 ids a request), checks every
+        object against its id, and falls back to one GET per object for what no
+        batch delivered (static peers cannot answer POST).
+        """
+        out: dict[ObjectId, bytes] = {}
+        want: list[ObjectId] = []
+        for oid in dict.fromkeys(oids):
+            cached = self._cache.get(oid)
+            if cached is not None:
+                out[oid] = cached
+            elif self.store is not None and self.store.has_object(oid):
+                out[oid] = self.store.get_object(oid)
+            else:
+                want.append(oid)
+        for peer in self._live_peers():
+            if not want:
+                break
+            want = await self._batch_from(peer, want, out)
+        for oid in want:
+            out[oid] = await self.get_object(oid)
+        return out
+
+    async def _batch_from(
+        self, peer: Peer, want: list[ObjectId], out: dict[ObjectId, bytes]
+    ) -> list[ObjectId]:
+        """Fetch what ``peer`` holds of ``want`` into ``out``; return what is still missing."""
+        missing: list[ObjectId] = []
+        fresh: dict[ObjectId, bytes] = {}
+        client = self.clients[peer.url]
+        for start in range(0, len(want), wire.MAX_OBJECT_BATCH):
+            group = want[start : start + wire.MAX_OBJECT_BATCH]
+            try:
+                status, body = await client.post(
+                    wire.OBJECTS_PATH, b"".join(group), wire.MAX_OBJECT_BATCH_BYTES
+                )
+            except PeerError as exc:
+                log.info("object batch from %s failed: %s", peer.url, exc)
+                return missing + want[start:]
+            if status != 200:
+                return missing + want[start:]  # e.g. a static server: no POST
+            try:
+                r = Reader(body)
+                for oid in group:
+                    frame = r.bytes_(LIMITS.max_object_size + 1024)
+                    if not frame:
+                        missing.append(oid)
+                        continue
+                    fresh[oid] = open_object(frame, oid)
+                r.end()
+            except (DecodeError, IntegrityError) as exc:
+                log.warning("banning peer %s: object batch: %s", peer.url, exc)
+                self.banned.add(peer.url)
+                return missing + [o for o in want[start:] if o not in fresh]
+        if self.store is not None and fresh:
+            self.store.commit(objects=fresh)
+        for oid, data in fresh.items():
+            self._remember(oid, data)
+        out.update(fresh)
+        return missing
+
     def _remember(self, oid: ObjectId, data: bytes) -> None:
         self._cache[oid] = data
         self._cache_bytes += len(data)
@@ -447,13 +514,24 @@ class Fetcher:
             _, old = self._cache.popitem(last=False)
             self._cache_bytes -= len(old)
 
+    async def _node(self, oid: ObjectId) -> Node:
+        # Interior nodes are shared by every lookup: keep them decoded (they are
+        # immutable, addressed by hash; at most 257 exist).
+        node = self._nodes.get(oid)
+        if node is None:
+            node = decode_as(await self.get_object(oid), Node)
+            if len(self._nodes) >= 4 * 257:  # nodes of older roots: start over
+                self._nodes.clear()
+            self._nodes[oid] = node
+        return node
+
     async def project(self, name: str) -> Project | None:
         """Resolve a project through the trusted tree (docs/protocol.md §3.5)."""
         trusted = self.trusted or await self.refresh_root()
         h = name_hash(name)
         oid = trusted.root.tree
         for depth in range(TREE_LEVELS):
-            child = decode_as(await self.get_object(oid), Node).child(h[depth])
+            child = (await self._node(oid)).child(h[depth])
             if child is None:
                 return None
             oid = child
@@ -464,6 +542,54 @@ class Fetcher:
 
     async def manifest(self, oid: ObjectId) -> FileManifest:
         return decode_as(await self.get_object(oid), FileManifest)
+
+    async def resolve_many(self, specs: Sequence[str]) -> list[FileManifest]:
+        """Resolve many specs together, one batch request per tree level."""
+        trusted = self.trusted or await self.refresh_root()
+        parsed = [parse_spec(s) for s in specs]
+        names = list(dict.fromkeys(p.name for p in parsed))
+        hashes = {n: name_hash(n) for n in names}
+        top = await self._node(trusted.root.tree)
+        level1 = {n: top.child(hashes[n][0]) for n in names}
+        nodes = await self.get_objects(o for o in level1.values() if o is not None)
+        leaf_ids: dict[str, ObjectId | None] = {}
+        for n, oid in level1.items():
+            leaf_ids[n] = None if oid is None else decode_as(nodes[oid], Node).child(hashes[n][1])
+        leaves = await self.get_objects(o for o in leaf_ids.values() if o is not None)
+        project_ids: dict[str, ObjectId] = {}
+        for n, oid in leaf_ids.items():
+            if oid is not None:
+                for entry in decode_as(leaves[oid], Leaf).projects:
+                    if entry.name == n:
+                        project_ids[n] = entry.project
+        projects_raw = await self.get_objects(project_ids.values())
+        projects = {n: decode_as(projects_raw[oid], Project) for n, oid in project_ids.items()}
+        first: dict[str, ObjectId] = {}
+        for text, spec in zip(specs, parsed, strict=True):
+            project = projects.get(spec.name)
+            if project is None:
+                raise NotFoundError(f"no project {spec.name!r} in the namespace")
+            best = next(iter(candidates((f.filename for f in project.files), spec)), None)
+            if best is not None:
+                oid = project.lookup(best.filename)
+                assert oid is not None
+                first[text] = oid
+        manifests = await self.get_objects(first.values())
+        out = []
+        for text in specs:
+            m = decode_as(manifests[first[text]], FileManifest) if text in first else None
+            if m is None or not self._acceptable(m, parse_spec(text)):
+                m = await self.resolve(text)  # the best candidate was yanked/excluded
+            out.append(m)
+        return out
+
+    @staticmethod
+    def _acceptable(m: FileManifest, spec: Spec) -> bool:
+        """PEP 592 (yanked only when pinned) and Requires-Python for this interpreter."""
+        python = ".".join(str(v) for v in sys.version_info[:3])
+        if m.yanked is not None and not spec.pinned:
+            return False
+        return python_allows(m.requires_python, python)
 
     async def resolve(self, spec_text: str, filename: str | None = None) -> FileManifest:
         """The manifest of the file ``spec_text`` (and ``filename``) means."""
@@ -476,16 +602,12 @@ class Fetcher:
             if oid is None:
                 raise NotFoundError(f"project {spec.name!r} has no file {filename!r}")
             return await self.manifest(oid)
-        python = ".".join(str(v) for v in sys.version_info[:3])
         for cand in candidates((f.filename for f in project.files), spec):
             oid = project.lookup(cand.filename)
             assert oid is not None
             m = await self.manifest(oid)
-            if m.yanked is not None and not spec.pinned:
-                continue
-            if not python_allows(m.requires_python, python):
-                continue
-            return m
+            if self._acceptable(m, spec):
+                return m
         raise NotFoundError(f"no file of {spec.name!r} matches {spec_text!r} for this interpreter")
 
     # ------------------------------------------------------------------ files
@@ -507,8 +629,13 @@ class Fetcher:
         dest: Path | None,
         *,
         progress: Progress | None = None,
+        sync_dir: bool = True,
     ) -> tuple[Path, FetchStats]:
-        """Download ``manifest``'s file; return its path (``dest``/filename if given)."""
+        """Download ``manifest``'s file; return its path (``dest``/filename if given).
+
+        ``sync_dir=False`` leaves the fsync of ``dest`` to the caller (one per
+        batch of files rather than one per file).
+        """
         started = time.monotonic()
         stats = FetchStats(manifest.filename, manifest.size)
         store = self.store
@@ -532,14 +659,22 @@ class Fetcher:
         try:
             # SQLite stays on this thread; the worker only reads, hashes and copies.
             elsewhere = _store_locations(store, manifest) if store is not None else {}
-            have = await anyio.to_thread.run_sync(_reusable_chunks, fd, manifest, elsewhere)
+            small = manifest.size <= SMALL_FILE
+            if small:  # microseconds of work: not worth a thread hand-off
+                have = _reusable_chunks(fd, manifest, elsewhere)
+            else:
+                have = await anyio.to_thread.run_sync(_reusable_chunks, fd, manifest, elsewhere)
             stats.from_local = sum(manifest.chunks[i].length for i in have)
-            hasher = _PrefixHasher(fd, manifest.size)
+            hasher = None if small else _PrefixHasher(fd, manifest.size)
             try:
                 await self._download(manifest, fd, have, stats, progress, hasher)
-                sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
+                if hasher is None:
+                    sha, b3 = _hash_fd(fd, manifest.size)
+                else:
+                    sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
             finally:
-                hasher.stop()
+                if hasher is not None:
+                    hasher.stop()
             if sha != manifest.sha256:
                 raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
             if b3 != manifest.blake3:
@@ -558,7 +693,8 @@ class Fetcher:
             assert dest is not None
             path = dest / manifest.filename
             partial.replace(path)
-            fsync_dir(dest)
+            if sync_dir:
+                fsync_dir(dest)
         stats.seconds = time.monotonic() - started
         return path, stats
 
@@ -569,7 +705,7 @@ class Fetcher:
         have: set[int],
         stats: FetchStats,
         progress: Progress | None,
-        hasher: _PrefixHasher,
+        hasher: _PrefixHasher | None,
     ) -> None:
         peers = self._live_peers()
         if not peers and len(have) < len(manifest.chunks):
@@ -692,7 +828,7 @@ def _reusable_chunks(
                 have.add(i)
     else:
         os.ftruncate(fd, manifest.size)
-        if manifest.size:
+        if manifest.size > SMALL_FILE:
             # Reserve the blocks up front: ENOSPC shows now, not mid-transfer.
             with contextlib.suppress(OSError):
                 os.posix_fallocate(fd, 0, manifest.size)
@@ -709,6 +845,12 @@ def _reusable_chunks(
             os.pwrite(fd, data, offsets[i])
             have.add(i)
     return have
+
+
+def _hash_fd(fd: int, size: int) -> tuple[bytes, bytes]:
+    """sha256 and BLAKE3 of a small file, in one read."""
+    data = os.pread(fd, size, 0)
+    return hashlib.sha256(data).digest(), blake3.blake3(data).digest()
 
 
 def _as_hashed(manifest: FileManifest, path: Path) -> Hashed:

@@ -288,7 +288,7 @@ async def notify(urls: Sequence[str], root_frame: bytes) -> dict[str, str]:
     async def one(url: str) -> None:
         client = PeerClient(url)
         try:
-            status = await client.post(wire.NOTIFY_PATH, root_frame)
+            status, _ = await client.post(wire.NOTIFY_PATH, root_frame)
             out[url] = "ok" if status == 202 else f"HTTP {status}"
         except P2pkgError as exc:
             out[url] = str(exc)

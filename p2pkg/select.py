@@ -10,6 +10,7 @@ the wheel whose tags rank best for this interpreter, else the sdist.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -63,9 +64,17 @@ class Candidate:
     rank: int  # lower is better; sdists rank after every compatible wheel
 
 
+@functools.cache
+def _interpreter_ranks() -> dict[Tag, int]:
+    # sys_tags() yields ~900 tags; computing them once per process matters
+    # when hundreds of archives are resolved in one run.
+    return {t: i for i, t in enumerate(sys_tags())}
+
+
 def _tag_ranks(tags: Sequence[Tag] | None) -> dict[Tag, int]:
-    ordered = list(tags) if tags is not None else list(sys_tags())
-    return {t: i for i, t in enumerate(ordered)}
+    if tags is None:
+        return _interpreter_ranks()
+    return {t: i for i, t in enumerate(tags)}
 
 
 def candidates(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pkg.errors import FetchError
+from p2pkg.errors import FetchError, NotFoundError
 from p2pkg.export import export_store
 from p2pkg.fetch import Fetcher
 from p2pkg.http.client import ClientConfig
@@ -123,6 +123,9 @@ async def test_static_export_served_by_python_http_server(master: Master, tmp_pa
             assert path.read_bytes() == master.big.read_bytes()
             path, _ = await small_spans.fetch("small", tmp_path / "out")
             assert path.read_bytes() == master.small.read_bytes()
+            # No POST on a static server: batches fall back to one GET per object.
+            many = await small_spans.resolve_many(["small", "big"])
+            assert [m.filename for m in many] == [master.small.name, master.big.name]
         finally:
             small_spans.close()
     finally:
@@ -226,3 +229,44 @@ async def test_malformed_and_lying_responses(master: Master, tmp_path: Path) -> 
             assert not_roots == list(before[0][1]), name
             assert after[0][3] == before[0][3] and after[1] == before[1], name
     assert not (tmp_path / "out").exists()
+
+
+async def test_resolve_many_uses_object_batches(master: Master, tmp_path: Path) -> None:
+    server = (await _servers(master, 1))[0]
+    fetcher = Fetcher(master.pins, [server.url])
+    try:
+        before = server.stats.requests
+        manifests = await fetcher.resolve_many(["big", "small", "small==1.0", "big"])
+        assert [m.filename for m in manifests] == [
+            master.big.name,
+            master.small.name,
+            master.small.name,
+            master.big.name,
+        ]
+        # root, top node, then one batch per level (nodes, leaves, projects, manifests)
+        assert server.stats.requests - before <= 6
+        with pytest.raises(NotFoundError):
+            await fetcher.resolve_many(["big", "no-such-project"])
+    finally:
+        fetcher.close()
+        await server.close()
+
+
+async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_path: Path) -> None:
+    from p2pkg.codec import encode_uvarint
+    from p2pkg.objects import ObjectId
+
+    good = (await _servers(master, 1))[0]
+    oid = ObjectId(b"\x01" * 32)
+    frame = compress(b"\x01\x01\x00")
+    fake = FakePeer({"/p2pkg/v1/objects": http_response(200, encode_uvarint(len(frame)) + frame)})
+    url = await fake.start()
+    fetcher = Fetcher(master.pins, [url, good.url], client_config=FAST)
+    try:
+        with pytest.raises(FetchError):
+            await fetcher.get_objects([oid])  # nobody holds it; the liar is banned
+        assert url in fetcher.banned
+    finally:
+        fetcher.close()
+        await fake.close()
+        await good.close()

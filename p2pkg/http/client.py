@@ -364,19 +364,21 @@ class PeerClient:
         head = await self.request("GET", path, factory)
         return head.status, bytes(sinks[0].data) if sinks else b"", head
 
-    async def post(self, path: str, body: bytes, limit: int = 64 * 1024) -> int:
+    async def post(self, path: str, body: bytes, limit: int = 64 * 1024) -> tuple[int, bytes]:
+        """POST ``body``; (status, response body), the body bounded by ``limit``."""
         sinks: list[BytesSink] = []
 
         def factory(head: wire.ResponseHead) -> Sink:
-            size = min(head.content_length or 0, limit)
-            if (head.content_length or 0) > limit:
-                raise ProtocolError(self.url, "response too large")
+            size = head.content_length or 0
+            cap = limit if head.status == 200 else self.config.max_error_body
+            if size > cap:
+                raise ProtocolError(self.url, f"{path}: body of {size} bytes exceeds {cap}")
             sink = BytesSink(size)
             sinks.append(sink)
             return sink
 
         head = await self.request("POST", path, factory, body=body)
-        return head.status
+        return head.status, bytes(sinks[0].data) if sinks else b""
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pkg.chunking import ChunkId
+from p2pkg.codec import encode_uvarint
 from p2pkg.errors import NotFoundError
 from p2pkg.http import wire
 from p2pkg.objects import ObjectId
@@ -289,7 +290,7 @@ class PeerServer:
         if route is None:
             return await self._simple(writer, 404, b"not found")
         head_only = req.method == "HEAD"
-        post_routes = (wire.Kind.CHUNK_BATCH, wire.Kind.NOTIFY)
+        post_routes = (wire.Kind.CHUNK_BATCH, wire.Kind.OBJECT_BATCH, wire.Kind.NOTIFY)
         if (route.kind in post_routes) != (req.method == "POST") or req.method not in (
             "GET",
             "HEAD",
@@ -314,6 +315,10 @@ class PeerServer:
                     return await self._file(writer, route.id, req, head_only)
                 case wire.Kind.CHUNK:
                     return await self._chunks(writer, [route.id], head_only)
+                case wire.Kind.OBJECT_BATCH:
+                    if len(body) % 32 or not body or len(body) // 32 > wire.MAX_OBJECT_BATCH:
+                        return await self._simple(writer, 400, b"body must be 1-1024 object ids")
+                    return await self._object_batch(writer, body)
                 case wire.Kind.CHUNK_BATCH:
                     if len(body) % 32 or not body or len(body) // 32 > wire.MAX_BATCH:
                         return await self._simple(writer, 400, b"body must be 1-1024 chunk ids")
@@ -356,6 +361,26 @@ class PeerServer:
             headers=headers,
             head_only=head_only,
             ctype="application/vnd.p2pkg.object+zstd",
+        )
+
+    async def _object_batch(self, writer: asyncio.StreamWriter, body: bytes) -> bool:
+        """Objects by id, each as ``uvarint length || zstd frame`` (length 0: not held)."""
+        out = bytearray()
+        for i in range(0, len(body), 32):
+            try:
+                frame = self.store.get_stored(ObjectId(body[i : i + 32]))
+            except NotFoundError:
+                frame = b""
+            out += encode_uvarint(len(frame))
+            out += frame
+            if len(out) > wire.MAX_OBJECT_BATCH_BYTES:
+                return await self._simple(writer, 413, b"batch too large; ask for fewer")
+        return await self._simple(
+            writer,
+            200,
+            bytes(out),
+            headers=[("Cache-Control", wire.IMMUTABLE)],
+            ctype="application/vnd.p2pkg.objects",
         )
 
     async def _file(

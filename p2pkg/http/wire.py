@@ -30,6 +30,7 @@ class Kind(Enum):
     OBJECT = "objects"
     CHUNK = "chunks"
     CHUNK_BATCH = "chunk-batch"
+    OBJECT_BATCH = "object-batch"
     FILE = "files"
     STATUS = "status"
     NOTIFY = "notify"
@@ -63,6 +64,9 @@ def file_path(blake3: bytes) -> str:
 
 
 BATCH_PATH = f"{PREFIX}/chunks"
+OBJECTS_PATH = f"{PREFIX}/objects"
+MAX_OBJECT_BATCH = 1024  # ids per object batch request
+MAX_OBJECT_BATCH_BYTES = 64 << 20  # response size a client accepts
 STATUS_PATH = f"{PREFIX}/status"
 NOTIFY_PATH = f"{PREFIX}/notify"
 
@@ -82,6 +86,8 @@ def parse_target(target: str) -> Route | None:
             return Route(Kind.NOTIFY)
         case ["chunks"]:
             return Route(Kind.CHUNK_BATCH)
+        case ["objects"]:
+            return Route(Kind.OBJECT_BATCH)
         case ["roots", v] if v.isdigit() and len(v) <= 19 and v[0] != "0":
             return Route(Kind.ROOT_VERSION, version=int(v))
         case [("objects" | "chunks" | "files") as kind, h] if HEX64.match(h):
