@@ -24,9 +24,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# Benchmarks install their references (b3sum, nginx, aria2 from Debian when
+# root; libtorrent from PyPI into .venv) and print ratios measured in the run.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'libtorrent>=2.0,<3' || true
 	$(BIN)/python -m netsim.bench_publish
 	$(BIN)/python -m netsim.bench_namespace
+	$(BIN)/python -m netsim.bench_transfer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -75,7 +75,8 @@ log = logging.getLogger(__name__)
 
 MAX_CHAIN_WALK = 1000
 OBJECT_CACHE_BYTES = 64 << 20
-SMALL_FILE = 1 << 20  # at most this: hashed inline, no helper thread, no fallocate
+SMALL_FILE = 1 << 20
+SYNC_EVERY = 32 << 20  # the hashing thread fdatasyncs the partial file this often  # at most this: hashed inline, no helper thread, no fallocate
 Progress = Callable[[int, int], None]
 
 
@@ -164,6 +165,7 @@ class _PrefixHasher:
         self.sha = hashlib.sha256()
         self.b3 = blake3.blake3()
         self.pos = 0
+        self.synced = 0
         self.target = 0
         self.cond = threading.Condition()
         self.stopped = False
@@ -206,6 +208,11 @@ class _PrefixHasher:
                 self.b3.update(block)
                 block.release()
                 self.pos = end
+                if self.pos - self.synced >= SYNC_EVERY:
+                    # Flush as we go (off the event loop) so the final fsync that
+                    # makes the file durable only has the tail left to write.
+                    os.fdatasync(self.fd)
+                    self.synced = self.pos
 
     def finish(self) -> tuple[bytes, bytes]:
         """Block until the whole file is hashed; (sha256, BLAKE3)."""
