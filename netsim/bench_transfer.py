@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -123,35 +124,27 @@ class Bench:
         r["ratio_cli_vs_curl"] = r["p2pkg_cli_mib_s"] / r["curl_mib_s"]
         self.report("single", r)
 
-    def multi(self) -> None:
+    def aria_big(self, urls: list[str]) -> list[float]:
+        """Seconds for ``aria2c -x4 -s4`` to fetch the big file from ``urls`` (mirrors)."""
         aria = ref.aria2c()
+        if aria is None:
+            return []
+        times = []
+        for _ in range(REPS):
+            dest = self.work / "aria"
+            shutil.rmtree(dest, ignore_errors=True)
+            cmd = [aria, "-q", "-x4", "-s4", "-k1M", "--file-allocation=none"]
+            start = time.perf_counter()
+            subprocess.run([*cmd, "-d", str(dest), "-o", "big.whl", *urls], check=True)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def multi(self) -> None:
         path = self.url_of("", self.big)
         with ref.nginx(self.static, 4, self.work) as ngx, Testbed() as bed:
             peers = [bed.serve(self.store)[1] for _ in range(4)]
             engine = [self.fetch_cli(peers, ["bigpkg"])[1]["seconds"] for _ in range(REPS)]
-            aria_t = []
-            if aria:
-                for _ in range(REPS):
-                    dest = self.work / "aria"
-                    shutil.rmtree(dest, ignore_errors=True)
-                    start = time.perf_counter()
-                    subprocess.run(
-                        [
-                            aria,
-                            "-q",
-                            "-x4",
-                            "-s4",
-                            "-k1M",
-                            "--file-allocation=none",
-                            "-d",
-                            str(dest),
-                            "-o",
-                            "big.whl",
-                            *(u + path for u in ngx),
-                        ],
-                        check=True,
-                    )
-                    aria_t.append(time.perf_counter() - start)
+            aria_t = self.aria_big([u + path for u in ngx])
         size = self.big.stat().st_size / MiB
         r: dict[str, Any] = {"p2pkg_4_peers_mib_s": size / median(engine)}
         if aria_t:
@@ -167,44 +160,17 @@ class Bench:
 
     def caps(self) -> None:
         cap = 25 * MiB
-        aria = ref.aria2c()
         path = self.url_of("", self.big)
         with Testbed() as bed:
             peers = [bed.serve(self.store, "--rate", "25MiB")[1] for _ in range(4)]
             engine = [self.fetch_cli(peers, ["bigpkg"])[1]["seconds"] for _ in range(REPS)]
-        aria_t = []
-        if aria:
-            with ref.nginx(self.static, 4, self.work) as ngx:
-                proxies = []
-                try:
-                    for u in ngx:
-                        cm = ref.rate_proxy(int(u.rsplit(":", 1)[1]), cap)
-                        proxies.append((cm, cm.__enter__()))
-                    urls = [p[1] for p in proxies]
-                    for _ in range(REPS):
-                        dest = self.work / "aria"
-                        shutil.rmtree(dest, ignore_errors=True)
-                        start = time.perf_counter()
-                        subprocess.run(
-                            [
-                                aria,
-                                "-q",
-                                "-x4",
-                                "-s4",
-                                "-k1M",
-                                "--file-allocation=none",
-                                "-d",
-                                str(dest),
-                                "-o",
-                                "big.whl",
-                                *(u + path for u in urls),
-                            ],
-                            check=True,
-                        )
-                        aria_t.append(time.perf_counter() - start)
-                finally:
-                    for cm, _ in proxies:
-                        cm.__exit__(None, None, None)
+        with ref.nginx(self.static, 4, self.work) as ngx, ExitStack() as proxies:
+            # nginx's limit_rate does not hold for short range requests: a capping
+            # proxy (one token bucket per server, like `serve --rate`) in front of each.
+            urls = [
+                proxies.enter_context(ref.rate_proxy(int(u.rsplit(":", 1)[1]), cap)) for u in ngx
+            ]
+            aria_t = self.aria_big([u + path for u in urls])
         size = self.big.stat().st_size / MiB
         r: dict[str, Any] = {"p2pkg_mib_s": size / median(engine), "cap_total_mib_s": 100}
         r["fraction_of_cap"] = r["p2pkg_mib_s"] / 100

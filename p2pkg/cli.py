@@ -647,7 +647,7 @@ def fetch(
     and BLAKE3 match the signed manifest. An interrupted fetch resumes.
     """
     from p2pkg.fetch import Fetcher
-    from p2pkg.fsutil import fsync_dir
+    from p2pkg.fsutil import fsync_path
     from p2pkg.store import Store
 
     pins = parse_trust(trust)
@@ -684,7 +684,7 @@ def fetch(
             async with anyio.create_task_group() as tg:
                 for manifest in dict.fromkeys(manifests):
                     tg.start_soon(one, manifest)
-            fsync_dir(dest)  # one directory sync for the whole batch
+            fsync_path(dest)  # one directory sync for the whole batch
         finally:
             fetcher.close()
             if st is not None:

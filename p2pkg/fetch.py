@@ -49,7 +49,7 @@ from p2pkg.errors import (
     SignatureError,
     TrustError,
 )
-from p2pkg.fsutil import copy_atomic, fsync_dir
+from p2pkg.fsutil import copy_atomic, fsync_path
 from p2pkg.http import wire
 from p2pkg.http.client import ClientConfig, PeerClient, Sink, SinkDone, SkipSink
 from p2pkg.ingest import Hashed
@@ -75,8 +75,8 @@ log = logging.getLogger(__name__)
 
 MAX_CHAIN_WALK = 1000
 OBJECT_CACHE_BYTES = 64 << 20
-SMALL_FILE = 1 << 20
-SYNC_EVERY = 32 << 20  # the hashing thread fdatasyncs the partial file this often  # at most this: hashed inline, no helper thread, no fallocate
+SMALL_FILE = 1 << 20  # at most this: hashed inline, no helper thread, no fallocate
+SYNC_EVERY = 32 << 20  # the hashing thread fdatasyncs the partial file this often
 Progress = Callable[[int, int], None]
 
 
@@ -701,7 +701,7 @@ class Fetcher:
             path = dest / manifest.filename
             partial.replace(path)
             if sync_dir:
-                fsync_dir(dest)
+                fsync_path(dest)
         stats.seconds = time.monotonic() - started
         return path, stats
 

@@ -7,17 +7,11 @@ import os
 from pathlib import Path
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_path(path: Path) -> None:
-    """Flush a file's data to disk (any descriptor of the file will do)."""
+    """Flush a file's data to disk, or make renames in a directory durable.
+
+    Any read-only descriptor of the file or directory will do.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -56,5 +50,5 @@ def copy_atomic(src: Path, dest_dir: Path, filename: str) -> Path:
         finally:
             os.close(fd)
     tmp.replace(final)
-    fsync_dir(dest_dir)
+    fsync_path(dest_dir)
     return final

@@ -30,7 +30,7 @@ from types import TracebackType
 
 from p2pkg.chunking import ChunkId, ChunkRef, offsets
 from p2pkg.errors import NotFoundError, StoreError
-from p2pkg.fsutil import fsync_dir
+from p2pkg.fsutil import fsync_path
 from p2pkg.ingest import Hashed
 from p2pkg.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
 from p2pkg.root import decode_signed_root
@@ -315,7 +315,7 @@ class Store:
             f.temp.replace(final)
             dirs.add(final.parent)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(fsync_dir, dirs))
+            list(pool.map(fsync_path, dirs))
 
 
 def _chunk_rows(file: bytes, chunks: Sequence[ChunkRef]) -> Iterator[tuple[bytes, bytes, int, int]]:

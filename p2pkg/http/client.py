@@ -348,9 +348,8 @@ class PeerClient:
         self._release(conn)
         return head
 
-    async def get_bytes(self, path: str, limit: int) -> tuple[int, bytes, wire.ResponseHead]:
-        """GET a small body (objects, roots, status): (status, body, head), bounded by ``limit``."""
-        sinks: list[BytesSink] = []
+    def _bounded(self, path: str, limit: int, sinks: list[BytesSink]) -> SinkFactory:
+        """A factory collecting a whole body: ``limit`` for 200, small for errors."""
 
         def factory(head: wire.ResponseHead) -> Sink:
             size = head.content_length or 0
@@ -361,23 +360,18 @@ class PeerClient:
             sinks.append(sink)
             return sink
 
-        head = await self.request("GET", path, factory)
+        return factory
+
+    async def get_bytes(self, path: str, limit: int) -> tuple[int, bytes, wire.ResponseHead]:
+        """GET a small body (objects, roots, status): (status, body, head), bounded by ``limit``."""
+        sinks: list[BytesSink] = []
+        head = await self.request("GET", path, self._bounded(path, limit, sinks))
         return head.status, bytes(sinks[0].data) if sinks else b"", head
 
     async def post(self, path: str, body: bytes, limit: int = 64 * 1024) -> tuple[int, bytes]:
         """POST ``body``; (status, response body), the body bounded by ``limit``."""
         sinks: list[BytesSink] = []
-
-        def factory(head: wire.ResponseHead) -> Sink:
-            size = head.content_length or 0
-            cap = limit if head.status == 200 else self.config.max_error_body
-            if size > cap:
-                raise ProtocolError(self.url, f"{path}: body of {size} bytes exceeds {cap}")
-            sink = BytesSink(size)
-            sinks.append(sink)
-            return sink
-
-        head = await self.request("POST", path, factory, body=body)
+        head = await self.request("POST", path, self._bounded(path, limit, sinks), body=body)
         return head.status, bytes(sinks[0].data) if sinks else b""
 
 
