@@ -270,3 +270,45 @@ async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_
         fetcher.close()
         await fake.close()
         await good.close()
+
+
+async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path) -> None:
+    """A rollback or an expired root from a peer is refused; nothing is written."""
+    from p2pkg.publish import publish
+    from p2pkg.root import Root, decode_signed_root, sign_root
+
+    with Store.open(master.store) as st:
+        current = decode_signed_root(st.latest_root() or b"")[1]
+    expired = sign_root(
+        Root(current.namespace, current.version + 5, 1000, 2000, 1, current.keys, current.tree),
+        [master.key],
+    )
+    fake = FakePeer({"/p2pkg/v1/root": http_response(200, compress(expired.encode()))})
+    url = await fake.start()
+    fetcher = Fetcher(master.pins, [url], client_config=FAST)
+    try:
+        with pytest.raises(FetchError, match="expired"):
+            await fetcher.refresh_root()
+    finally:
+        fetcher.close()
+        await fake.close()
+
+    # A client whose store already trusts version 2 meets a peer still on version 1.
+    with Store.open(master.store) as st:
+        publish(st, [master.key], [])  # re-sign: version 2
+        v2 = st.root_at(2)
+        v1_frame = st.root_stored(1)
+    client_store = tmp_path / "client"
+    with Store.open(client_store, create=True) as cs:
+        cs.commit(root=v2)
+        before = snapshot(client_store)
+        old = FakePeer({"/p2pkg/v1/root": http_response(200, v1_frame)})
+        url = await old.start()
+        fetcher = Fetcher(master.pins, [url], cs, client_config=FAST)
+        try:
+            trusted = await fetcher.refresh_root()
+            assert trusted.version == 2  # the stale offer was ignored, not adopted
+        finally:
+            fetcher.close()
+            await old.close()
+        assert snapshot(client_store) == before
