@@ -1,0 +1,160 @@
+"""PEP 503 / 691 simple repository pages from signed objects (pure).
+
+Everything on a page comes from verified file manifests: the ``#sha256=``
+fragment and ``hashes`` (what pip and uv check), ``data-requires-python``
+(PEP 503/345), ``data-yanked`` (PEP 592), ``data-core-metadata`` and the
+legacy ``data-dist-info-metadata`` (PEP 658/714), and in JSON the PEP 700
+``size``, ``upload-time`` and ``versions``. File URLs are relative
+(``../../files/<blake3>/<filename>``) so a cache serves them under any host.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from p2pkg.objects import FileManifest
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+HTML_V1 = "application/vnd.pypi.simple.v1+html"
+HTML = "text/html"
+API_VERSION = "1.1"
+
+
+def file_url(m: FileManifest) -> str:
+    """Where a file lives, relative to a project page (``/simple/<name>/``)."""
+    return f"../../files/{m.blake3.hex()}/{m.filename}"
+
+
+def _upload_time(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(ts))
+
+
+def _versions(manifests: Iterable[FileManifest]) -> list[str]:
+    out: dict[str, None] = {}
+    for m in manifests:
+        try:
+            if m.filename.endswith(".whl"):
+                out[str(parse_wheel_filename(m.filename)[1])] = None
+            else:
+                out[str(parse_sdist_filename(m.filename)[1])] = None
+        except (InvalidWheelFilename, InvalidSdistFilename):
+            out[m.version] = None
+    return sorted(out)
+
+
+def project_json(name: str, manifests: Sequence[FileManifest]) -> bytes:
+    files = []
+    for m in sorted(manifests, key=lambda m: m.filename):
+        core: dict[str, str] | bool = False
+        if m.core_metadata is not None:
+            core = {"sha256": m.core_metadata.sha256.hex()}
+        files.append(
+            {
+                "filename": m.filename,
+                "url": file_url(m),
+                "hashes": {"sha256": m.sha256.hex()},
+                "requires-python": m.requires_python or None,
+                "yanked": m.yanked if m.yanked else (m.yanked is not None),
+                "core-metadata": core,
+                "dist-info-metadata": core,
+                "size": m.size,
+                "upload-time": _upload_time(m.upload_time),
+            }
+        )
+    page = {
+        "meta": {"api-version": API_VERSION},
+        "name": name,
+        "versions": _versions(manifests),
+        "files": files,
+    }
+    return json.dumps(page, separators=(",", ":")).encode()
+
+
+def project_html(name: str, manifests: Sequence[FileManifest]) -> bytes:
+    esc = html.escape
+    lines = [
+        "<!DOCTYPE html>",
+        "<html><head>",
+        f'<meta name="pypi:repository-version" content="{API_VERSION}">',
+        f"<title>Links for {esc(name)}</title></head><body>",
+        f"<h1>Links for {esc(name)}</h1>",
+    ]
+    for m in sorted(manifests, key=lambda m: m.filename):
+        attrs = [f'href="{esc(file_url(m))}#sha256={m.sha256.hex()}"']
+        if m.requires_python:
+            attrs.append(f'data-requires-python="{esc(m.requires_python)}"')
+        if m.yanked is not None:
+            attrs.append(f'data-yanked="{esc(m.yanked)}"')
+        if m.core_metadata is not None:
+            value = f"sha256={m.core_metadata.sha256.hex()}"
+            attrs.append(f'data-core-metadata="{value}"')
+            attrs.append(f'data-dist-info-metadata="{value}"')
+        lines.append(f"<a {' '.join(attrs)}>{esc(m.filename)}</a><br>")
+    lines.append("</body></html>")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def index_json(names: Iterable[str]) -> bytes:
+    page = {"meta": {"api-version": API_VERSION}, "projects": [{"name": n} for n in sorted(names)]}
+    return json.dumps(page, separators=(",", ":")).encode()
+
+
+def index_html(names: Iterable[str]) -> bytes:
+    body = "\n".join(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br>' for n in sorted(names))
+    return (
+        "<!DOCTYPE html>\n<html><head>"
+        f'<meta name="pypi:repository-version" content="{API_VERSION}">'
+        f"<title>Simple index</title></head><body>\n{body}\n</body></html>\n"
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    media: str
+    q: float
+
+
+def negotiate(accept: str | None) -> str | None:
+    """PEP 691 content negotiation: the media type to serve, or None (406).
+
+    No Accept header (or ``*/*``) gets HTML, as pip and browsers expect.
+    """
+    if not accept:
+        return HTML
+    offers = []
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        q = 1.0
+        for f in fields[1:]:
+            if f.startswith("q="):
+                try:
+                    q = float(f[2:])
+                except ValueError:
+                    q = 0.0
+        offers.append(_Offer(fields[0].lower(), q))
+    best: tuple[float, int, str] | None = None
+    preference = {JSON_V1: 3, HTML_V1: 2, HTML: 1}
+    for offer in offers:
+        if offer.q <= 0:
+            continue
+        if offer.media in preference:
+            media = offer.media
+        elif offer.media in ("*/*", "text/*", "application/*"):
+            media = HTML if offer.media != "application/*" else JSON_V1
+        else:
+            continue
+        key = (offer.q, preference[media], media)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None

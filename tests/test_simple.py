@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from p2pkg.chunking import ChunkId, ChunkRef
+from p2pkg.objects import CoreMetadata, FileManifest, ObjectId
+from p2pkg.simple import (
+    HTML,
+    HTML_V1,
+    JSON_V1,
+    index_html,
+    index_json,
+    negotiate,
+    project_html,
+    project_json,
+)
+
+
+def manifest(filename: str, **kw: object) -> FileManifest:
+    base: dict[str, object] = {
+        "filename": filename,
+        "version": "1.0",
+        "size": 3,
+        "sha256": b"\xaa" * 32,
+        "blake3": b"\xbb" * 32,
+        "requires_python": "",
+        "yanked": None,
+        "upload_time": 0,
+        "core_metadata": None,
+        "chunks": (ChunkRef(ChunkId(b"\x00" * 32), 3),),
+    }
+    base.update(kw)
+    return FileManifest(**base)  # type: ignore[arg-type]
+
+
+FILES = [
+    manifest(
+        "demo-1.0-py3-none-any.whl",
+        core_metadata=CoreMetadata(b"\xcc" * 32, ObjectId(b"\x01" * 32), 10),
+    ),
+    manifest("demo-1.0.tar.gz", requires_python=">=3.8,<4"),
+    manifest("demo-0.9.tar.gz", version="0.9", yanked="broken"),
+    manifest("demo-0.8.tar.gz", version="0.8", yanked=""),
+]
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links.append(dict(attrs))
+
+
+def test_html_page_carries_every_attribute() -> None:
+    p = Links()
+    p.feed(project_html("demo", FILES).decode())
+    by_name = {link["href"].split("/")[-1].split("#")[0]: link for link in p.links}  # type: ignore[union-attr]
+    whl = by_name["demo-1.0-py3-none-any.whl"]
+    assert whl["href"] == f"../../files/{'bb' * 32}/demo-1.0-py3-none-any.whl#sha256={'aa' * 32}"
+    assert whl["data-core-metadata"] == f"sha256={'cc' * 32}"
+    assert whl["data-dist-info-metadata"] == whl["data-core-metadata"]
+    assert (
+        by_name["demo-1.0.tar.gz"]["data-requires-python"] == ">=3.8,<4"
+    )  # unescaped by the parser
+    assert by_name["demo-0.9.tar.gz"]["data-yanked"] == "broken"
+    assert "data-yanked" in by_name["demo-0.8.tar.gz"]
+    assert "data-yanked" not in by_name["demo-1.0.tar.gz"]
+
+
+def test_json_page() -> None:
+    page = json.loads(project_json("demo", FILES))
+    assert page["meta"]["api-version"] == "1.1"
+    assert page["versions"] == ["0.8", "0.9", "1.0"]
+    files = {f["filename"]: f for f in page["files"]}
+    assert files["demo-0.9.tar.gz"]["yanked"] == "broken"
+    assert files["demo-0.8.tar.gz"]["yanked"] is True
+    assert files["demo-1.0.tar.gz"]["yanked"] is False
+    assert files["demo-1.0-py3-none-any.whl"]["core-metadata"] == {"sha256": "cc" * 32}
+    assert files["demo-1.0.tar.gz"]["core-metadata"] is False
+    assert files["demo-1.0.tar.gz"]["size"] == 3
+    assert files["demo-1.0.tar.gz"]["upload-time"] == "1970-01-01T00:00:00.000000Z"
+
+
+def test_index_pages() -> None:
+    assert b'href="demo/"' in index_html(["demo"])
+    assert json.loads(index_json(["b", "a"]))["projects"] == [{"name": "a"}, {"name": "b"}]
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, HTML),
+        ("*/*", HTML),
+        ("text/html", HTML),
+        (f"{JSON_V1}, {HTML_V1};q=0.2, text/html;q=0.01", JSON_V1),  # what pip sends
+        (f"{HTML_V1}", HTML_V1),
+        ("application/json", None),
+        (f"{JSON_V1};q=0", None),
+    ],
+)
+def test_negotiation(accept: str | None, expected: str | None) -> None:
+    assert negotiate(accept) == expected
