@@ -93,6 +93,8 @@ def wait_synced(url: str, version: int, timeout: float = 30) -> dict[str, Any]:
 class Testbed(ExitStack):
     """An ExitStack that owns every process it starts."""
 
+    __test__ = False  # not a pytest test class
+
     def serve(self, store: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
         return self.enter_context(serve(store, *args))
 

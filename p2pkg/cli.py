@@ -605,6 +605,77 @@ def seed(
 
 
 @main.command()
+@store_option
+@listen_option
+@budget_options
+@trust_option
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    help="Peer base URL. Repeatable.",
+)
+@click.option(
+    "--max-size", metavar="SIZE", help="Keep at most this much (e.g. 20GB); LRU eviction."
+)
+@click.option(
+    "--refresh", default="60s", show_default=True, help="How stale the signed root may get."
+)
+def cache(
+    store: Path,
+    listen: str,
+    max_connections: int,
+    rate: str | None,
+    trust: tuple[str, ...],
+    peers: tuple[str, ...],
+    max_size: str | None,
+    refresh: str,
+) -> None:
+    """Run a LAN cache that pip and uv install from, unchanged.
+
+    \b
+    pip install --index-url http://HOST:PORT/simple/ PACKAGE
+    uv pip install --index-url http://HOST:PORT/simple/ PACKAGE
+
+    Pages (PEP 503/691/658) are built from the master's signed namespace;
+    archives come from the peers, verified chunk by chunk, and are streamed to
+    the installer as they arrive. The cache is a peer too, keeps serving what
+    it holds when the peers are gone, and shows its status at http://HOST:PORT/.
+    """
+    from p2pkg.cache import Cache, CacheConfig
+
+    pins = parse_trust(trust)
+    if pins is None:
+        raise click.UsageError("--trust PUBKEY is required (the master's key)")
+    host, port = parse_listen(listen)
+    config = CacheConfig(
+        refresh_interval=float(parse_duration(refresh)),
+        max_size=parse_size(max_size) if max_size else None,
+    )
+
+    async def run() -> None:
+        import anyio
+
+        c = Cache(
+            store,
+            pins,
+            list(peers),
+            config=config,
+            server_config=_server_config(max_connections, rate),
+        )
+        try:
+            url = await c.start(host, port)
+            click.echo(f"cache serving {url}/simple/ on {url}", err=True)
+            await anyio.sleep_forever()
+        finally:
+            await c.close()
+
+    _run_forever(run)
+
+
+@main.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 @trust_option
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="Peer base URL. Repeatable.")

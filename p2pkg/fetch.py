@@ -237,6 +237,7 @@ class _Download:
     stats: FetchStats
     progress: Progress | None
     hasher: _PrefixHasher | None  # None for small files: hashed in one go at the end
+    watch: Callable[[int], None] | None = None
     done_bytes: int = 0
     prefix: int = 0  # chunks 0..prefix-1 are all verified
 
@@ -261,6 +262,8 @@ class _Download:
             self.prefix += 1
         if self.hasher is not None:
             self.hasher.advance(s.offsets[self.prefix])
+        if self.watch is not None:
+            self.watch(s.offsets[self.prefix])
 
 
 class Fetcher:
@@ -637,11 +640,14 @@ class Fetcher:
         *,
         progress: Progress | None = None,
         sync_dir: bool = True,
+        watch: Callable[[int], None] | None = None,
     ) -> tuple[Path, FetchStats]:
         """Download ``manifest``'s file; return its path (``dest``/filename if given).
 
         ``sync_dir=False`` leaves the fsync of ``dest`` to the caller (one per
-        batch of files rather than one per file).
+        batch of files rather than one per file). ``watch(n)`` is called each
+        time the verified prefix of the partial file grows to ``n`` bytes (a
+        cache streams it to an installer while the rest is still arriving).
         """
         started = time.monotonic()
         stats = FetchStats(manifest.filename, manifest.size)
@@ -674,7 +680,7 @@ class Fetcher:
             stats.from_local = sum(manifest.chunks[i].length for i in have)
             hasher = None if small else _PrefixHasher(fd, manifest.size)
             try:
-                await self._download(manifest, fd, have, stats, progress, hasher)
+                await self._download(manifest, fd, have, stats, progress, hasher, watch)
                 if hasher is None:
                     sha, b3 = _hash_fd(fd, manifest.size)
                 else:
@@ -713,6 +719,7 @@ class Fetcher:
         stats: FetchStats,
         progress: Progress | None,
         hasher: _PrefixHasher | None,
+        watch: Callable[[int], None] | None = None,
     ) -> None:
         peers = self._live_peers()
         if not peers and len(have) < len(manifest.chunks):
@@ -724,7 +731,7 @@ class Fetcher:
             time.monotonic(),
             self.schedule_config,
         )
-        ctx = _Download(manifest, fd, sched, stats, progress, hasher)
+        ctx = _Download(manifest, fd, sched, stats, progress, hasher, watch)
         ctx.start()
         wake = anyio.Event()
         path = wire.file_path(manifest.blake3)

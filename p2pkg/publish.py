@@ -48,6 +48,7 @@ from p2pkg.root import (
     public_bytes,
     sign_root,
 )
+from p2pkg.select import project_of
 from p2pkg.store import Store
 
 log = logging.getLogger(__name__)
@@ -376,9 +377,7 @@ def _apply(
 
 
 def _project_of(filename: str) -> str:
-    try:
-        if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[0])
-        return str(parse_sdist_filename(filename)[0])
-    except (InvalidWheelFilename, InvalidSdistFilename) as exc:
-        raise PublishError(f"{filename}: {exc}") from None
+    name = project_of(filename)
+    if name is None:
+        raise PublishError(f"{filename}: not a wheel or sdist filename")
+    return name

@@ -113,3 +113,13 @@ def python_allows(requires_python: str, python: str) -> bool:
         return SpecifierSet(requires_python).contains(python, prereleases=True)
     except InvalidSpecifier:
         return True
+
+
+def project_of(filename: str) -> str | None:
+    """The normalized project a wheel or sdist filename belongs to (None if neither)."""
+    try:
+        if filename.endswith(".whl"):
+            return str(parse_wheel_filename(filename)[0])
+        return str(parse_sdist_filename(filename)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None

@@ -5,7 +5,7 @@ fragment and ``hashes`` (what pip and uv check), ``data-requires-python``
 (PEP 503/345), ``data-yanked`` (PEP 592), ``data-core-metadata`` and the
 legacy ``data-dist-info-metadata`` (PEP 658/714), and in JSON the PEP 700
 ``size``, ``upload-time`` and ``versions``. File URLs are relative
-(``../../files/<blake3>/<filename>``) so a cache serves them under any host.
+(``../../files/<manifest id>/<filename>``) so a cache serves them under any host.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ HTML = "text/html"
 API_VERSION = "1.1"
 
 
-def file_url(m: FileManifest) -> str:
-    """Where a file lives, relative to a project page (``/simple/<name>/``)."""
-    return f"../../files/{m.blake3.hex()}/{m.filename}"
+def file_url(oid: bytes, m: FileManifest) -> str:
+    """Where a file lives, relative to a project page (``/simple/<name>/``).
+
+    The path names the file's *manifest id*, so the server can verify and fetch
+    the file from the id alone, whatever page the installer read earlier.
+    """
+    return f"../../files/{oid.hex()}/{m.filename}"
 
 
 def _upload_time(ts: int) -> str:
@@ -53,16 +57,16 @@ def _versions(manifests: Iterable[FileManifest]) -> list[str]:
     return sorted(out)
 
 
-def project_json(name: str, manifests: Sequence[FileManifest]) -> bytes:
+def project_json(name: str, manifests: Sequence[tuple[bytes, FileManifest]]) -> bytes:
     files = []
-    for m in sorted(manifests, key=lambda m: m.filename):
+    for oid, m in sorted(manifests, key=lambda x: x[1].filename):
         core: dict[str, str] | bool = False
         if m.core_metadata is not None:
             core = {"sha256": m.core_metadata.sha256.hex()}
         files.append(
             {
                 "filename": m.filename,
-                "url": file_url(m),
+                "url": file_url(oid, m),
                 "hashes": {"sha256": m.sha256.hex()},
                 "requires-python": m.requires_python or None,
                 "yanked": m.yanked if m.yanked else (m.yanked is not None),
@@ -75,13 +79,13 @@ def project_json(name: str, manifests: Sequence[FileManifest]) -> bytes:
     page = {
         "meta": {"api-version": API_VERSION},
         "name": name,
-        "versions": _versions(manifests),
+        "versions": _versions(m for _, m in manifests),
         "files": files,
     }
     return json.dumps(page, separators=(",", ":")).encode()
 
 
-def project_html(name: str, manifests: Sequence[FileManifest]) -> bytes:
+def project_html(name: str, manifests: Sequence[tuple[bytes, FileManifest]]) -> bytes:
     esc = html.escape
     lines = [
         "<!DOCTYPE html>",
@@ -90,8 +94,8 @@ def project_html(name: str, manifests: Sequence[FileManifest]) -> bytes:
         f"<title>Links for {esc(name)}</title></head><body>",
         f"<h1>Links for {esc(name)}</h1>",
     ]
-    for m in sorted(manifests, key=lambda m: m.filename):
-        attrs = [f'href="{esc(file_url(m))}#sha256={m.sha256.hex()}"']
+    for oid, m in sorted(manifests, key=lambda x: x[1].filename):
+        attrs = [f'href="{esc(file_url(oid, m))}#sha256={m.sha256.hex()}"']
         if m.requires_python:
             attrs.append(f'data-requires-python="{esc(m.requires_python)}"')
         if m.yanked is not None:

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     id BLOB NOT NULL, file BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY (id, file)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file, offset);
 """
 
 
@@ -235,6 +236,35 @@ class Store:
         """(archives held, bytes held)."""
         row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files").fetchone()
         return int(row[0]), int(row[1])
+
+    def touch(self, blake3: bytes) -> None:
+        """Record a use of an archive (for LRU eviction)."""
+        self._db.execute("UPDATE files SET last_used=? WHERE blake3=?", (time.time(), blake3))
+
+    def evict_lru(self, max_bytes: int, keep: frozenset[bytes] = frozenset()) -> list[bytes]:
+        """Drop least recently used archives until at most ``max_bytes`` are held.
+
+        The index forgets a file before the file is unlinked, so the store never
+        claims what it no longer holds. Objects stay (they are small and signed).
+        """
+        evicted: list[bytes] = []
+        _, held = self.stats()
+        rows = self._db.execute("SELECT blake3, size FROM files ORDER BY last_used").fetchall()
+        for raw, size in rows:
+            if held <= max_bytes:
+                break
+            b3 = bytes(raw)
+            if b3 in keep:
+                continue
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM chunks WHERE file=?", (b3,))
+            db.execute("DELETE FROM files WHERE blake3=?", (b3,))
+            db.execute("COMMIT")
+            self.file_path(b3).unlink(missing_ok=True)
+            held -= int(size)
+            evicted.append(b3)
+        return evicted
 
     def iter_files(self) -> Iterator[StoredFile]:
         for b3, size, sha in self._db.execute("SELECT blake3, size, sha256 FROM files"):

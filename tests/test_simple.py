@@ -36,7 +36,7 @@ def manifest(filename: str, **kw: object) -> FileManifest:
     return FileManifest(**base)  # type: ignore[arg-type]
 
 
-FILES = [
+MANIFESTS = [
     manifest(
         "demo-1.0-py3-none-any.whl",
         core_metadata=CoreMetadata(b"\xcc" * 32, ObjectId(b"\x01" * 32), 10),
@@ -45,6 +45,7 @@ FILES = [
     manifest("demo-0.9.tar.gz", version="0.9", yanked="broken"),
     manifest("demo-0.8.tar.gz", version="0.8", yanked=""),
 ]
+FILES = [(bytes([i]) * 32, m) for i, m in enumerate(MANIFESTS)]
 
 
 class Links(HTMLParser):
@@ -62,7 +63,7 @@ def test_html_page_carries_every_attribute() -> None:
     p.feed(project_html("demo", FILES).decode())
     by_name = {link["href"].split("/")[-1].split("#")[0]: link for link in p.links}  # type: ignore[union-attr]
     whl = by_name["demo-1.0-py3-none-any.whl"]
-    assert whl["href"] == f"../../files/{'bb' * 32}/demo-1.0-py3-none-any.whl#sha256={'aa' * 32}"
+    assert whl["href"] == f"../../files/{'00' * 32}/demo-1.0-py3-none-any.whl#sha256={'aa' * 32}"
     assert whl["data-core-metadata"] == f"sha256={'cc' * 32}"
     assert whl["data-dist-info-metadata"] == whl["data-core-metadata"]
     assert (

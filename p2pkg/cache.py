@@ -1,0 +1,412 @@
+"""The LAN cache: a simple repository (PEP 503/691/658) backed by the p2p network.
+
+pip and uv install from it as from PyPI; every byte behind it comes from
+peers, verified against the master's signed namespace. It is a peer too:
+it serves its store under ``/p2pkg/v1/``.
+
+Routes besides the peer protocol:
+
+* ``/simple/`` and ``/simple/<project>/`` — pages built from verified
+  manifests; non-normalized names redirect (301) to the normalized one;
+  ``Accept`` picks HTML or JSON (PEP 691).
+* ``/files/<manifest id>/<filename>`` — the archive. Held: served with
+  ``sendfile`` and Range support. Not held: fetched from peers and
+  **streamed while it arrives** — only the verified prefix of the download
+  is ever sent, so the installer gets its first byte long before the last
+  and never an unverified one. Concurrent requests share one download.
+* ``/files/<manifest id>/<filename>.metadata`` — PEP 658 core metadata.
+* ``/`` — a status page for the person running it.
+
+A size cap evicts whole archives, least recently used first. With every
+peer gone the cache keeps serving what it holds under the last trusted root
+(until that root expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pkg import simple
+from p2pkg.errors import NotFoundError, P2pkgError
+from p2pkg.fetch import Fetcher, Peer
+from p2pkg.http import wire
+from p2pkg.http.server import PeerServer, ServerConfig
+from p2pkg.objects import (
+    TREE_LEVELS,
+    Blob,
+    FileManifest,
+    Leaf,
+    Node,
+    ObjectId,
+    decode_as,
+    normalize_name,
+)
+from p2pkg.select import project_of
+from p2pkg.store import Store
+from p2pkg.trust import TrustedRoot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    refresh_interval: float = 60.0  # how stale the root may get before a page refreshes it
+    max_size: int | None = None  # bytes of archives kept; None = unlimited
+    max_index_projects: int = 100_000  # /simple/ lists at most this many
+
+
+class _Live:
+    """A download in progress that responses follow (verified prefix only)."""
+
+    def __init__(self) -> None:
+        self.prefix = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self._event = asyncio.Event()
+
+    def advance(self, n: int) -> None:
+        self.prefix = max(self.prefix, n)
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.done = True
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait_beyond(self, sent: int) -> None:
+        while not (self.prefix > sent or self.done):
+            await self._event.wait()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_from_cache: int = 0
+    bytes_fetched: int = 0
+    evicted: int = 0
+
+
+class Cache:
+    """A store, a fetcher and an HTTP server that speaks both simple-API and peer."""
+
+    def __init__(
+        self,
+        store_path: Path,
+        pinned: frozenset[bytes],
+        peers: list[str | Peer],
+        *,
+        config: CacheConfig = CacheConfig(),
+        server_config: ServerConfig = ServerConfig(),  # noqa: B008 - frozen
+    ) -> None:
+        self.store = Store.open(store_path, create=True)
+        self.store_path = store_path
+        self.config = config
+        self.fetcher = Fetcher(pinned, peers, self.store)
+        self.stats = CacheStats()
+        self.live: dict[bytes, _Live] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refreshed = 0.0
+        self.started = time.time()
+        self.server = _CacheServer(self, store_path, server_config)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        await self.server.start(host, port)
+        return self.server.url
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.close()
+        self.fetcher.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ namespace
+
+    async def trusted(self) -> TrustedRoot:
+        """The current root, refreshed from peers when older than the interval."""
+        now = time.monotonic()
+        if self.fetcher.trusted is None or now - self._refreshed > self.config.refresh_interval:
+            try:
+                await self.fetcher.refresh_root()
+            except P2pkgError:
+                if self.fetcher.trusted is None:
+                    raise
+            self._refreshed = now
+        assert self.fetcher.trusted is not None
+        return self.fetcher.trusted
+
+    async def project_manifests(self, name: str) -> list[tuple[ObjectId, FileManifest]] | None:
+        await self.trusted()
+        project = await self.fetcher.project(name)
+        if project is None:
+            return None
+        raw = await self.fetcher.get_objects(f.manifest for f in project.files)
+        return [(f.manifest, decode_as(raw[f.manifest], FileManifest)) for f in project.files]
+
+    async def project_names(self) -> list[str]:
+        trusted = await self.trusted()
+        level: list[ObjectId] = [trusted.root.tree]
+        for _depth in range(TREE_LEVELS):
+            raw = await self.fetcher.get_objects(level)
+            level = [e.child for oid in level for e in decode_as(raw[oid], Node).children]
+        raw = await self.fetcher.get_objects(level)
+        names = [e.name for oid in level for e in decode_as(raw[oid], Leaf).projects]
+        return names[: self.config.max_index_projects]
+
+    # ------------------------------------------------------------------ files
+
+    def download(self, manifest: FileManifest) -> _Live:
+        """The live download of ``manifest`` (started if needed)."""
+        live = self.live.get(manifest.blake3)
+        if live is not None:
+            return live
+        live = _Live()
+        self.live[manifest.blake3] = live
+        task = asyncio.get_running_loop().create_task(self._download(manifest, live))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return live
+
+    async def _download(self, manifest: FileManifest, live: _Live) -> None:
+        try:
+            _, stats = await self.fetcher.fetch_file(manifest, None, watch=live.advance)
+            self.stats.bytes_fetched += stats.from_network
+            live.advance(manifest.size)
+            live.finish()
+            self._evict(keep=frozenset({manifest.blake3}))
+        except BaseException as exc:
+            live.finish(exc)
+            if not isinstance(exc, P2pkgError):
+                raise
+            log.warning("cache could not fetch %s: %s", manifest.filename, exc)
+        finally:
+            self.live.pop(manifest.blake3, None)
+
+    def _evict(self, keep: frozenset[bytes]) -> None:
+        if self.config.max_size is None:
+            return
+        gone = self.store.evict_lru(self.config.max_size, keep | frozenset(self.live))
+        self.stats.evicted += len(gone)
+
+    def partial_path(self, manifest: FileManifest) -> Path:
+        return self.store_path / "partial" / f".{manifest.blake3.hex()}.p2pkg-partial"
+
+    def status(self) -> dict[str, Any]:
+        trusted = self.fetcher.trusted
+        files, held = self.store.stats()
+        served = self.stats.bytes_from_cache + self.stats.bytes_fetched
+        requests = self.stats.hits + self.stats.misses
+        return {
+            "role": "cache",
+            "root_version": trusted.version if trusted else None,
+            "root_age_seconds": int(time.time() - trusted.root.created) if trusted else None,
+            "peers": [p.url for p in self.fetcher.peers],
+            "banned_peers": sorted(self.fetcher.banned),
+            "files_held": files,
+            "bytes_held": held,
+            "max_size": self.config.max_size,
+            "hits": self.stats.hits,
+            "misses": self.stats.misses,
+            "hit_ratio": round(self.stats.hits / requests, 3) if requests else None,
+            "bytes_served_from_cache": self.stats.bytes_from_cache,
+            "bytes_fetched": self.stats.bytes_fetched,
+            "bytes_total": served,
+            "downloads_in_progress": len(self.live),
+            "evicted": self.stats.evicted,
+        }
+
+
+class _CacheServer(PeerServer):
+    """The peer server plus the simple API, file downloads and a status page."""
+
+    def __init__(self, cache: Cache, store_path: Path, config: ServerConfig) -> None:
+        super().__init__(store_path, config, status_extra=cache.status)
+        self.cache = cache
+
+    async def _dispatch(
+        self, req: wire.RequestHead, body: bytes, writer: asyncio.StreamWriter, peer: object
+    ) -> bool:
+        path = req.target.split("?", 1)[0]
+        if path.startswith(wire.PREFIX + "/"):
+            return await super()._dispatch(req, body, writer, peer)
+        if req.method not in ("GET", "HEAD"):
+            return await self._simple(writer, 405, b"method not allowed", keep=False)
+        head_only = req.method == "HEAD"
+        try:
+            if path == "/":
+                return await self._status_page(writer, head_only)
+            if path in ("/simple", "/simple/"):
+                return await self._index(writer, req, head_only)
+            parts = path.split("/")
+            if len(parts) in (3, 4) and parts[1] == "simple" and (len(parts) == 3 or not parts[3]):
+                return await self._project(writer, req, parts[2], head_only)
+            if len(parts) == 4 and parts[1] == "files" and wire.HEX64.match(parts[2]):
+                oid = ObjectId(bytes.fromhex(parts[2]))
+                return await self._archive(writer, req, oid, parts[3], head_only)
+        except NotFoundError:
+            return await self._simple(writer, 404, b"not found")
+        except P2pkgError as exc:
+            log.warning("cache: %s: %s", path, exc)
+            return await self._simple(writer, 502, f"upstream: {exc}".encode()[:500])
+        return await self._simple(writer, 404, b"not found")
+
+    async def _index(
+        self, writer: asyncio.StreamWriter, req: wire.RequestHead, head_only: bool
+    ) -> bool:
+        media = simple.negotiate(req.headers.get("accept"))
+        if media is None:
+            return await self._simple(writer, 406, b"not acceptable")
+        names = await self.cache.project_names()
+        body = simple.index_json(names) if media == simple.JSON_V1 else simple.index_html(names)
+        return await self._page(writer, body, media, head_only)
+
+    async def _project(
+        self, writer: asyncio.StreamWriter, req: wire.RequestHead, raw_name: str, head_only: bool
+    ) -> bool:
+        name = normalize_name(raw_name)
+        if name != raw_name:
+            location = f"/simple/{name}/"
+            return await self._simple(writer, 301, b"", headers=[("Location", location)])
+        media = simple.negotiate(req.headers.get("accept"))
+        if media is None:
+            return await self._simple(writer, 406, b"not acceptable")
+        manifests = await self.cache.project_manifests(name)
+        if manifests is None:
+            return await self._simple(writer, 404, b"no such project")
+        render = simple.project_json if media == simple.JSON_V1 else simple.project_html
+        return await self._page(writer, render(name, manifests), media, head_only)
+
+    async def _page(
+        self, writer: asyncio.StreamWriter, body: bytes, media: str, head_only: bool
+    ) -> bool:
+        ctype = media if media != simple.HTML else "text/html; charset=utf-8"
+        headers = [("Cache-Control", "max-age=60"), ("Vary", "Accept")]
+        return await self._simple(
+            writer, 200, body, headers=headers, head_only=head_only, ctype=ctype
+        )
+
+    async def _archive(
+        self,
+        writer: asyncio.StreamWriter,
+        req: wire.RequestHead,
+        oid: ObjectId,
+        filename: str,
+        head_only: bool,
+    ) -> bool:
+        await self.cache.trusted()
+        metadata = filename.endswith(".metadata")
+        archive = filename[: -len(".metadata")] if metadata else filename
+        # Serve only what the signed namespace lists: the filename names the
+        # project, and the project must list this filename with this manifest id.
+        # (An id alone could name any object some peer holds, signed or not.)
+        project_name = project_of(archive)
+        project = await self.cache.fetcher.project(project_name) if project_name else None
+        if project is None or project.lookup(archive) != oid:
+            return await self._simple(writer, 404, b"no such file in the namespace")
+        manifest = decode_as(await self.cache.fetcher.get_object(oid), FileManifest)
+        if metadata:
+            if manifest.core_metadata is None:
+                return await self._simple(writer, 404, b"no core metadata")
+            blob = decode_as(await self.cache.fetcher.get_object(manifest.core_metadata.blob), Blob)
+            return await self._simple(
+                writer,
+                200,
+                blob.data,
+                head_only=head_only,
+                ctype="text/plain; charset=utf-8",
+                headers=[("Cache-Control", wire.IMMUTABLE)],
+            )
+        store = self.store
+        if store.has_file(manifest.blake3):
+            self.cache.stats.hits += 1
+            store.touch(manifest.blake3)
+            before = self.stats.bytes_sent
+            keep = await super()._file(writer, manifest.blake3, req, head_only)
+            self.cache.stats.bytes_from_cache += self.stats.bytes_sent - before
+            return keep
+        self.cache.stats.misses += 1
+        live = self.cache.download(manifest)
+        if "range" in req.headers:
+            # A range of a file still arriving: wait for it whole, then serve the range.
+            while not live.done:
+                await live.wait_beyond(manifest.size)
+            if live.error is not None or not store.has_file(manifest.blake3):
+                return await self._simple(writer, 502, b"could not fetch the file from peers")
+            return await super()._file(writer, manifest.blake3, req, head_only)
+        return await self._stream(writer, manifest, live, head_only)
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, manifest: FileManifest, live: _Live, head_only: bool
+    ) -> bool:
+        headers = [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", str(manifest.size)),
+            ("Cache-Control", wire.IMMUTABLE),
+        ]
+        writer.write(self._head(200, headers, True))
+        if head_only:
+            await writer.drain()
+            return True
+        loop = asyncio.get_running_loop()
+        sent = 0
+        fh = None
+        try:
+            while sent < manifest.size:
+                await live.wait_beyond(sent)
+                if live.error is not None:
+                    writer.transport.abort()  # the installer sees a short body, never bad bytes
+                    return False
+                if fh is None:
+                    fh = self._open_growing(manifest)
+                end = manifest.size if live.done else live.prefix
+                await writer.drain()
+                await loop.sendfile(writer.transport, fh, sent, end - sent)
+                self.stats.bytes_sent += end - sent
+                sent = end
+        finally:
+            if fh is not None:
+                fh.close()
+        return True
+
+    def _open_growing(self, manifest: FileManifest) -> Any:
+        # The partial file is renamed into the store when complete; an open
+        # descriptor follows the rename, a later open uses the final name.
+        for path in (self.cache.partial_path(manifest), self.store.file_path(manifest.blake3)):
+            with contextlib.suppress(FileNotFoundError):
+                return path.open("rb")
+        raise NotFoundError(f"{manifest.filename} vanished while streaming")
+
+    async def _status_page(self, writer: asyncio.StreamWriter, head_only: bool) -> bool:
+        st = self.cache.status()
+        rows = "\n".join(
+            f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in st.items()
+        )
+        body = (
+            "<!DOCTYPE html><html><head><title>p2pkg cache</title>"
+            '<meta http-equiv="refresh" content="10"></head><body>'
+            "<h1>p2pkg cache</h1><p>pip: <code>pip install --index-url "
+            "http://THIS-HOST/simple/ PACKAGE</code></p>"
+            f"<table>{rows}</table></body></html>"
+        ).encode()
+        return await self._simple(
+            writer,
+            200,
+            body,
+            head_only=head_only,
+            ctype="text/html; charset=utf-8",
+            headers=[("Cache-Control", "no-cache")],
+        )

@@ -1,0 +1,250 @@
+"""pip and uv install through `p2pkg cache`, with real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from netsim.testbed import Testbed, p2pkg_cmd, spawn, status, wait_synced
+from p2pkg.publish import publish
+from p2pkg.root import format_pubkey, public_bytes
+from p2pkg.store import Store
+from p2pkg.testing.archives import build_sdist, build_wheel
+
+pytestmark = pytest.mark.slow
+
+# Installers must see only our index: no user/global config, no caches.
+ISOLATED = {
+    **os.environ,
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "UV_NO_CONFIG": "1",
+    "UV_NO_CACHE": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def namespace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ed25519PrivateKey, Path]:
+    tmp = tmp_path_factory.mktemp("ns")
+    dist = tmp / "dist"
+    dist.mkdir()
+    key = Ed25519PrivateKey.generate()
+    build_wheel(dist, "base", "1.0", payload=20_000)
+    build_wheel(dist, "base", "2.0", payload=2_500_000)  # several chunks: streamed
+    build_wheel(dist, "middle", "1.0", requires_dist=["base>=1.0"])
+    build_wheel(dist, "middle", "1.1", requires_dist=["base>=1.0"])  # yanked below
+    build_wheel(dist, "top", "1.0", requires_dist=["middle"])
+    build_sdist(dist, "top", "1.0", requires_dist=["middle"])
+    # uv ignores upper bounds of Requires-Python (by design): exclude with a lower one.
+    build_wheel(dist, "top", "2.0", requires_dist=["middle"], requires_python=">=4")
+    store = tmp / "master"
+    with Store.open(store, create=True) as st:
+        publish(st, [key], [dist])
+        publish(st, [key], [], yank={"middle-1.1-py3-none-any.whl": "broken"})
+    return store, key, dist
+
+
+def _venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, capture_output=True)
+    return path / "bin" / "python"
+
+
+def _versions(python: Path) -> dict[str, str]:
+    code = (
+        "import base, middle, top, json; "
+        "print(json.dumps({m.__name__: m.__version__ for m in (base, middle, top)}))"
+    )
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _pip(python: Path, index: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(python), "-m", "pip", "--isolated", "--no-cache-dir", *args, "--index-url", index]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ISOLATED, check=False)
+
+
+EXPECTED = {"base": "2.0", "middle": "1.0", "top": "1.0"}
+
+
+def test_pip_and_uv_install_through_the_cache(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    store, key, dist = namespace
+    pub = format_pubkey(public_bytes(key))
+    with Testbed() as bed:
+        master_proc, master = bed.serve(store)
+        seed1_proc, s1 = bed.seed(tmp_path / "s1", pub, [master], "--interval", "1s")
+        seed2_proc, s2 = bed.seed(tmp_path / "s2", pub, [master, s1], "--interval", "1s")
+        wait_synced(s1, 2)
+        wait_synced(s2, 2)
+        cache_cmd = p2pkg_cmd(
+            "cache",
+            "--store",
+            str(tmp_path / "cache"),
+            "--listen",
+            "127.0.0.1:0",
+            "--trust",
+            pub,
+            "--peer",
+            s1,
+            "--peer",
+            s2,
+        )
+        _, cache = bed.enter_context(spawn(cache_cmd))
+        index = f"{cache}/simple/"
+
+        # pip: the right versions (yanked and Requires-Python-excluded ones skipped)
+        python = _venv(tmp_path / "venv-pip")
+        res = _pip(python, index, "install", "top")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert _versions(python) == EXPECTED
+
+        # uv, unchanged
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        subprocess.run(
+            [uv, "venv", str(tmp_path / "venv-uv")], check=True, capture_output=True, env=ISOLATED
+        )
+        uv_python = tmp_path / "venv-uv" / "bin" / "python"
+        res = subprocess.run(
+            [uv, "pip", "install", "--python", str(uv_python), "--index-url", index, "top"],
+            capture_output=True,
+            text=True,
+            env=ISOLATED,
+            check=False,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert _versions(uv_python) == EXPECTED
+
+        # pip download: bytes identical to what was published
+        dl = tmp_path / "dl"
+        res = _pip(
+            python, index, "download", "--no-deps", "-d", str(dl), "top==1.0", "base", "middle"
+        )
+        assert res.returncode == 0, res.stderr
+        for f in dl.iterdir():
+            assert (
+                hashlib.sha256(f.read_bytes()).digest()
+                == hashlib.sha256((dist / f.name).read_bytes()).digest()
+            )
+
+        st = status(cache)
+        assert st["role"] == "cache" and st["misses"] >= 3 and st["hits"] >= 1
+
+        # Every seed and the master stop: a fresh venv still installs, from the cache.
+        for proc in (seed1_proc, seed2_proc, master_proc):
+            proc.terminate()
+            proc.wait(timeout=10)
+        python2 = _venv(tmp_path / "venv-offline")
+        res = _pip(python2, index, "install", "top")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert _versions(python2) == EXPECTED
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def test_cache_answers_bad_requests_and_pages(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    store, key, _ = namespace
+    pub = format_pubkey(public_bytes(key))
+    with Testbed() as bed:
+        _, master = bed.serve(store)
+        cmd = p2pkg_cmd(
+            "cache",
+            "--store",
+            str(tmp_path / "c"),
+            "--listen",
+            "127.0.0.1:0",
+            "--trust",
+            pub,
+            "--peer",
+            master,
+        )
+        _, cache = bed.enter_context(spawn(cmd))
+        code, body, _ = _get(f"{cache}/simple/")
+        assert code == 200 and b'href="top/"' in body
+        code, body, hdrs = _get(
+            f"{cache}/simple/top/", {"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        page = json.loads(body)
+        assert code == 200 and hdrs["Content-Type"].startswith(
+            "application/vnd.pypi.simple.v1+json"
+        )
+        wheel = next(f for f in page["files"] if f["filename"] == "top-1.0-py3-none-any.whl")
+        assert wheel["core-metadata"] and wheel["size"] > 0
+        file_url = urllib.parse.urljoin(f"{cache}/simple/top/", wheel["url"])  # as installers do
+        code, meta, _ = _get(file_url + ".metadata")
+        assert code == 200 and hashlib.sha256(meta).hexdigest() == wheel["core-metadata"]["sha256"]
+        # non-normalized names redirect
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            opener.open(f"{cache}/simple/Top/", timeout=10)
+            raise AssertionError("expected a redirect")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 301 and exc.headers["Location"] == "/simple/top/"
+        assert _get(f"{cache}/simple/nonexistent/")[0] == 404
+        assert _get(f"{cache}/simple/../../etc/passwd")[0] == 404
+        assert _get(f"{cache}/files/{'00' * 32}/x.whl")[0] == 404
+        assert _get(f"{cache}/files/../../index.sqlite")[0] == 404
+        assert _get(f"{cache}/simple/top/", {"Accept": "application/json"})[0] == 406
+        code, _, hdrs = _get(file_url, {"Range": "bytes=999999999-"})
+        assert code == 416
+        code, part, _ = _get(file_url, {"Range": "bytes=0-9"})
+        assert code == 206 and len(part) == 10
+        assert _get(f"{cache}/simple/top/", {"X-Big": "x" * 20_000})[0] == 431
+        code, body, _ = _get(f"{cache}/")
+        assert code == 200 and b"p2pkg cache" in body
+
+
+def test_cache_serves_only_files_the_signed_namespace_lists(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    """A manifest id that is a valid object but not listed for that filename is refused."""
+    store, key, _ = namespace
+    pub = format_pubkey(public_bytes(key))
+    with Store.open(store) as st:
+        # a real, signed manifest id, but of another file
+        other = next(
+            oid
+            for oid, kind, _ in st.iter_objects()
+            if kind == 2 and b"top-1.0-py3-none-any.whl" not in st.get_object(oid)
+        )
+    with Testbed() as bed:
+        _, master = bed.serve(store)
+        cmd = p2pkg_cmd(
+            "cache",
+            "--store",
+            str(tmp_path / "c"),
+            "--listen",
+            "127.0.0.1:0",
+            "--trust",
+            pub,
+            "--peer",
+            master,
+        )
+        _, cache = bed.enter_context(spawn(cmd))
+        assert _get(f"{cache}/files/{other.hex()}/top-1.0-py3-none-any.whl")[0] == 404
+        assert _get(f"{cache}/files/{other.hex()}/not-a-dist.txt")[0] == 404
