@@ -10,13 +10,14 @@ Every process started here is stopped before the demo ends.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from netsim.testbed import Testbed, status, wait_synced
+from netsim.testbed import Testbed, p2pkg_cmd, spawn, status, wait_synced
 from p2pkg.testing.archives import build_sdist, build_wheel
 
 OUT = Path("demo-out")
@@ -48,6 +49,7 @@ def main() -> None:
     step("sample archives: genuine wheels and sdists (a small dependency chain)")
     build_wheel(dist, "demo-base", "1.0", payload=300_000)
     build_wheel(dist, "demo-app", "1.0", requires_dist=["demo-base>=1.0"], payload=50_000)
+    # (pip will pick demo-base 2.0 once it is published below)
     build_sdist(dist, "demo-app", "1.0")
     for p in sorted(dist.iterdir()):
         print(f"  {p.name}  {p.stat().st_size} bytes")
@@ -96,9 +98,11 @@ def network(store: str, pub: str, dist: Path) -> None:
         print(f"  $ p2pkg serve --store {store} --listen 127.0.0.1:0  ->  {master}")
 
         step("three volunteer seeds follow the master (seed-3 mirrors one project)")
-        _, s1 = bed.seed(OUT / "seed-1", pub, [master], "--interval", "2s")
-        _, s2 = bed.seed(OUT / "seed-2", pub, [master, s1], "--interval", "2s")
-        _, s3 = bed.seed(OUT / "seed-3", pub, [s1, s2], "--interval", "2s", "--project", "demo-app")
+        seed1, s1 = bed.seed(OUT / "seed-1", pub, [master], "--interval", "2s")
+        seed2, s2 = bed.seed(OUT / "seed-2", pub, [master, s1], "--interval", "2s")
+        seed3, s3 = bed.seed(
+            OUT / "seed-3", pub, [s1, s2], "--interval", "2s", "--project", "demo-app"
+        )
         for name, url in (("seed-1", s1), ("seed-2", s2), ("seed-3", s3)):
             st = wait_synced(url, 2)
             version, files, lag = st["synced_version"], st["files"], st["lag_versions"]
@@ -116,10 +120,50 @@ def network(store: str, pub: str, dist: Path) -> None:
             wait_synced(url, 3, timeout=10)
         print(f"  seed-1 and seed-2 at root v3 (status: {status(s1)['synced_version']})")
 
+        step("a LAN cache in front of the seeds: pip installs from it, unchanged")
+        cache_store = str(OUT / "cache")
+        cache_cmd = p2pkg_cmd("cache", "--store", cache_store, "--listen", "127.0.0.1:0")
+        cache_cmd += ["--trust", pub, "--peer", s1, "--peer", s2]
+        _, cache = bed.enter_context(spawn(cache_cmd))
+        print(f"  $ p2pkg cache --store {cache_store} --trust ... --peer {s1} --peer {s2}")
+        print(f"    -> {cache}/simple/")
+        pip_install(cache, "demo-app")
+
         step("the master goes away: the seeds keep serving")
         master_proc.terminate()
         master_proc.wait(timeout=10)
         p2pkg("fetch", "demo-base", "--trust", pub, *seeds, "--dest", str(OUT / "downloads"))
+
+        step("every seed goes away too: the cache still installs what it holds")
+        for proc in (seed1, seed2, seed3):
+            proc.terminate()
+            proc.wait(timeout=10)
+        pip_install(cache, "demo-app", venv="venv-offline")
+
+
+def pip_install(cache: str, spec: str, venv: str = "venv") -> None:
+    """A throwaway venv and a real `pip install --index-url <cache>/simple/`."""
+    path = OUT / venv
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, capture_output=True)
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    cmd = [
+        str(path / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--isolated",
+        "--no-cache-dir",
+        "--index-url",
+        f"{cache}/simple/",
+        spec,
+    ]
+    print(f"  $ {path}/bin/pip install --index-url {cache}/simple/ {spec}")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    for line in res.stdout.splitlines():
+        if line.startswith(("Successfully", "Collecting", "ERROR")):
+            print("    " + line)
+    if res.returncode != 0:
+        raise SystemExit(f"pip failed: {res.stderr.strip()[-500:]}")
 
 
 if __name__ == "__main__":
