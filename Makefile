@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_publish
 	$(BIN)/python -m netsim.bench_namespace
 	$(BIN)/python -m netsim.bench_transfer
+	$(BIN)/python -m netsim.bench_cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
