@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pkg import simple
+from p2pkg.discovery import Lan
 from p2pkg.errors import NotFoundError, P2pkgError
 from p2pkg.fetch import Fetcher, Peer
 from p2pkg.http import wire
@@ -42,6 +43,7 @@ from p2pkg.objects import (
     TREE_LEVELS,
     Blob,
     FileManifest,
+    Kind,
     Leaf,
     Node,
     ObjectId,
@@ -60,6 +62,8 @@ class CacheConfig:
     refresh_interval: float = 60.0  # how stale the root may get before a page refreshes it
     max_size: int | None = None  # bytes of archives kept; None = unlimited
     max_index_projects: int = 100_000  # /simple/ lists at most this many
+    lan: bool = False  # announce on, and discover other caches from, the LAN (DNS-SD)
+    lan_interfaces: tuple[str, ...] | None = None  # None: every interface
 
 
 class _Live:
@@ -120,15 +124,56 @@ class Cache:
         self._refreshed = 0.0
         self.started = time.time()
         self.server = _CacheServer(self, store_path, server_config)
+        self.lan: Lan | None = None
+        self.by_blake3: dict[bytes, FileManifest] = {}
+        self._refresh_lock = asyncio.Lock()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        await self.server.start(host, port)
+        _, bound = await self.server.start(host, port)
+        self._spawn(self._keep_fresh())
+        if self.config.lan:
+            self.lan = Lan(self.config.lan_interfaces)
+            await self.lan.announce(bound, "cache", self.key)
+            self.lan.watch()
+            self._spawn(self._adopt_lan_peers())
         return self.server.url
+
+    async def _keep_fresh(self) -> None:
+        """Follow the root in the background: as a peer the cache serves it too."""
+        while True:
+            try:
+                await self.trusted()
+            except P2pkgError as exc:
+                log.warning("cache: no trusted root yet: %s", exc)
+            await asyncio.sleep(min(self.config.refresh_interval, 30.0))
+
+    @property
+    def key(self) -> str:
+        """The trusted key LAN peers must share (hex of the first pinned key)."""
+        return min(self.fetcher.pinned).hex()
+
+    async def _adopt_lan_peers(self) -> None:
+        """Caches seen on the LAN become preferred (tier 0) peers."""
+        assert self.lan is not None
+        while True:
+            for peer in list(self.lan.peers.values()):
+                if peer.key == self.key and peer.url != self.server.url:
+                    if peer.url not in self.fetcher.clients:
+                        log.info("found LAN cache %s", peer.url)
+                    self.fetcher.add_peer(Peer(peer.url, tier=0))
+            await asyncio.sleep(1.0)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.lan is not None:
+            await self.lan.close()
         await self.server.close()
         self.fetcher.close()
         self.store.close()
@@ -137,14 +182,16 @@ class Cache:
 
     async def trusted(self) -> TrustedRoot:
         """The current root, refreshed from peers when older than the interval."""
-        now = time.monotonic()
-        if self.fetcher.trusted is None or now - self._refreshed > self.config.refresh_interval:
-            try:
-                await self.fetcher.refresh_root()
-            except P2pkgError:
-                if self.fetcher.trusted is None:
-                    raise
-            self._refreshed = now
+        async with self._refresh_lock:  # one refresh at a time; others reuse its result
+            now = time.monotonic()
+            stale = now - self._refreshed > self.config.refresh_interval
+            if self.fetcher.trusted is None or stale:
+                try:
+                    await self.fetcher.refresh_root()
+                except P2pkgError:
+                    if self.fetcher.trusted is None:
+                        raise
+                self._refreshed = now
         assert self.fetcher.trusted is not None
         return self.fetcher.trusted
 
@@ -175,9 +222,7 @@ class Cache:
             return live
         live = _Live()
         self.live[manifest.blake3] = live
-        task = asyncio.get_running_loop().create_task(self._download(manifest, live))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._download(manifest, live))
         return live
 
     async def _download(self, manifest: FileManifest, live: _Live) -> None:
@@ -201,6 +246,14 @@ class Cache:
         gone = self.store.evict_lru(self.config.max_size, keep | frozenset(self.live))
         self.stats.evicted += len(gone)
 
+    def remember_manifest(self, oid: ObjectId, data: bytes) -> None:
+        """Note which archive a manifest names, so peer-protocol file requests can be pulled."""
+        if data[:1] == bytes([Kind.FILE]):
+            manifest = decode_as(data, FileManifest)
+            if len(self.by_blake3) > 100_000:
+                self.by_blake3.clear()
+            self.by_blake3[manifest.blake3] = manifest
+
     def partial_path(self, manifest: FileManifest) -> Path:
         return self.store_path / "partial" / f".{manifest.blake3.hex()}.p2pkg-partial"
 
@@ -214,6 +267,7 @@ class Cache:
             "root_version": trusted.version if trusted else None,
             "root_age_seconds": int(time.time() - trusted.root.created) if trusted else None,
             "peers": [p.url for p in self.fetcher.peers],
+            "lan_peers": [p.url for p in self.fetcher.peers if p.tier == 0],
             "banned_peers": sorted(self.fetcher.banned),
             "files_held": files,
             "bytes_held": held,
@@ -241,7 +295,7 @@ class _CacheServer(PeerServer):
     ) -> bool:
         path = req.target.split("?", 1)[0]
         if path.startswith(wire.PREFIX + "/"):
-            return await super()._dispatch(req, body, writer, peer)
+            return await self._peer_route(req, body, writer, peer)
         if req.method not in ("GET", "HEAD"):
             return await self._simple(writer, 405, b"method not allowed", keep=False)
         head_only = req.method == "HEAD"
@@ -262,6 +316,48 @@ class _CacheServer(PeerServer):
             log.warning("cache: %s: %s", path, exc)
             return await self._simple(writer, 502, f"upstream: {exc}".encode()[:500])
         return await self._simple(writer, 404, b"not found")
+
+    async def _peer_route(
+        self, req: wire.RequestHead, body: bytes, writer: asyncio.StreamWriter, peer: object
+    ) -> bool:
+        """The peer protocol, pulling through what the cache does not hold yet.
+
+        A client that found this cache on the LAN may know no other peer: objects
+        are fetched (verified) and kept; an archive is fetched once a manifest
+        naming it has passed through, and streamed like on the simple API.
+        """
+        route = wire.parse_target(req.target)
+        if route is not None and req.method == "GET":
+            try:
+                if route.kind is wire.Kind.OBJECT and not self.store.has_object(ObjectId(route.id)):
+                    await self.cache.trusted()
+                    data = await self.cache.fetcher.get_object(ObjectId(route.id))
+                    self.cache.remember_manifest(ObjectId(route.id), data)
+                elif route.kind is wire.Kind.FILE and not self.store.has_file(route.id):
+                    known = self.cache.by_blake3.get(route.id)
+                    if known is not None:
+                        return await self._pull_file(writer, req, known, False)
+            except P2pkgError as exc:
+                log.info("cache: pull-through of %s failed: %s", req.target, exc)
+        return await super()._dispatch(req, body, writer, peer)
+
+    async def _pull_file(
+        self,
+        writer: asyncio.StreamWriter,
+        req: wire.RequestHead,
+        manifest: FileManifest,
+        head_only: bool,
+    ) -> bool:
+        """Serve an archive not held yet: stream it whole, or a range once it is in."""
+        self.cache.stats.misses += 1
+        live = self.cache.download(manifest)
+        if "range" in req.headers:
+            while not live.done:
+                await live.wait_beyond(manifest.size)
+            if live.error is not None or not self.store.has_file(manifest.blake3):
+                return await self._simple(writer, 502, b"could not fetch the file from peers")
+            return await super()._file(writer, manifest.blake3, req, head_only)
+        return await self._stream(writer, manifest, live, head_only)
 
     async def _index(
         self, writer: asyncio.StreamWriter, req: wire.RequestHead, head_only: bool
@@ -337,16 +433,7 @@ class _CacheServer(PeerServer):
             keep = await super()._file(writer, manifest.blake3, req, head_only)
             self.cache.stats.bytes_from_cache += self.stats.bytes_sent - before
             return keep
-        self.cache.stats.misses += 1
-        live = self.cache.download(manifest)
-        if "range" in req.headers:
-            # A range of a file still arriving: wait for it whole, then serve the range.
-            while not live.done:
-                await live.wait_beyond(manifest.size)
-            if live.error is not None or not store.has_file(manifest.blake3):
-                return await self._simple(writer, 502, b"could not fetch the file from peers")
-            return await super()._file(writer, manifest.blake3, req, head_only)
-        return await self._stream(writer, manifest, live, head_only)
+        return await self._pull_file(writer, req, manifest, head_only)
 
     async def _stream(
         self, writer: asyncio.StreamWriter, manifest: FileManifest, live: _Live, head_only: bool

@@ -480,6 +480,18 @@ def budget_options(f: F) -> F:
     )(f)
 
 
+def lan_interface_option(f: F) -> F:
+    return click.option(
+        "--lan-interface",
+        "lan_interfaces",
+        multiple=True,
+        envvar="P2PKG_LAN_INTERFACE",
+        metavar="IP",
+        help="Use mDNS only on this interface address (repeatable; default: all). "
+        "Env: P2PKG_LAN_INTERFACE.",
+    )(f)
+
+
 def _server_config(max_connections: int, rate: str | None) -> Any:
     from p2pkg.http.server import ServerConfig
 
@@ -623,6 +635,13 @@ def seed(
 @click.option(
     "--refresh", default="60s", show_default=True, help="How stale the signed root may get."
 )
+@click.option(
+    "--lan/--no-lan",
+    default=True,
+    show_default=True,
+    help="Announce this cache with DNS-SD (_p2pkg._tcp) and use other caches found there.",
+)
+@lan_interface_option
 def cache(
     store: Path,
     listen: str,
@@ -632,6 +651,8 @@ def cache(
     peers: tuple[str, ...],
     max_size: str | None,
     refresh: str,
+    lan: bool,
+    lan_interfaces: tuple[str, ...],
 ) -> None:
     """Run a LAN cache that pip and uv install from, unchanged.
 
@@ -653,6 +674,8 @@ def cache(
     config = CacheConfig(
         refresh_interval=float(parse_duration(refresh)),
         max_size=parse_size(max_size) if max_size else None,
+        lan=lan,
+        lan_interfaces=lan_interfaces or None,
     )
 
     async def run() -> None:
@@ -693,6 +716,13 @@ def cache(
     help="Local store to cache roots, objects and archives (enables upgrades from chunks).",
 )
 @click.option("--jobs", default=8, show_default=True, help="Archives fetched at the same time.")
+@click.option(
+    "--lan/--no-lan",
+    default=None,
+    help="Look for caches on the LAN (DNS-SD) and prefer them "
+    "[default: only when no --peer is given].",
+)
+@lan_interface_option
 @json_option
 def fetch(
     specs: tuple[str, ...],
@@ -702,6 +732,8 @@ def fetch(
     filename: str | None,
     store: Path | None,
     jobs: int,
+    lan: bool | None,
+    lan_interfaces: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Fetch archives from peers, verified against the master's key.
@@ -724,8 +756,9 @@ def fetch(
     pins = parse_trust(trust)
     if pins is None:
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
-    if not peers:
-        raise click.UsageError("at least one --peer URL is needed")
+    use_lan = lan if lan is not None else not peers
+    if not peers and not use_lan:
+        raise click.UsageError("at least one --peer URL is needed (or --lan)")
     if filename is not None and len(specs) != 1:
         raise click.UsageError("--file needs exactly one SPEC")
     results: list[dict[str, Any]] = []
@@ -737,6 +770,8 @@ def fetch(
         fetcher = Fetcher(pins, list(peers), st)
         limiter = anyio.CapacityLimiter(max(1, jobs))
         try:
+            if use_lan:
+                await _discover_lan(fetcher, pins, lan_interfaces)
             await fetcher.refresh_root()
             if len(specs) == 1:
                 manifest = await fetcher.resolve(specs[0], filename)
@@ -774,6 +809,25 @@ def fetch(
         for r in results
     ]
     emit(as_json, results[0] if len(specs) == 1 else {"files": results}, "\n".join(lines))
+
+
+async def _discover_lan(fetcher: Any, pins: frozenset[bytes], interfaces: tuple[str, ...]) -> None:
+    """Add caches announced on the LAN (DNS-SD) as preferred peers."""
+    from p2pkg.discovery import Lan
+    from p2pkg.fetch import Peer
+
+    lan = Lan(interfaces or None)
+    try:
+        for found in await lan.browse(LAN_WAIT, key=min(pins).hex()):
+            log.info("found LAN cache %s", found.url)
+            fetcher.add_peer(Peer(found.url, tier=0))
+    finally:
+        await lan.close()
+    if not fetcher.peers:
+        raise click.UsageError("no --peer given and no cache found on the LAN")
+
+
+LAN_WAIT = 0.5  # seconds to listen for DNS-SD answers
 
 
 def _fetch_result(manifest: Any, path: Path, stats: Any) -> dict[str, Any]:

@@ -305,10 +305,15 @@ class Fetcher:
             c.close()
 
     def add_peer(self, peer: str | Peer) -> None:
+        """Add a peer; a peer already known keeps the better (lower) tier."""
         p = peer if isinstance(peer, Peer) else Peer(peer)
-        if p.url not in self.clients:
-            self.peers.append(p)
-            self.clients[p.url] = PeerClient(p.url)
+        for i, known in enumerate(self.peers):
+            if known.url == p.url:
+                if p.tier < known.tier:
+                    self.peers[i] = p
+                return
+        self.peers.append(p)
+        self.clients[p.url] = PeerClient(p.url)
 
     def _live_peers(self) -> list[Peer]:
         return sorted((p for p in self.peers if p.url not in self.banned), key=lambda p: p.tier)

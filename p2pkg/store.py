@@ -326,7 +326,12 @@ class Store:
                 )
             db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", rows)
             if root_row is not None:
-                db.execute("INSERT INTO roots VALUES (?, ?)", root_row[:2])
+                # The same root recorded twice (two refreshes racing) is fine;
+                # another root under a version already held is a fork: refuse.
+                db.execute("INSERT OR IGNORE INTO roots VALUES (?, ?)", root_row[:2])
+                held = db.execute("SELECT id FROM roots WHERE version=?", (root_row[0],)).fetchone()
+                if bytes(held[0]) != root_row[1]:
+                    raise StoreError(f"store already holds another root version {root_row[0]}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('namespace', ?)", root_row[2:])
             db.execute("COMMIT")
         except BaseException:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
+
+# Network hygiene: mDNS in tests (and every process they start) stays on loopback.
+os.environ["P2PKG_LAN_INTERFACE"] = "127.0.0.1"
 
 settings.register_profile(
     "default", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow]

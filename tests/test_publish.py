@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,21 @@ def test_stored_archives_are_world_readable(
     for path in (store_dir / "files").rglob("*"):
         if path.is_file():
             assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
+
+
+def test_store_accepts_the_same_root_twice_but_not_a_fork(
+    dist: Path, store_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    from p2pkg.errors import StoreError
+    from p2pkg.root import decode_signed_root, sign_root
+
+    build_wheel(dist, "demo", "1.0")
+    _publish(store_dir, key, dist)
+    with Store.open(store_dir) as st:
+        root = st.root_at(1)
+        st.commit(root=root)  # idempotent
+        other = decode_signed_root(root)[1]
+        fork = sign_root(replace(other, expires=other.expires + 1), [key]).encode()
+        with pytest.raises(StoreError, match="another root"):
+            st.commit(root=fork)
+        assert st.root_at(1) == root
