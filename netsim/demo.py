@@ -74,18 +74,20 @@ def main() -> None:
     step("verify re-hashes every object and archive")
     p2pkg("verify", "--store", store, "--trust", pub)
 
-    network(store, pub, dist)
-
-    step("tampering is caught: flip one byte of a stored archive")
-    victim = next(p for p in (OUT / "master-store" / "files").rglob("*") if p.is_file())
+    step("tampering is caught: flip one byte of an archive in a copy of the store")
+    copy = OUT / "tampered-store"
+    shutil.copytree(OUT / "master-store", copy)
+    victim = next(p for p in (copy / "files").rglob("*") if p.is_file())
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    p2pkg("verify", "--store", store, "--trust", pub, check=False)
+    p2pkg("verify", "--store", str(copy), "--trust", pub, check=False)
 
     step("a key that is not the master's cannot sign")
     p2pkg("keygen", "--out", str(OUT / "mallory.key"))
     p2pkg("publish", "--store", store, "--key", str(OUT / "mallory.key"), check=False)
+
+    network(store, pub, dist)
 
     print("\ndemo finished: everything above ran for real under demo-out/ on 127.0.0.1")
 
