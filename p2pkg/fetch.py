@@ -39,7 +39,6 @@ from p2pkg.config import LIMITS
 from p2pkg.errors import (
     BadDataError,
     DecodeError,
-    ExpiredRootError,
     FetchError,
     IntegrityError,
     NotFoundError,
@@ -412,16 +411,6 @@ class Fetcher:
         self.trusted = trusted
         if self.store is not None and self.persist_roots:
             self.store.commit(root=trusted.signed.encode())
-
-    async def accept_root(self, data: bytes) -> TrustedRoot | None:
-        """Consider a root pushed to us (canonical bytes); None if not newer."""
-        base = self._local_trusted()
-        now = self.clock()
-        if base is not None and decode_signed_root(data)[1].version <= base.version:
-            return None
-        accepted = bootstrap(self.pinned, data, now) if base is None else update(base, data, now)
-        self._remember_root(accepted)
-        return accepted
 
     # ------------------------------------------------------------------ objects
 
@@ -876,4 +865,4 @@ def _as_hashed(manifest: FileManifest, path: Path) -> Hashed:
     return Hashed(manifest.size, manifest.sha256, manifest.blake3, manifest.chunks, path)
 
 
-__all__ = ["ExpiredRootError", "FetchStats", "Fetcher", "Peer"]
+__all__ = ["FetchStats", "Fetcher", "Peer", "open_root"]

@@ -86,6 +86,9 @@ class Freshness:
             "last_sync_age_seconds": (
                 None if self.last_sync is None else round(now - self.last_sync, 1)
             ),
+            "last_attempt_age_seconds": (
+                None if self.last_attempt is None else round(now - self.last_attempt, 1)
+            ),
             "last_error": self.last_error,
             "files_fetched": self.files_fetched,
             "bytes_fetched": self.bytes_fetched,

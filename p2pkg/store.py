@@ -163,10 +163,6 @@ class Store:
 
     # ------------------------------------------------------------------ meta
 
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
     # ------------------------------------------------------------------ objects
 
     def get_stored(self, oid: ObjectId) -> bytes:
@@ -186,9 +182,6 @@ class Store:
     def iter_objects(self) -> Iterator[tuple[ObjectId, int, bytes]]:
         for oid, kind, data in self._db.execute("SELECT id, kind, data FROM objects"):
             yield ObjectId(bytes(oid)), int(kind), bytes(data)
-
-    def count_objects(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
 
     # ------------------------------------------------------------------ roots
 

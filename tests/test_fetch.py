@@ -312,3 +312,34 @@ async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path
             fetcher.close()
             await old.close()
         assert snapshot(client_store) == before
+
+
+async def test_chunk_endpoints(master: Master) -> None:
+    """GET chunks/<id> and POST chunks (batch) serve raw chunk bytes by id."""
+    from p2pkg.http import wire
+    from p2pkg.http.client import PeerClient
+
+    server = (await _servers(master, 1))[0]
+    client = PeerClient(server.url)
+    data = master.big.read_bytes()
+    try:
+        with Store.open(master.store) as st:
+            f = next(f for f in st.iter_files() if f.size == len(data))
+            chunks = st.file_chunks(f.blake3)
+        cid, off, n = chunks[1]
+        status, body, head = await client.get_bytes(wire.chunk_path(cid), 1 << 20)
+        assert status == 200 and body == data[off : off + n]
+        assert "immutable" in head.headers["cache-control"]
+        picked = [chunks[0], chunks[2], chunks[1]]
+        status, body = await client.post(
+            wire.BATCH_PATH, b"".join(c for c, _, _ in picked), 8 << 20
+        )
+        assert status == 200
+        assert body == b"".join(data[o : o + n] for _, o, n in picked)
+        status, _ = await client.post(wire.BATCH_PATH, b"\x00" * 32)
+        assert status == 404  # one chunk not held: the whole batch is refused
+        status, _ = await client.post(wire.BATCH_PATH, b"short")
+        assert status == 400
+    finally:
+        client.close()
+        await server.close()
