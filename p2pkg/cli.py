@@ -827,7 +827,7 @@ async def _discover_lan(fetcher: Any, pins: frozenset[bytes], interfaces: tuple[
         raise click.UsageError("no --peer given and no cache found on the LAN")
 
 
-LAN_WAIT = 0.5  # seconds to listen for DNS-SD answers
+LAN_WAIT = 1.0  # seconds to listen for DNS-SD answers (only when no --peer is given)
 
 
 def _fetch_result(manifest: Any, path: Path, stats: Any) -> dict[str, Any]:

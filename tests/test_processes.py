@@ -245,8 +245,12 @@ def test_seeds_follow_the_master(master: Master, tmp_path: Path) -> None:
                 f.close()
 
         asyncio.run(fetch_from_seeds())
-        time.sleep(1.5)  # a poll fails against the dead master; s1 notes it
+        # The next poll fails against the dead master; s1 reports it, still serving v2.
+        deadline = time.monotonic() + 15
         st = asyncio.run(status(s1))
+        while not st["last_error"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+            st = asyncio.run(status(s1))
         assert st["last_error"] and st["synced_version"] == 2
 
 

@@ -205,10 +205,10 @@ class PeerServer:
 
         Reading the request first (briefly) gives the client a proper HTTP answer
         instead of a reset racing its write. Overflow connections have their own
-        ceiling (as many again as the budget); past it they are closed at once.
+        ceiling (twice the budget); past it they are closed at once.
         """
         self.stats.busy += 1
-        if self._overflow >= self.config.max_connections:
+        if self._overflow >= 2 * self.config.max_connections:
             writer.transport.abort()
             return
         self._overflow += 1
