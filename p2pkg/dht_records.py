@@ -3,8 +3,10 @@
 * **Provider records** (who holds a file or a namespace bin): per key at most
   ``per_key`` providers, at most ``keys`` keys, one record per source address
   per key (a source refreshes its record, it cannot add many), TTL capped,
-  expired records dropped on every access. The provider's address is the
-  datagram's source address, never something the message claims.
+  expired records dropped on every access; at most ``per_source`` records
+  per source IP per key (a flood from one address only replaces its own
+  records). The provider's IP is the datagram's source address, never
+  something the message claims.
 * **Root records**: per namespace key, the highest-version signed root whose
   signatures verify against the root's own keys (like BEP 44 mutable items).
   The key is ``BLAKE3(b"p2pkg/root-key/v1" || namespace || first key)`` so a
@@ -39,6 +41,7 @@ def content_key(object_id: bytes) -> bytes:
 @dataclass(frozen=True, slots=True)
 class ProviderLimits:
     per_key: int = 64
+    per_source: int = 4  # records one source IP may hold per key (peers behind one address)
     keys: int = 20_000
     max_ttl: float = 24 * 3600.0
     min_ttl: float = 60.0
@@ -66,8 +69,10 @@ class ProviderStore:
                 return False
             entry = self.records[key] = {}
         self._expire(entry, now)
-        # One record per source address per key: a node may move ports, not multiply.
-        for addr in [a for a in entry if a[0] == source_ip]:
+        entry.pop((source_ip, port), None)  # a refresh replaces its own record
+        # A bounded number of records per source IP: one address cannot flood a key.
+        mine = sorted((a for a in entry if a[0] == source_ip), key=entry.__getitem__)
+        for addr in mine[: max(0, len(mine) - self.limits.per_source + 1)]:
             del entry[addr]
         if len(entry) >= self.limits.per_key:
             # Keep the longest-lived records; a newcomer replaces the soonest to expire.

@@ -25,11 +25,13 @@ def test_providers_expire_and_ttl_is_capped() -> None:
     assert s.get(K, 10, now=101) == []  # capped at 100 s
 
 
-def test_one_record_per_source_per_key() -> None:
-    s = ProviderStore()
+def test_records_per_source_address_are_bounded() -> None:
+    s = ProviderStore(ProviderLimits(per_source=2))
     for port in range(1000, 1100):
-        s.add(K, "10.0.0.1", port, ttl=3600, now=0)
-    assert s.get(K, 100, now=1) == [("10.0.0.1", 1099)]
+        s.add(K, "10.0.0.1", port, ttl=3600 + port, now=0)
+    assert sorted(s.get(K, 100, now=1)) == [("10.0.0.1", 1098), ("10.0.0.1", 1099)]
+    s.add(K, "10.0.0.2", 1, ttl=3600, now=0)
+    assert len(s.get(K, 100, now=1)) == 3
 
 
 def test_bounds_hold_under_a_flood() -> None:
@@ -56,14 +58,17 @@ def test_bounds_hold_under_a_flood() -> None:
     )
 )
 def test_provider_store_invariants(ops: list[tuple[bytes, str, int, float, float]]) -> None:
-    limits = ProviderLimits(per_key=4, keys=10)
+    limits = ProviderLimits(per_key=4, per_source=2, keys=10)
     s = ProviderStore(limits)
     for key, ip, port, ttl, now in ops:
         s.add(key, ip, port, ttl, now)
         assert len(s.records) <= limits.keys
         for entry in s.records.values():
             assert len(entry) <= limits.per_key
-            assert len({a[0] for a in entry}) == len(entry)  # one per source address
+            per_ip: dict[str, int] = {}
+            for held_ip, _ in entry:
+                per_ip[held_ip] = per_ip.get(held_ip, 0) + 1
+            assert all(c <= limits.per_source for c in per_ip.values())
             assert all(0 < a[1] < 65536 for a in entry)
 
 

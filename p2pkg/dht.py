@@ -1,0 +1,480 @@
+"""The DHT: the ``kademlia`` package extended by subclassing (pinned 2.2.3 / rpcudp 5.0.1).
+
+What the subclass changes (docs/security.md, "DHT"):
+
+* Every datagram is at most :data:`MAX_DATAGRAM` bytes, both ways; anything
+  undecodable, oversized or unexpected is dropped and counted, never raised.
+* A response is accepted only for an outstanding request, from the address it
+  was sent to; node lists in responses are filtered to well-formed contacts.
+* RPCs are cancel-safe: a cancelled call forgets its request and timer.
+* A contact survives a single missed reply (removed after two in a row).
+* A request's sender is added to the routing table only after it answers a
+  ping with the id it claimed (one id per address): a node cannot fill
+  others' tables with made-up ids.
+* Generic STORE / FIND_VALUE of arbitrary values are disabled. The records
+  are provider records (ADD_PROVIDER / GET_PROVIDERS, the provider's address
+  taken from the packet's source) and namespace roots (PUT_ROOT / GET_ROOT,
+  highest valid version), both bounded (:mod:`p2pkg.dht_records`).
+* Node identity comes from :mod:`secrets` and is saved with the contacts as
+  JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import umsgpack
+from kademlia.network import Server
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+
+from p2pkg.dht_records import KEY_LEN, ProviderStore, RootStore, content_key, root_key
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 1200  # real networks fragment above ~1,200 bytes
+MAX_ARGS = 8
+HEADER = 21  # kind byte + 20-byte message id
+
+
+def _valid_contact(item: Any) -> bool:
+    if not isinstance(item, (list, tuple)) or len(item) != 3:
+        return False
+    node_id, ip, port = item
+    if not isinstance(node_id, bytes) or len(node_id) != KEY_LEN:
+        return False
+    if not isinstance(port, int) or not 0 < port < 65536 or not isinstance(ip, str):
+        return False
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
+
+
+def _sanitize(payload: Any) -> Any:
+    """Keep only well-formed contacts in a node list (a malformed one must not break lookups)."""
+    if isinstance(payload, list) and payload and isinstance(payload[0], (list, tuple)):
+        return [tuple(c) for c in payload if _valid_contact(c)]
+    if isinstance(payload, dict) and "nodes" in payload:
+        nodes = payload["nodes"]
+        return {**payload, "nodes": _sanitize(nodes) if isinstance(nodes, list) else []}
+    return payload
+
+
+class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
+    """Kademlia with hardened datagrams and p2pkg's two record types."""
+
+    def __init__(
+        self,
+        source_node: Node,
+        storage: Any,
+        ksize: int,
+        providers: ProviderStore,
+        roots: RootStore,
+        clock: Callable[[], float] = time.time,
+        wait_timeout: float = 2.0,
+    ) -> None:
+        super().__init__(source_node, storage, ksize)
+        self._wait_timeout = wait_timeout
+        self.providers = providers
+        self.roots = roots
+        self.clock = clock
+        self.dropped = 0
+        self.misses: dict[bytes, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sent_to: dict[bytes, tuple[str, int]] = {}
+        self._addr_ids: dict[tuple[str, int], bytes] = {}
+        self._verifying: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------------ datagrams
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not HEADER + 1 <= len(data) <= MAX_DATAGRAM:
+            self.dropped += 1
+            return
+        try:
+            payload = umsgpack.unpackb(data[HEADER:])
+        except Exception:  # umsgpack raises many types for bad input: all mean "drop"
+            self.dropped += 1
+            return
+        kind, msg_id = data[:1], data[1:HEADER]
+        if kind == b"\x00":
+            if (
+                not isinstance(payload, list)
+                or len(payload) != 2
+                or not isinstance(payload[0], str)
+                or not isinstance(payload[1], list)
+                or len(payload[1]) > MAX_ARGS
+            ):
+                self.dropped += 1
+                return
+            task = asyncio.get_running_loop().create_task(self._request(msg_id, payload, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif kind == b"\x01":
+            if msg_id not in self._outstanding or self._sent_to.get(msg_id) != addr:
+                self.dropped += 1
+                return
+            future, timer = self._outstanding.pop(msg_id)
+            self._sent_to.pop(msg_id, None)
+            timer.cancel()
+            if not future.done():
+                future.set_result((True, _sanitize(payload)))
+        else:
+            self.dropped += 1
+
+    async def _request(self, msg_id: bytes, payload: list[Any], addr: tuple[str, int]) -> None:
+        name, args = payload
+        handler = getattr(self, f"rpc_{name}", None) if name.isidentifier() else None
+        if handler is None:
+            self.dropped += 1
+            return
+        try:
+            response = handler(addr, *args)
+            if asyncio.iscoroutine(response):
+                response = await response
+            data = b"\x01" + msg_id + umsgpack.packb(response)
+        except Exception:  # wrong arity or types from a remote: drop, never crash
+            self.dropped += 1
+            return
+        if len(data) <= MAX_DATAGRAM and self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def call(self, address: tuple[str, int], name: str, *args: Any) -> asyncio.Future[Any]:
+        """Send RPC ``name``; a future of (answered, payload). Cancel-safe, size-checked."""
+        loop = asyncio.get_running_loop()
+        msg_id = secrets.token_bytes(20)
+        data = b"\x00" + msg_id + umsgpack.packb([name, list(args)])
+        future: asyncio.Future[Any] = loop.create_future()
+        if len(data) > MAX_DATAGRAM:
+            future.set_result((False, None))
+            return future
+        timer = loop.call_later(self._wait_timeout, self._expire, msg_id)
+        self._outstanding[msg_id] = (future, timer)
+        self._sent_to[msg_id] = (address[0], address[1])
+        future.add_done_callback(lambda f: self._forget(msg_id) if f.cancelled() else None)
+        assert self.transport is not None
+        self.transport.sendto(data, address)
+        return future
+
+    def _expire(self, msg_id: bytes) -> None:
+        entry = self._outstanding.pop(msg_id, None)
+        self._sent_to.pop(msg_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result((False, None))
+
+    def _forget(self, msg_id: bytes) -> None:
+        entry = self._outstanding.pop(msg_id, None)
+        self._sent_to.pop(msg_id, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    # The parent class routes ping/find_node/... through rpcudp's __getattr__;
+    # send them through the hardened `call` instead.
+    def ping(self, address: tuple[str, int], nodeid: bytes) -> asyncio.Future[Any]:
+        return self.call(address, "ping", nodeid)
+
+    def find_node(self, address: tuple[str, int], nodeid: bytes, key: bytes) -> asyncio.Future[Any]:
+        return self.call(address, "find_node", nodeid, key)
+
+    def find_value(
+        self, address: tuple[str, int], nodeid: bytes, key: bytes
+    ) -> asyncio.Future[Any]:
+        return self.call(address, "find_node", nodeid, key)  # values are disabled
+
+    # ------------------------------------------------------------------ contacts
+
+    def welcome_if_new(self, node: Node) -> None:
+        # No generic values to hand over (STORE is disabled): just learn the contact.
+        if self.router.is_new_node(node):
+            self.router.add_contact(node)
+
+    def handle_call_response(self, result: Any, node: Node) -> Any:
+        if result[0] and node.ip is not None:
+            self._addr_ids.setdefault((node.ip, node.port), node.id)
+        if not result[0]:
+            misses = self.misses.get(node.id, 0) + 1
+            self.misses[node.id] = misses
+            if misses >= 2:  # a contact survives a single miss
+                self.router.remove_contact(node)
+                self.misses.pop(node.id, None)
+            return result
+        self.misses.pop(node.id, None)
+        self.welcome_if_new(node)
+        return result
+
+    def _source(self, sender: tuple[str, int], nodeid: Any) -> None:
+        """Learn the sender of a request, but only once it proves the id it claims.
+
+        A message can claim any node id; inserting claims directly lets one
+        address fill the routing table with fake contacts (an eclipse). So the
+        sender is pinged and added only if it answers with the same id; one id
+        per address, and a bounded number of checks in flight.
+        """
+        if not isinstance(nodeid, bytes) or len(nodeid) != KEY_LEN:
+            return
+        addr = (sender[0], sender[1])
+        known = self._addr_ids.get(addr)
+        if known is not None or addr in self._verifying or len(self._verifying) >= 64:
+            return
+        if not self.router.is_new_node(Node(nodeid, *addr)):
+            return
+        self._verifying.add(addr)
+        task = asyncio.get_running_loop().create_task(self._verify(addr, nodeid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _verify(self, addr: tuple[str, int], claimed: bytes) -> None:
+        try:
+            ok, answer = await self.call(addr, "ping", self.source_node.id)
+            if ok and answer == claimed:
+                self._addr_ids[addr] = claimed
+                self.welcome_if_new(Node(claimed, addr[0], addr[1]))
+        finally:
+            self._verifying.discard(addr)
+
+    # ------------------------------------------------------------------ RPCs
+
+    def rpc_ping(self, sender: tuple[str, int], nodeid: bytes) -> bytes:
+        self._source(sender, nodeid)
+        return bytes(self.source_node.id)
+
+    def rpc_store(self, sender: tuple[str, int], *args: Any) -> bool:
+        return False  # arbitrary values are not stored (provider and root records only)
+
+    def rpc_find_node(self, sender: tuple[str, int], nodeid: bytes, key: bytes) -> list[Any]:
+        if not isinstance(key, bytes) or len(key) != KEY_LEN:
+            raise ValueError("bad key")
+        self._source(sender, nodeid)
+        source = Node(nodeid, sender[0], sender[1])
+        neighbors = self.router.find_neighbors(Node(key), exclude=source)
+        return [tuple(n) for n in neighbors]
+
+    def rpc_find_value(self, sender: tuple[str, int], nodeid: bytes, key: bytes) -> list[Any]:
+        return self.rpc_find_node(sender, nodeid, key)
+
+    def rpc_add_provider(
+        self, sender: tuple[str, int], nodeid: bytes, key: bytes, port: int, ttl: float
+    ) -> bool:
+        self._source(sender, nodeid)
+        if not isinstance(key, bytes) or not isinstance(port, int):
+            return False
+        if not isinstance(ttl, (int, float)):
+            return False
+        return self.providers.add(key, sender[0], port, float(ttl), self.clock())
+
+    def rpc_get_providers(
+        self, sender: tuple[str, int], nodeid: bytes, key: bytes, want: int
+    ) -> dict[str, Any]:
+        self._source(sender, nodeid)
+        found = self.providers.get(key, min(int(want), 32), self.clock())
+        return {"providers": [list(p) for p in found]}
+
+    def rpc_put_root(self, sender: tuple[str, int], nodeid: bytes, key: bytes, data: bytes) -> bool:
+        self._source(sender, nodeid)
+        if not isinstance(key, bytes) or not isinstance(data, bytes):
+            return False
+        return self.roots.put(key, data)
+
+    def rpc_get_root(self, sender: tuple[str, int], nodeid: bytes, key: bytes) -> dict[str, Any]:
+        self._source(sender, nodeid)
+        data = self.roots.get(key) if isinstance(key, bytes) else None
+        return {"root": data} if data is not None else {}
+
+
+class DhtNode(Server):  # type: ignore[misc]
+    """A DHT node: join, announce providers and roots, look them up."""
+
+    protocol_class = DhtProtocol
+
+    def __init__(
+        self,
+        node_id: bytes | None = None,
+        *,
+        ksize: int = 20,
+        alpha: int = 3,
+        providers: ProviderStore | None = None,
+        roots: RootStore | None = None,
+        wait_timeout: float = 2.0,
+        soft_timeout: float = 0.25,
+    ) -> None:
+        super().__init__(ksize=ksize, alpha=alpha, node_id=node_id or secrets.token_bytes(20))
+        self.soft_timeout = soft_timeout
+        # `is None`, not `or`: an empty store is falsy (it has a length).
+        self.providers = providers if providers is not None else ProviderStore()
+        self.roots = roots if roots is not None else RootStore()
+        self.wait_timeout = wait_timeout
+
+    def _create_protocol(self) -> DhtProtocol:
+        return DhtProtocol(
+            self.node,
+            self.storage,
+            self.ksize,
+            self.providers,
+            self.roots,
+            wait_timeout=self.wait_timeout,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        ok, node_id = await self.protocol.ping(addr, self.node.id)
+        if not ok or not isinstance(node_id, bytes) or len(node_id) != KEY_LEN:
+            return None  # no answer, or an answer that is not a node id
+        return Node(node_id, addr[0], addr[1])
+
+    async def bootstrap(self, addrs: list[tuple[str, int]]) -> list[Node]:
+        found = await asyncio.gather(*(self.bootstrap_node(a) for a in addrs))
+        for node in found:
+            if node is not None:
+                self.protocol.router.add_contact(node)
+        return await self.lookup(self.node.id)
+
+    async def lookup(self, key: bytes) -> list[Node]:
+        """The ``ksize`` live nodes closest to ``key``: an iterative, non-lockstep lookup.
+
+        Up to ``alpha`` queries are in flight; each reply is used as soon as it
+        arrives, and a query silent for ``soft_timeout`` no longer holds back the
+        next one (it stays in flight until its hard timeout). The lookup ends when
+        the ``ksize`` closest nodes known have all answered or failed.
+        """
+        target = Node(key)
+        candidates: dict[bytes, Node] = {
+            n.id: n for n in self.protocol.router.find_neighbors(target, self.ksize)
+        }
+        answered: dict[bytes, Node] = {}
+        failed: set[bytes] = set()
+        in_flight: dict[asyncio.Future[Any], tuple[Node, float]] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4 * self.wait_timeout + 2.0
+
+        def closest_pending() -> list[Node]:
+            ranked = sorted(
+                (n for i, n in candidates.items() if i not in failed),
+                key=lambda n: n.distance_to(target),
+            )[: self.ksize]
+            return [n for n in ranked if n.id not in answered]
+
+        while loop.time() < deadline:
+            now = loop.time()
+            busy = {n.id for n, _ in in_flight.values()}
+            slow = sum(1 for _, t in in_flight.values() if now - t > self.soft_timeout)
+            pending = [n for n in closest_pending() if n.id not in busy]
+            if not pending and not in_flight:
+                break
+            while pending and len(in_flight) - slow < self.alpha:
+                n = pending.pop(0)
+                fut = self.protocol.call((n.ip, n.port), "find_node", self.node.id, key)
+                in_flight[fut] = (n, now)
+            if not in_flight:
+                break
+            done, _ = await asyncio.wait(
+                in_flight, timeout=self.soft_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for fut in done:
+                node, _ = in_flight.pop(fut)
+                ok, payload = fut.result()
+                self.protocol.handle_call_response((ok, payload), node)
+                if not ok or not isinstance(payload, list):
+                    failed.add(node.id)
+                    continue
+                answered[node.id] = node
+                for node_id, ip, port in payload:
+                    if node_id != self.node.id and node_id not in candidates:
+                        candidates[node_id] = Node(node_id, ip, port)
+        for fut in in_flight:
+            fut.cancel()
+        return sorted(answered.values(), key=lambda n: n.distance_to(target))[: self.ksize]
+
+    async def _closest(self, key: bytes) -> list[Node]:
+        return await self.lookup(key)
+
+    async def announce(self, object_id: bytes, port: int, ttl: float = 3600.0) -> int:
+        """Tell the nodes closest to ``object_id`` that we serve it on ``port``."""
+        key = content_key(object_id)
+        nodes = await self._closest(key)
+        calls = [
+            self.protocol.call((n.ip, n.port), "add_provider", self.node.id, key, port, ttl)
+            for n in nodes
+        ]
+        results = await asyncio.gather(*calls)
+        return sum(1 for ok, value in results if ok and value is True)
+
+    async def find_providers(self, object_id: bytes, want: int = 16) -> list[tuple[str, int]]:
+        """Providers of ``object_id`` known to the nodes closest to it."""
+        key = content_key(object_id)
+        nodes = await self._closest(key)
+        calls = [
+            self.protocol.call((n.ip, n.port), "get_providers", self.node.id, key, want)
+            for n in nodes
+        ]
+        found: dict[tuple[str, int], None] = {}
+        for ok, value in await asyncio.gather(*calls):
+            if ok and isinstance(value, dict):
+                for p in value.get("providers", [])[:want]:
+                    if (
+                        isinstance(p, list)
+                        and len(p) == 2
+                        and _valid_contact((b"\x00" * 20, p[0], p[1]))
+                    ):
+                        found[(p[0], p[1])] = None
+        return list(found)[:want]
+
+    async def put_root(self, data: bytes, namespace: str, first_key: bytes) -> int:
+        key = root_key(namespace, first_key)
+        self.roots.put(key, data)
+        nodes = await self._closest(key)
+        calls = [
+            self.protocol.call((n.ip, n.port), "put_root", self.node.id, key, data) for n in nodes
+        ]
+        return sum(1 for ok, value in await asyncio.gather(*calls) if ok and value is True)
+
+    async def get_roots(self, namespace: str, first_key: bytes) -> list[bytes]:
+        """Roots the closest nodes hold for the namespace (the caller applies its trust rules)."""
+        key = root_key(namespace, first_key)
+        nodes = await self._closest(key)
+        calls = [self.protocol.call((n.ip, n.port), "get_root", self.node.id, key) for n in nodes]
+        out = []
+        for ok, value in await asyncio.gather(*calls):
+            if ok and isinstance(value, dict) and isinstance(value.get("root"), bytes):
+                out.append(value["root"])
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def save_state_json(self, path: Path) -> None:
+        """Node id and contacts as JSON, written atomically (no pickle)."""
+        state = {
+            "id": self.node.id.hex(),
+            "contacts": [[ip, port] for ip, port in self.bootstrappable_neighbors()],
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)
+
+    @staticmethod
+    def load_state_json(path: Path) -> tuple[bytes | None, list[tuple[str, int]]]:
+        try:
+            state = json.loads(path.read_text())
+            node_id = bytes.fromhex(state["id"])
+            contacts = [(str(ip), int(port)) for ip, port in state["contacts"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, []
+        if len(node_id) != KEY_LEN:
+            return None, []
+        return node_id, contacts
+
+
+__all__ = ["MAX_DATAGRAM", "DhtNode", "DhtProtocol"]
