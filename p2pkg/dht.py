@@ -403,7 +403,10 @@ class DhtNode(Server):  # type: ignore[misc]
 
     async def announce(self, object_id: bytes, port: int, ttl: float = 3600.0) -> int:
         """Tell the nodes closest to ``object_id`` that we serve it on ``port``."""
-        key = content_key(object_id)
+        return await self.announce_key(content_key(object_id), port, ttl)
+
+    async def announce_key(self, key: bytes, port: int, ttl: float = 3600.0) -> int:
+        """Provider record under a ready-made DHT key (see :mod:`p2pkg.dht_records`)."""
         nodes = await self._closest(key)
         calls = [
             self.protocol.call((n.ip, n.port), "add_provider", self.node.id, key, port, ttl)
@@ -414,7 +417,10 @@ class DhtNode(Server):  # type: ignore[misc]
 
     async def find_providers(self, object_id: bytes, want: int = 16) -> list[tuple[str, int]]:
         """Providers of ``object_id`` known to the nodes closest to it."""
-        key = content_key(object_id)
+        return await self.find_key(content_key(object_id), want)
+
+    async def find_key(self, key: bytes, want: int = 16) -> list[tuple[str, int]]:
+        """Providers recorded under a ready-made DHT key."""
         nodes = await self._closest(key)
         calls = [
             self.protocol.call((n.ip, n.port), "get_providers", self.node.id, key, want)
@@ -432,8 +438,8 @@ class DhtNode(Server):  # type: ignore[misc]
                         found[(p[0], p[1])] = None
         return list(found)[:want]
 
-    async def put_root(self, data: bytes, namespace: str, first_key: bytes) -> int:
-        key = root_key(namespace, first_key)
+    async def put_root(self, data: bytes, first_key: bytes) -> int:
+        key = root_key(first_key)
         self.roots.put(key, data)
         nodes = await self._closest(key)
         calls = [
@@ -441,9 +447,9 @@ class DhtNode(Server):  # type: ignore[misc]
         ]
         return sum(1 for ok, value in await asyncio.gather(*calls) if ok and value is True)
 
-    async def get_roots(self, namespace: str, first_key: bytes) -> list[bytes]:
-        """Roots the closest nodes hold for the namespace (the caller applies its trust rules)."""
-        key = root_key(namespace, first_key)
+    async def get_roots(self, first_key: bytes) -> list[bytes]:
+        """Roots the closest nodes hold for the key (the caller applies its trust rules)."""
+        key = root_key(first_key)
         nodes = await self._closest(key)
         calls = [self.protocol.call((n.ip, n.port), "get_root", self.node.id, key) for n in nodes]
         out = []

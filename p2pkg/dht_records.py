@@ -9,8 +9,8 @@
   something the message claims.
 * **Root records**: per namespace key, the highest-version signed root whose
   signatures verify against the root's own keys (like BEP 44 mutable items).
-  The key is ``BLAKE3(b"p2pkg/root-key/v1" || namespace || first key)`` so a
-  root can only be stored under the key of its own namespace and key set.
+  The key is ``BLAKE3(b"p2pkg/root-key/v1" || smallest key)[:20]``, so a
+  root can only be stored under the key of its own key set.
 
 A DHT record is a hint: whoever uses a provider verifies every byte, and a
 client accepts a root only under its own trust rules (docs/protocol.md §4.3).
@@ -28,14 +28,27 @@ from p2pkg.root import decode_signed_root
 KEY_LEN = 20  # kademlia's node/key ids are 160-bit
 
 
-def root_key(namespace: str, first_key: bytes) -> bytes:
-    """The DHT key under which a namespace's latest root is stored."""
-    return b3(b"p2pkg/root-key/v1" + namespace.encode() + b"\x00" + first_key)[:KEY_LEN]
+def root_key(first_key: bytes) -> bytes:
+    """The DHT key of a namespace's latest root: its (smallest) master key.
+
+    Clients know the key they pinned, not necessarily the namespace's name.
+    """
+    return b3(b"p2pkg/root-key/v1" + first_key)[:KEY_LEN]
 
 
 def content_key(object_id: bytes) -> bytes:
-    """The DHT key for providers of an object (a file manifest id, a bin node id)."""
+    """The DHT key for providers of an object."""
     return b3(b"p2pkg/provider/v1" + object_id)[:KEY_LEN]
+
+
+def file_key(blake3: bytes) -> bytes:
+    """Providers of an archive, by its BLAKE3 (stable across yanks, unlike the manifest id)."""
+    return content_key(b"file/" + blake3)
+
+
+def bin_key(first_key: bytes, slot: int) -> bytes:
+    """Providers holding a whole namespace bin (projects whose name hash starts with slot)."""
+    return content_key(b"bin/" + first_key + bytes([slot]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +139,7 @@ class RootStore:
         except DecodeError:
             self.refused += 1
             return False
-        if root_key(root.namespace, min(root.keys)) != key:
+        if root_key(min(root.keys)) != key:
             self.refused += 1
             return False
         if len(signed.signers(frozenset(root.keys))) < root.threshold:

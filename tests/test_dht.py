@@ -68,14 +68,14 @@ async def test_roots_highest_valid_version_and_no_forgery() -> None:
     try:
         v1 = signed_bytes(make_root(1, [key]), [key])
         v2 = signed_bytes(make_root(2, [key]), [key])
-        assert await nodes[3].put_root(v2, "test", first) > 0
-        assert await nodes[5].put_root(v1, "test", first) == 0  # older: every node keeps v2
+        assert await nodes[3].put_root(v2, first) > 0
+        assert await nodes[5].put_root(v1, first) == 0  # older: every node keeps v2
         forged = tamper_signature(signed_bytes(make_root(9, [key]), [key]))
-        assert await nodes[7].put_root(forged, "test", first) == 0
+        assert await nodes[7].put_root(forged, first) == 0
         mallory = Ed25519PrivateKey.generate()
         evil = signed_bytes(make_root(10, [mallory]), [mallory])
-        assert await nodes[8].put_root(evil, "test", first) == 0  # not the namespace's key
-        roots = await nodes[12].get_roots("test", first)
+        assert await nodes[8].put_root(evil, first) == 0  # not the namespace's key
+        roots = await nodes[12].get_roots(first)
         assert roots and set(roots) == {v2}
     finally:
         stop(nodes)

@@ -74,7 +74,7 @@ def test_provider_store_invariants(ops: list[tuple[bytes, str, int, float, float
 
 def test_root_store_keeps_the_highest_valid_version() -> None:
     key_a = Ed25519PrivateKey.generate()
-    k = root_key("test", public_bytes(key_a))
+    k = root_key(public_bytes(key_a))
     s = RootStore()
     v2 = signed_bytes(make_root(2, [key_a]), [key_a])
     v1 = signed_bytes(make_root(1, [key_a]), [key_a])
