@@ -29,6 +29,7 @@ import contextlib
 import html
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ class Cache:
         self.server = _CacheServer(self, store_path, server_config)
         self.lan: Lan | None = None
         self.by_blake3: dict[bytes, FileManifest] = {}
+        self.on_new_file: Callable[[], None] | None = None  # e.g. re-announce to the DHT
         self._refresh_lock = asyncio.Lock()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -231,6 +233,8 @@ class Cache:
             self.stats.bytes_fetched += stats.from_network
             live.advance(manifest.size)
             live.finish()
+            if self.on_new_file is not None:
+                self.on_new_file()
             self._evict(keep=frozenset({manifest.blake3}))
         except BaseException as exc:
             live.finish(exc)

@@ -492,6 +492,49 @@ def lan_interface_option(f: F) -> F:
     )(f)
 
 
+def dht_options(f: F) -> F:
+    f = click.option(
+        "--dht-bootstrap",
+        "dht_bootstrap",
+        multiple=True,
+        metavar="HOST:PORT",
+        help="Join the DHT through this node (repeatable).",
+    )(f)
+    return click.option(
+        "--dht-listen",
+        metavar="HOST:PORT",
+        help="Run a DHT node on this UDP address (default with --dht-bootstrap: 0.0.0.0:0).",
+    )(f)
+
+
+def _dht_service(listen: str | None, bootstrap: tuple[str, ...], state: Path | None) -> Any:
+    """A DhtService when either DHT option was given, else None."""
+    if not listen and not bootstrap:
+        return None
+    from p2pkg.dht_service import DhtService, parse_hostport
+
+    where = parse_listen(listen) if listen else ("0.0.0.0", 0)
+    return DhtService(where, [parse_hostport(b) for b in bootstrap], state)
+
+
+async def _with_dht(dht: Any, main: Callable[[], Any], announce: Callable[[], Any] | None) -> None:
+    """Run ``main()`` with the DHT node started (and ``announce()`` looping) around it."""
+    import anyio
+
+    if dht is None:
+        await main()
+        return
+    await dht.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            if announce is not None:
+                tg.start_soon(announce)
+            await main()
+            tg.cancel_scope.cancel()
+    finally:
+        await dht.close()
+
+
 def _server_config(max_connections: int, rate: str | None) -> Any:
     from p2pkg.http.server import ServerConfig
 
@@ -525,7 +568,15 @@ def _run_forever(coro_fn: Callable[[], Any]) -> None:
 @store_option
 @listen_option
 @budget_options
-def serve(store: Path, listen: str, max_connections: int, rate: str | None) -> None:
+@dht_options
+def serve(
+    store: Path,
+    listen: str,
+    max_connections: int,
+    rate: str | None,
+    dht_listen: str | None,
+    dht_bootstrap: tuple[str, ...],
+) -> None:
     """Serve a store to peers over HTTP (the master serves its own store this way).
 
     Serves the signed root, objects, chunks, chunk batches and whole
@@ -536,6 +587,9 @@ def serve(store: Path, listen: str, max_connections: int, rate: str | None) -> N
 
     host, port = parse_listen(listen)
     config = _server_config(max_connections, rate)
+    from p2pkg.dht_service import STATE_FILE, full_store_keys
+
+    dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
     async def run() -> None:
         import anyio
@@ -543,9 +597,16 @@ def serve(store: Path, listen: str, max_connections: int, rate: str | None) -> N
         Store.open(store).close()  # a clear error if there is no store
         server = PeerServer(store, config)
         try:
-            await server.start(host, port)
+            _, bound = await server.start(host, port)
             click.echo(f"serving {store} on {server.url}", err=True)
-            await anyio.sleep_forever()
+
+            async def announce() -> None:
+                # A full store: one record per non-empty bin, and the latest root.
+                await dht.keep_announcing(
+                    lambda: full_store_keys(server.store), bound, server.store.latest_root
+                )
+
+            await _with_dht(dht, anyio.sleep_forever, announce)
         finally:
             await server.close()
 
@@ -570,6 +631,7 @@ def serve(store: Path, listen: str, max_connections: int, rate: str | None) -> N
 @click.option(
     "--interval", default="30s", show_default=True, help="Poll period when nothing is pushed."
 )
+@dht_options
 def seed(
     store: Path,
     listen: str,
@@ -579,6 +641,8 @@ def seed(
     upstream: tuple[str, ...],
     projects: tuple[str, ...],
     interval: str,
+    dht_listen: str | None,
+    dht_bootstrap: tuple[str, ...],
 ) -> None:
     """Run a volunteer seeding node: follow the master's namespace and serve it.
 
@@ -595,7 +659,13 @@ def seed(
     host, port = parse_listen(listen)
     config = SeedConfig(interval=float(parse_duration(interval)))
 
+    from p2pkg.dht_service import STATE_FILE, full_store_keys, held_file_keys
+
+    dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
+
     async def run() -> None:
+        import anyio
+
         seeder = Seeder(
             store,
             pins,
@@ -603,13 +673,27 @@ def seed(
             projects=projects,
             config=config,
             server_config=_server_config(max_connections, rate),
+            on_synced=dht.poke if dht is not None else None,
         )
-        try:
-            import anyio
+        started: dict[str, int] = {}
 
+        async def serve_and_sync() -> None:
             async with anyio.create_task_group() as tg:
                 url = await tg.start(seeder.run, host, port)
+                started["port"] = int(url.rsplit(":", 1)[1])
                 click.echo(f"seed serving {store} on {url}", err=True)
+
+        async def announce() -> None:
+            # Whole bins for a full mirror, archive by archive for a subset.
+            keys = held_file_keys if projects else full_store_keys
+            while "port" not in started:
+                await anyio.sleep(0.05)
+            await dht.keep_announcing(
+                lambda: keys(seeder.store), started["port"], seeder.store.latest_root
+            )
+
+        try:
+            await _with_dht(dht, serve_and_sync, announce)
         finally:
             await seeder.close()
 
@@ -642,6 +726,7 @@ def seed(
     help="Announce this cache with DNS-SD (_p2pkg._tcp) and use other caches found there.",
 )
 @lan_interface_option
+@dht_options
 def cache(
     store: Path,
     listen: str,
@@ -653,6 +738,8 @@ def cache(
     refresh: str,
     lan: bool,
     lan_interfaces: tuple[str, ...],
+    dht_listen: str | None,
+    dht_bootstrap: tuple[str, ...],
 ) -> None:
     """Run a LAN cache that pip and uv install from, unchanged.
 
@@ -678,6 +765,10 @@ def cache(
         lan_interfaces=lan_interfaces or None,
     )
 
+    from p2pkg.dht_service import STATE_FILE, held_file_keys
+
+    dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
+
     async def run() -> None:
         import anyio
 
@@ -691,7 +782,14 @@ def cache(
         try:
             url = await c.start(host, port)
             click.echo(f"cache serving {url}/simple/ on {url}", err=True)
-            await anyio.sleep_forever()
+            if dht is not None:
+                c.on_new_file = dht.poke
+            bound = int(url.rsplit(":", 1)[1])
+
+            async def announce() -> None:  # the archives it holds whole
+                await dht.keep_announcing(lambda: held_file_keys(c.store), bound)
+
+            await _with_dht(dht, anyio.sleep_forever, announce)
         finally:
             await c.close()
 
@@ -723,6 +821,7 @@ def cache(
     "[default: only when no --peer is given].",
 )
 @lan_interface_option
+@dht_options
 @json_option
 def fetch(
     specs: tuple[str, ...],
@@ -734,6 +833,8 @@ def fetch(
     jobs: int,
     lan: bool | None,
     lan_interfaces: tuple[str, ...],
+    dht_listen: str | None,
+    dht_bootstrap: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Fetch archives from peers, verified against the master's key.
@@ -756,9 +857,10 @@ def fetch(
     pins = parse_trust(trust)
     if pins is None:
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
-    use_lan = lan if lan is not None else not peers
-    if not peers and not use_lan:
-        raise click.UsageError("at least one --peer URL is needed (or --lan)")
+    dht = _dht_service(dht_listen, dht_bootstrap, None)
+    use_lan = lan if lan is not None else (not peers and dht is None)
+    if not peers and not use_lan and dht is None:
+        raise click.UsageError("at least one --peer URL is needed (or --lan, or --dht-bootstrap)")
     if filename is not None and len(specs) != 1:
         raise click.UsageError("--file needs exactly one SPEC")
     results: list[dict[str, Any]] = []
@@ -770,8 +872,11 @@ def fetch(
         fetcher = Fetcher(pins, list(peers), st)
         limiter = anyio.CapacityLimiter(max(1, jobs))
         try:
+            # Discovery order: LAN caches (tier 0), configured peers (1), the DHT (2).
             if use_lan:
-                await _discover_lan(fetcher, pins, lan_interfaces)
+                await _discover_lan(fetcher, pins, lan_interfaces, required=dht is None)
+            if dht is not None:
+                await _discover_dht(fetcher, dht, pins, specs)
             await fetcher.refresh_root()
             if len(specs) == 1:
                 manifest = await fetcher.resolve(specs[0], filename)
@@ -811,7 +916,30 @@ def fetch(
     emit(as_json, results[0] if len(specs) == 1 else {"files": results}, "\n".join(lines))
 
 
-async def _discover_lan(fetcher: Any, pins: frozenset[bytes], interfaces: tuple[str, ...]) -> None:
+async def _discover_dht(
+    fetcher: Any, dht: Any, pins: frozenset[bytes], specs: tuple[str, ...]
+) -> None:
+    """Add the providers of each spec's namespace bin, found through the DHT, as tier-2 peers."""
+    from p2pkg.dht_records import bin_key
+    from p2pkg.fetch import Peer
+    from p2pkg.objects import name_hash
+    from p2pkg.select import parse_spec
+
+    node = await dht.start()
+    try:
+        slots = {name_hash(parse_spec(s).name)[0] for s in specs}
+        for slot in slots:
+            for host, port in await node.find_key(bin_key(min(pins), slot)):
+                fetcher.add_peer(Peer(f"http://{host}:{port}", tier=2))
+    finally:
+        await dht.close()
+    if not fetcher.peers:
+        raise FetchError("no peer found through the DHT")
+
+
+async def _discover_lan(
+    fetcher: Any, pins: frozenset[bytes], interfaces: tuple[str, ...], required: bool = True
+) -> None:
     """Add caches announced on the LAN (DNS-SD) as preferred peers."""
     from p2pkg.discovery import Lan
     from p2pkg.fetch import Peer
@@ -823,7 +951,7 @@ async def _discover_lan(fetcher: Any, pins: frozenset[bytes], interfaces: tuple[
             fetcher.add_peer(Peer(found.url, tier=0))
     finally:
         await lan.close()
-    if not fetcher.peers:
+    if required and not fetcher.peers:
         raise click.UsageError("no --peer given and no cache found on the LAN")
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ class Seeder:
         projects: Sequence[str] = (),
         config: SeedConfig = SeedConfig(),
         server_config: ServerConfig = ServerConfig(),  # noqa: B008 - frozen
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
+        self.on_synced = on_synced
         self.store = Store.open(store_path, create=True)
         self.store_path = store_path
         self.pinned = pinned
@@ -206,6 +208,8 @@ class Seeder:
         f.failures_in_a_row = 0
         f.last_error = None
         log.info("seed synced root version %d", trusted.version)
+        if self.on_synced is not None:
+            self.on_synced()
         return True
 
     # ------------------------------------------------------------------ syncing

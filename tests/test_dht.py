@@ -192,3 +192,51 @@ def test_identity_is_saved_as_json(tmp_path: Path) -> None:
     assert b"pickle" not in path.read_bytes() and path.read_text().startswith("{")
     path.write_text("not json")
     assert DhtNode.load_state_json(path) == (None, [])
+
+
+def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
+    """Master + 3 seeds + a client that knows one DHT bootstrap address and no peer."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from netsim.references import free_port
+    from netsim.testbed import Testbed, wait_synced
+
+    from .netutil import make_master
+
+    master = make_master(tmp_path, big_size=2 << 20)
+    boot = free_port()
+    dht = ["--dht-listen", "127.0.0.1:0", "--dht-bootstrap", f"127.0.0.1:{boot}"]
+    with Testbed() as bed:
+        _, murl = bed.serve(master.store, "--dht-listen", f"127.0.0.1:{boot}")
+        seeds = []
+        for i in range(3):
+            _, url = bed.seed(tmp_path / f"s{i}", master.pub, [murl], "--interval", "1s", *dht)
+            seeds.append(url)
+        for url in seeds:
+            wait_synced(url, 1)
+        cmd = [
+            sys.executable,
+            "-m",
+            "p2pkg.cli",
+            "fetch",
+            "big",
+            "--trust",
+            master.pub,
+            "--no-lan",
+            *dht,
+            "--dest",
+            str(tmp_path / "out"),
+            "--json",
+        ]
+        result = None
+        for _ in range(20):  # announcements land a moment after the sync
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+            if done.returncode == 0:
+                result = _json.loads(done.stdout)
+                break
+            time.sleep(0.5)
+        assert result is not None, done.stderr
+        assert (tmp_path / "out" / master.big.name).read_bytes() == master.big.read_bytes()
+        assert set(result["peers"]) & set(seeds), result["peers"]
