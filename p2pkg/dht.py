@@ -401,6 +401,19 @@ class DhtNode(Server):  # type: ignore[misc]
     async def _closest(self, key: bytes) -> list[Node]:
         return await self.lookup(key)
 
+    async def self_lookups(self, every: float = 600.0) -> None:
+        """Look up our own id periodically, until cancelled.
+
+        Keeps the neighbourhood fresh (new close nodes learned, dead ones noticed),
+        which the package only does for buckets idle for an hour.
+        """
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.lookup(self.node.id)
+            except OSError as exc:
+                log.info("self-lookup failed: %s", exc)
+
     async def announce(self, object_id: bytes, port: int, ttl: float = 3600.0) -> int:
         """Tell the nodes closest to ``object_id`` that we serve it on ``port``."""
         return await self.announce_key(content_key(object_id), port, ttl)

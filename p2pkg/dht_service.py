@@ -49,6 +49,7 @@ class DhtService:
         self.node: DhtNode | None = None
         self.announced = 0
         self._poked: asyncio.Event | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     def poke(self) -> None:
         """Announce again now (something new is held)."""
@@ -69,9 +70,13 @@ class DhtService:
             log.info(
                 "DHT node on %s:%d joined (%d contacts)", self.listen[0], node.port, len(found)
             )
+        self._refresher = asyncio.get_running_loop().create_task(node.self_lookups())
         return node
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         if self.node is None:
             return
         if self.state_path is not None:

@@ -43,8 +43,8 @@ def stop(nodes: list[DhtNode]) -> None:
         node.stop()
 
 
-async def test_every_provider_is_found() -> None:
-    nodes = await start_network(40)
+async def test_fifty_nodes_every_provider_is_found() -> None:
+    nodes = await start_network(50)
     try:
         objects = [bytes([i]) * 32 for i in range(10)]
         providers = {}
@@ -57,6 +57,15 @@ async def test_every_provider_is_found() -> None:
             asker = nodes[(i * 7) % len(nodes)]
             found = set(await asker.find_providers(obj))
             assert found == providers[obj], f"object {i}"
+        # roots in the same 50-node network: the highest valid version, never a forgery
+        key = Ed25519PrivateKey.generate()
+        first = public_bytes(key)
+        v3 = signed_bytes(make_root(3, [key]), [key])
+        await nodes[10].put_root(v3, first)
+        await nodes[11].put_root(signed_bytes(make_root(1, [key]), [key]), first)
+        await nodes[12].put_root(tamper_signature(signed_bytes(make_root(7, [key]), [key])), first)
+        for asker in nodes[20:30]:
+            assert set(await asker.get_roots(first)) == {v3}
     finally:
         stop(nodes)
 
