@@ -360,30 +360,48 @@ class DhtNode(Server):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 4 * self.wait_timeout + 2.0
 
-        def closest_pending() -> list[Node]:
-            ranked = sorted(
-                (n for i, n in candidates.items() if i not in failed),
-                key=lambda n: n.distance_to(target),
-            )[: self.ksize]
-            return [n for n in ranked if n.id not in answered]
+        def settled(now: float) -> tuple[bool, list[Node]]:
+            """Whether the k closest responsive nodes are known; else who to ask next.
+
+            Walking candidates by distance, a query silent past the soft timeout
+            counts as failed here (it may still answer and be used), so dead
+            nodes delay a lookup by the soft timeout, not the hard one.
+            """
+            slow = {n.id for n, t in in_flight.values() if now - t > self.soft_timeout}
+            busy = {n.id for n, _ in in_flight.values()}
+            count = 0
+            to_ask = []
+            for n in sorted(candidates.values(), key=lambda n: n.distance_to(target)):
+                if n.id in failed or n.id in slow:
+                    continue
+                if n.id in answered:
+                    count += 1
+                    if count >= self.ksize:
+                        break
+                    continue
+                if n.id not in busy:
+                    to_ask.append(n)
+                if len(to_ask) + count >= self.ksize:
+                    break
+            done = not to_ask and not (busy - slow)
+            return done, to_ask
 
         while loop.time() < deadline:
             now = loop.time()
-            busy = {n.id for n, _ in in_flight.values()}
-            slow = sum(1 for _, t in in_flight.values() if now - t > self.soft_timeout)
-            pending = [n for n in closest_pending() if n.id not in busy]
-            if not pending and not in_flight:
+            done, pending = settled(now)
+            if done:
                 break
+            slow = sum(1 for _, t in in_flight.values() if now - t > self.soft_timeout)
             while pending and len(in_flight) - slow < self.alpha:
                 n = pending.pop(0)
                 fut = self.protocol.call((n.ip, n.port), "find_node", self.node.id, key)
                 in_flight[fut] = (n, now)
             if not in_flight:
                 break
-            done, _ = await asyncio.wait(
+            finished, _ = await asyncio.wait(
                 in_flight, timeout=self.soft_timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            for fut in done:
+            for fut in finished:
                 node, _ = in_flight.pop(fut)
                 ok, payload = fut.result()
                 self.protocol.handle_call_response((ok, payload), node)

@@ -27,7 +27,7 @@ LOOPBACK_LIMITS = ProviderLimits(per_source=64)
 async def start_network(n: int, limits: ProviderLimits = LOOPBACK_LIMITS) -> list[DhtNode]:
     nodes = []
     for _ in range(n):
-        node = DhtNode(wait_timeout=0.5, providers=ProviderStore(limits))
+        node = DhtNode(providers=ProviderStore(limits))
         await node.listen(0, "127.0.0.1")
         nodes.append(node)
     seed = ("127.0.0.1", nodes[0].port)
