@@ -277,7 +277,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     ) -> dict[str, Any]:
         self._source(sender, nodeid)
         found = self.providers.get(key, min(int(want), 32), self.clock())
-        return {"providers": [list(p) for p in found]}
+        # Like FIND_VALUE: also the closest nodes we know, so a lookup can go on.
+        source = Node(nodeid, sender[0], sender[1])
+        neighbors = self.router.find_neighbors(Node(key), k=8, exclude=source)
+        return {"providers": [list(p) for p in found], "nodes": [tuple(n) for n in neighbors]}
 
     def rpc_put_root(self, sender: tuple[str, int], nodeid: bytes, key: bytes, data: bytes) -> bool:
         self._source(sender, nodeid)
@@ -342,13 +345,20 @@ class DhtNode(Server):  # type: ignore[misc]
                 self.protocol.router.add_contact(node)
         return await self.lookup(self.node.id)
 
-    async def lookup(self, key: bytes) -> list[Node]:
+    async def lookup(
+        self,
+        key: bytes,
+        rpc: str = "find_node",
+        args: tuple[Any, ...] = (),
+        on_reply: Callable[[Any], bool] | None = None,
+    ) -> list[Node]:
         """The ``ksize`` live nodes closest to ``key``: an iterative, non-lockstep lookup.
 
         Up to ``alpha`` queries are in flight; each reply is used as soon as it
         arrives, and a query silent for ``soft_timeout`` no longer holds back the
         next one (it stays in flight until its hard timeout). The lookup ends when
-        the ``ksize`` closest nodes known have all answered or failed.
+        the ``ksize`` closest nodes known have all answered or failed, or as soon as
+        ``on_reply(payload)`` returns True (e.g. enough providers were found).
         """
         target = Node(key)
         candidates: dict[bytes, Node] = {
@@ -386,7 +396,8 @@ class DhtNode(Server):  # type: ignore[misc]
             done = not to_ask and not (busy - slow)
             return done, to_ask
 
-        while loop.time() < deadline:
+        stop = False
+        while loop.time() < deadline and not stop:
             now = loop.time()
             done, pending = settled(now)
             if done:
@@ -394,7 +405,7 @@ class DhtNode(Server):  # type: ignore[misc]
             slow = sum(1 for _, t in in_flight.values() if now - t > self.soft_timeout)
             while pending and len(in_flight) - slow < self.alpha:
                 n = pending.pop(0)
-                fut = self.protocol.call((n.ip, n.port), "find_node", self.node.id, key)
+                fut = self.protocol.call((n.ip, n.port), rpc, self.node.id, key, *args)
                 in_flight[fut] = (n, now)
             if not in_flight:
                 break
@@ -405,11 +416,14 @@ class DhtNode(Server):  # type: ignore[misc]
                 node, _ = in_flight.pop(fut)
                 ok, payload = fut.result()
                 self.protocol.handle_call_response((ok, payload), node)
-                if not ok or not isinstance(payload, list):
+                contacts = payload.get("nodes") if isinstance(payload, dict) else payload
+                if not ok or not isinstance(contacts, list):
                     failed.add(node.id)
                     continue
                 answered[node.id] = node
-                for node_id, ip, port in payload:
+                if on_reply is not None and on_reply(payload):
+                    stop = True
+                for node_id, ip, port in contacts:
                     if node_id != self.node.id and node_id not in candidates:
                         candidates[node_id] = Node(node_id, ip, port)
         for fut in in_flight:
@@ -451,22 +465,21 @@ class DhtNode(Server):  # type: ignore[misc]
         return await self.find_key(content_key(object_id), want)
 
     async def find_key(self, key: bytes, want: int = 16) -> list[tuple[str, int]]:
-        """Providers recorded under a ready-made DHT key."""
-        nodes = await self._closest(key)
-        calls = [
-            self.protocol.call((n.ip, n.port), "get_providers", self.node.id, key, want)
-            for n in nodes
-        ]
+        """Providers recorded under a ready-made DHT key.
+
+        One lookup with GET_PROVIDERS (which also returns closer nodes); it stops
+        once ``want`` providers are known, or after the closest nodes answered.
+        """
         found: dict[tuple[str, int], None] = {}
-        for ok, value in await asyncio.gather(*calls):
-            if ok and isinstance(value, dict):
-                for p in value.get("providers", [])[:want]:
-                    if (
-                        isinstance(p, list)
-                        and len(p) == 2
-                        and _valid_contact((b"\x00" * 20, p[0], p[1]))
-                    ):
-                        found[(p[0], p[1])] = None
+
+        def collect(payload: Any) -> bool:
+            providers = payload.get("providers", []) if isinstance(payload, dict) else []
+            for p in providers[:want]:
+                if isinstance(p, list) and len(p) == 2 and _valid_contact((b"\x00" * 20, *p)):
+                    found[(p[0], p[1])] = None
+            return len(found) >= want
+
+        await self.lookup(key, "get_providers", (want,), collect)
         return list(found)[:want]
 
     async def put_root(self, data: bytes, first_key: bytes) -> int:
@@ -478,16 +491,20 @@ class DhtNode(Server):  # type: ignore[misc]
         ]
         return sum(1 for ok, value in await asyncio.gather(*calls) if ok and value is True)
 
-    async def get_roots(self, first_key: bytes) -> list[bytes]:
-        """Roots the closest nodes hold for the key (the caller applies its trust rules)."""
+    async def get_root(self, first_key: bytes) -> bytes | None:
+        """The highest-version root, validly signed by its own keys, that the closest
+        nodes hold for ``first_key``. Nodes may lag behind; the best reply wins. The
+        caller still applies its own trust rules (docs/protocol.md §4.3)."""
         key = root_key(first_key)
         nodes = await self._closest(key)
         calls = [self.protocol.call((n.ip, n.port), "get_root", self.node.id, key) for n in nodes]
-        out = []
+        best = RootStore()
+        if (mine := self.roots.get(key)) is not None:
+            best.put(key, mine)
         for ok, value in await asyncio.gather(*calls):
             if ok and isinstance(value, dict) and isinstance(value.get("root"), bytes):
-                out.append(value["root"])
-        return out
+                best.put(key, value["root"])  # keeps only the highest valid version
+        return best.get(key)
 
     # ------------------------------------------------------------------ state
 
