@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_namespace
 	$(BIN)/python -m netsim.bench_transfer
 	$(BIN)/python -m netsim.bench_cache
+	$(BIN)/python -m netsim.bench_dht
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

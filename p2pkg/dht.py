@@ -70,6 +70,20 @@ def _sanitize(payload: Any) -> Any:
     return payload
 
 
+def _fit(msg_id: bytes, response: Any) -> bytes | None:
+    """Encode a reply within MAX_DATAGRAM, dropping the farthest contacts if needed."""
+    while True:
+        data: bytes = b"\x01" + msg_id + umsgpack.packb(response)
+        if len(data) <= MAX_DATAGRAM:
+            return data
+        if isinstance(response, list) and response:
+            response = response[:-1]
+        elif isinstance(response, dict) and response.get("nodes"):
+            response = {**response, "nodes": response["nodes"][:-1]}
+        else:
+            return None
+
+
 class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     """Kademlia with hardened datagrams and p2pkg's two record types."""
 
@@ -142,11 +156,11 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             response = handler(addr, *args)
             if asyncio.iscoroutine(response):
                 response = await response
-            data = b"\x01" + msg_id + umsgpack.packb(response)
+            data = _fit(msg_id, response)
         except Exception:  # wrong arity or types from a remote: drop, never crash
             self.dropped += 1
             return
-        if len(data) <= MAX_DATAGRAM and self.transport is not None:
+        if data is not None and self.transport is not None:
             self.transport.sendto(data, addr)
 
     def call(self, address: tuple[str, int], name: str, *args: Any) -> asyncio.Future[Any]:
@@ -276,10 +290,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self, sender: tuple[str, int], nodeid: bytes, key: bytes, want: int
     ) -> dict[str, Any]:
         self._source(sender, nodeid)
-        found = self.providers.get(key, min(int(want), 32), self.clock())
+        found = self.providers.get(key, min(int(want), 16), self.clock())
         # Like FIND_VALUE: also the closest nodes we know, so a lookup can go on.
         source = Node(nodeid, sender[0], sender[1])
-        neighbors = self.router.find_neighbors(Node(key), k=8, exclude=source)
+        neighbors = self.router.find_neighbors(Node(key), exclude=source)
         return {"providers": [list(p) for p in found], "nodes": [tuple(n) for n in neighbors]}
 
     def rpc_put_root(self, sender: tuple[str, int], nodeid: bytes, key: bytes, data: bytes) -> bool:

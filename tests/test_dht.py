@@ -248,3 +248,16 @@ def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
         assert result is not None, done.stderr
         assert (tmp_path / "out" / master.big.name).read_bytes() == master.big.read_bytes()
         assert set(result["peers"]) & set(seeds), result["peers"]
+
+
+def test_replies_always_fit_one_datagram() -> None:
+    from p2pkg.dht import _fit
+
+    ipv6 = [(bytes([i]) * 20, "2001:db8:85a3:1234:5678:8a2e:370:7334", 65000) for i in range(20)]
+    data = _fit(b"\x00" * 20, ipv6)
+    assert data is not None and len(data) <= MAX_DATAGRAM
+    assert len(umsgpack.unpackb(data[21:])) < 20  # the farthest contacts were dropped
+    reply = {"providers": [["127.0.0.1", 1]] * 16, "nodes": ipv6}
+    data = _fit(b"\x00" * 20, reply)
+    assert data is not None and len(data) <= MAX_DATAGRAM
+    assert len(umsgpack.unpackb(data[21:])["providers"]) == 16  # providers are kept
