@@ -261,3 +261,46 @@ def test_replies_always_fit_one_datagram() -> None:
     data = _fit(b"\x00" * 20, reply)
     assert data is not None and len(data) <= MAX_DATAGRAM
     assert len(umsgpack.unpackb(data[21:])["providers"]) == 16  # providers are kept
+
+
+async def test_cancelled_rpcs_leave_no_state() -> None:
+    """Cancelling a pending call (a cancel scope) forgets it; its timer firing later is harmless."""
+    import anyio
+
+    node = DhtNode(wait_timeout=0.3)
+    await node.listen(0, "127.0.0.1")
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))  # never answers
+    try:
+        with anyio.move_on_after(0.05):
+            await node.protocol.call(silent.getsockname(), "ping", node.node.id)
+        assert not node.protocol._outstanding and not node.protocol._sent_to
+        await asyncio.sleep(0.4)  # past the hard timeout: nothing fires, nothing leaks
+        ok, _ = await node.protocol.call(silent.getsockname(), "ping", node.node.id)
+        assert ok is False and not node.protocol._outstanding
+    finally:
+        silent.close()
+        node.stop()
+
+
+async def test_restarted_node_rejoins_from_saved_contacts(tmp_path: Path) -> None:
+    from p2pkg.dht_service import DhtService
+
+    nodes = await start_network(8)
+    state = tmp_path / "dht.json"
+    try:
+        first = DhtService(("127.0.0.1", 0), [("127.0.0.1", nodes[0].port)], state)
+        node = await first.start()
+        node_id = node.node.id
+        await first.close()  # saves id + contacts
+        again = DhtService(("127.0.0.1", 0), [], state)  # no bootstrap address given
+        node = await again.start()
+        try:
+            assert node.node.id == node_id
+            obj = b"\x55" * 32
+            await nodes[3].announce(obj, 5555)
+            assert ("127.0.0.1", 5555) in await node.find_providers(obj)
+        finally:
+            await again.close()
+    finally:
+        stop(nodes)
