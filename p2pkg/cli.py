@@ -179,10 +179,17 @@ def main(verbose: int) -> None:
 
     \b
     A master signs a namespace of archives:
-      p2pkg keygen --out master.key          # prints the public key to pin
+      p2pkg keygen --out master.key          # prints the public key (KEY) to pin
       p2pkg publish --key master.key dist/   # ingest wheels/sdists, sign a new root
       p2pkg show                             # what the namespace holds (verified)
       p2pkg verify                           # re-hash everything in the store
+      p2pkg serve --listen 0.0.0.0:8000      # serve it to peers
+    \b
+    Volunteers mirror it, sites cache it, anyone fetches it (all verified):
+      p2pkg seed --trust KEY --upstream http://master:8000
+      p2pkg cache --trust KEY --peer http://seed:8000
+          pip install --index-url http://cache-host:8000/simple/ requests
+      p2pkg fetch requests --trust KEY --peer http://seed:8000 --dest wheels/
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
