@@ -448,7 +448,9 @@ class Fetcher:
             return data
         raise FetchError(f"no peer served object {oid.hex()}: {'; '.join(errors) or 'no peers'}")
 
-    async def get_objects(self, oids: Iterable[ObjectId]) -> dict[ObjectId, bytes]:
+    async def get_objects(
+        self, oids: Iterable[ObjectId], *, keep: bool = True
+    ) -> dict[ObjectId, bytes]:
         """Several objects at once (docs/protocol.md §6.2, batch): id -> canonical bytes.
 
         Asks peers with ``POST /objects`` (up to 1024 ids a request), checks every
@@ -468,13 +470,13 @@ class Fetcher:
         for peer in self._live_peers():
             if not want:
                 break
-            want = await self._batch_from(peer, want, out)
+            want = await self._batch_from(peer, want, out, keep)
         for oid in want:
-            out[oid] = await self.get_object(oid)
+            out[oid] = await self.get_object(oid, keep=keep)
         return out
 
     async def _batch_from(
-        self, peer: Peer, want: list[ObjectId], out: dict[ObjectId, bytes]
+        self, peer: Peer, want: list[ObjectId], out: dict[ObjectId, bytes], keep: bool = True
     ) -> list[ObjectId]:
         """Fetch what ``peer`` holds of ``want`` into ``out``; return what is still missing."""
         missing: list[ObjectId] = []
@@ -504,7 +506,7 @@ class Fetcher:
                 log.warning("banning peer %s: object batch: %s", peer.url, exc)
                 self.banned.add(peer.url)
                 return missing + [o for o in want[start:] if o not in fresh]
-        if self.store is not None and fresh:
+        if self.store is not None and fresh and keep:
             self.store.commit(objects=fresh)
         for oid, data in fresh.items():
             self._remember(oid, data)

@@ -18,9 +18,11 @@ with exponential back-off; nothing unverified is ever stored.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,8 @@ class Seeder:
         self._wake = anyio.Event()
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._object_limiter = anyio.CapacityLimiter(4 * config.parallel_files)
+        self._prefetched: dict[ObjectId, bytes] = {}
+        self._batches = _Coalescer(self._fetch_batch)
         latest = self.store.latest_root()
         if latest is not None:
             self.fetcher.trusted = self.fetcher._local_trusted()
@@ -215,8 +219,26 @@ class Seeder:
     # ------------------------------------------------------------------ syncing
 
     async def _object(self, oid: ObjectId) -> bytes:
+        data = self._prefetched.pop(oid, None)
+        if data is not None:
+            return data
         async with self._object_limiter:
             return await self.fetcher.get_object(oid, keep=False)
+
+    async def _prefetch(self, oids: list[ObjectId]) -> None:
+        """Fetch missing objects in batches (POST /objects), not one request each.
+
+        Sibling tasks ask at nearly the same moment; their ids are coalesced
+        into one batch (see :class:`_Coalescer`). Nothing is committed here:
+        commits stay bottom-up (module docstring).
+        """
+        missing = [o for o in oids if o not in self._prefetched and not self.store.has_object(o)]
+        if missing:
+            self._prefetched.update(await self._batches.get(missing))
+
+    async def _fetch_batch(self, oids: list[ObjectId]) -> dict[ObjectId, bytes]:
+        async with self._object_limiter:
+            return await self.fetcher.get_objects(oids, keep=False)
 
     async def _sync(self, trusted: TrustedRoot) -> None:
         if not self.projects:
@@ -228,22 +250,36 @@ class Seeder:
         if self.store.has_object(oid):
             return  # bottom-up commits: held => its subtree is held
         data = await self._object(oid)
+        child_sync: Callable[[ObjectId], Awaitable[None]]
+        if depth < TREE_LEVELS:
+            children = [e.child for e in decode_as(data, Node).children]
+            child_sync = functools.partial(self._sync_node, depth=depth + 1)
+        else:
+            children = [e.project for e in decode_as(data, Leaf).projects]
+            child_sync = self._sync_project
+        await self._prefetch(children)
         async with anyio.create_task_group() as tg:
-            if depth < TREE_LEVELS:
-                for entry in decode_as(data, Node).children:
-                    tg.start_soon(self._sync_node, entry.child, depth + 1)
-            else:
-                for leaf_entry in decode_as(data, Leaf).projects:
-                    tg.start_soon(self._sync_project, leaf_entry.project)
+            for child in children:
+                tg.start_soon(child_sync, child)
         self.store.commit(objects={oid: data})
 
     async def _sync_project(self, oid: ObjectId) -> None:
         if self.store.has_object(oid):
             return
         data = await self._object(oid)
+        manifests = [f.manifest for f in decode_as(data, Project).files]
+        await self._prefetch(manifests)
+        blobs = []
+        for m in manifests:
+            raw = self._prefetched.get(m)
+            if raw is not None:
+                core = decode_as(raw, FileManifest).core_metadata
+                if core is not None:
+                    blobs.append(core.blob)
+        await self._prefetch(blobs)
         async with anyio.create_task_group() as tg:
-            for f in decode_as(data, Project).files:
-                tg.start_soon(self._sync_file, f.manifest)
+            for m in manifests:
+                tg.start_soon(self._sync_file, m)
         self.store.commit(objects={oid: data})
 
     async def _sync_file(self, oid: ObjectId) -> None:
@@ -286,6 +322,57 @@ class Seeder:
             else:
                 await self._sync_project(found)
             self.store.commit(objects=dict(path))
+
+
+class _Coalescer:
+    """Merges the object requests that concurrent tasks make within a few ms.
+
+    A sync walks the tree with one task per subtree; at any level the siblings
+    ask for their children at about the same time. Collected for ``delay``
+    seconds, those asks become one batch request instead of one each.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[list[ObjectId]], Awaitable[dict[ObjectId, bytes]]],
+        delay: float = 0.003,
+    ) -> None:
+        self.fetch = fetch
+        self.delay = delay
+        self.waiting: dict[ObjectId, asyncio.Future[bytes]] = {}
+        self.flushing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, oids: list[ObjectId]) -> dict[ObjectId, bytes]:
+        loop = asyncio.get_running_loop()
+        futures = {}
+        for oid in oids:
+            fut = self.waiting.get(oid)
+            if fut is None:
+                fut = self.waiting[oid] = loop.create_future()
+            futures[oid] = fut
+        if not self.flushing:
+            self.flushing = True
+            task = loop.create_task(self._flush())
+            self._tasks.add(task)  # a task nobody references may be collected mid-flight
+            task.add_done_callback(self._tasks.discard)
+        return {oid: await fut for oid, fut in futures.items()}
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.delay)
+        batch, self.waiting, self.flushing = self.waiting, {}, False
+        try:
+            got = await self.fetch(list(batch))
+        except BaseException as exc:
+            for fut in batch.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for oid, fut in batch.items():
+            if not fut.done():
+                fut.set_result(got[oid])
 
 
 async def notify(urls: Sequence[str], root_frame: bytes) -> dict[str, str]:

@@ -343,3 +343,32 @@ async def test_chunk_endpoints(master: Master) -> None:
     finally:
         client.close()
         await server.close()
+
+
+async def test_seed_syncs_with_object_batches(tmp_path: Path) -> None:
+    """A seed fetches each tree level in batches: far fewer requests than objects."""
+    from p2pkg.publish import publish
+    from p2pkg.seed import Seeder
+    from p2pkg.testing.archives import build_wheel
+
+    from .netutil import make_master
+
+    master = make_master(tmp_path, big_size=10_000)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(40):
+        build_wheel(extra, f"proj-{i}", "1.0", payload=1000)
+    with Store.open(master.store) as st:
+        publish(st, [master.key], [extra])
+        objects = sum(1 for _ in st.iter_objects())
+    upstream = (await _servers(master, 1))[0]
+    seeder = Seeder(tmp_path / "seed", master.pins, [upstream.url])
+    try:
+        assert await seeder.sync_once()
+        files, _ = seeder.store.stats()
+        assert files == 43  # every archive
+        object_requests = upstream.stats.requests - files
+        assert object_requests < objects // 4, (object_requests, objects)
+    finally:
+        await seeder.close()
+        await upstream.close()

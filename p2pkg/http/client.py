@@ -282,7 +282,12 @@ class Connection:
             raise
         finally:
             for fut in (proto.head_future, proto.body_future):
-                if fut.done() and not fut.cancelled():
+                if not fut.done():
+                    # Abandoned (cancelled or timed out): the connection closes
+                    # asynchronously, and its connection_lost must not leave an
+                    # exception nobody will ever retrieve on these futures.
+                    fut.cancel()
+                elif not fut.cancelled():
                     fut.exception()  # mark retrieved: the error was raised once, here
 
     async def _wait_body(self, fut: asyncio.Future[bool]) -> None:
