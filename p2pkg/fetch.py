@@ -284,6 +284,7 @@ class Fetcher:
         self.pinned = pinned
         self.peers = [p if isinstance(p, Peer) else Peer(p) for p in peers]
         self.store = store
+        self.client_config = client_config
         self.clients = {p.url: PeerClient(p.url, client_config) for p in self.peers}
         self.schedule_config = schedule_config
         self.clock = clock
@@ -312,7 +313,7 @@ class Fetcher:
                     self.peers[i] = p
                 return
         self.peers.append(p)
-        self.clients[p.url] = PeerClient(p.url)
+        self.clients[p.url] = PeerClient(p.url, self.client_config)
 
     def _live_peers(self) -> list[Peer]:
         return sorted((p for p in self.peers if p.url not in self.banned), key=lambda p: p.tier)

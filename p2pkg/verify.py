@@ -68,8 +68,9 @@ def verify_store(
     _check_objects(store, report)
     _check_roots(store, pinned, now, report)
     _check_tree(store, report)
-    _check_files(store, report, progress)
-    _check_leftovers(store, report)
+    files = list(store.iter_files())
+    _check_files(store, files, report, progress)
+    _check_leftovers(store, files, report)
     return report
 
 
@@ -171,8 +172,12 @@ def _check_one_file(
     return out
 
 
-def _check_files(store: Store, report: Report, progress: Callable[[int, int], None] | None) -> None:
-    files = list(store.iter_files())
+def _check_files(
+    store: Store,
+    files: list[StoredFile],
+    report: Report,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     report.counts["files"] = len(files)
     report.counts["bytes"] = sum(f.size for f in files)
     # SQLite is read here, on this thread; workers only hash (GIL released).
@@ -184,8 +189,8 @@ def _check_files(store: Store, report: Report, progress: Callable[[int, int], No
                 progress(done, len(jobs))
 
 
-def _check_leftovers(store: Store, report: Report) -> None:
-    indexed = {f.blake3.hex() for f in store.iter_files()}
+def _check_leftovers(store: Store, files: list[StoredFile], report: Report) -> None:
+    indexed = {f.blake3.hex() for f in files}
     orphans = 0
     files_dir = store.path / "files"
     if files_dir.is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim import testbed
+from p2pkg.http.client import PeerClient
 from p2pkg.http.server import PeerServer, ServerConfig
 from p2pkg.publish import publish
 from p2pkg.root import format_pubkey, public_bytes
@@ -135,3 +136,13 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: floa
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(step)
+
+
+async def archive_path(client: PeerClient, project: str, filename: str) -> str:
+    """The path of ``filename`` as linked from a cache's /simple/<project>/ page."""
+    _, page, _ = await client.get_bytes(f"/simple/{project}/", 1 << 20)
+    for link in page.decode().split('href="../../')[1:]:
+        path = link.split("#")[0]
+        if path.endswith("/" + filename):
+            return "/" + path
+    raise AssertionError(f"{filename} is not linked from /simple/{project}/")

@@ -24,6 +24,7 @@ from p2pkg.publish import publish
 from p2pkg.root import format_pubkey, public_bytes
 from p2pkg.store import Store
 from p2pkg.testing.archives import build_sdist, build_wheel
+from tests.netutil import archive_path
 
 pytestmark = pytest.mark.slow
 
@@ -324,10 +325,7 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
     url = await cache.start()
     client = PeerClient(url)
     try:
-        page = await client.get_bytes("/simple/base/", 1 << 20)
-        assert page[0] == 200
-        href = page[1].decode().split('href="../../')[2].split("#")[0]  # base-2.0 (2.5 MB)
-        assert href.endswith("base-2.0-py3-none-any.whl")
+        href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")  # 2.5 MB
         first: list[float] = []
         start = _time.monotonic()
 
@@ -343,7 +341,7 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
             sinks.append(Timed(head.content_length or 0))
             return sinks[0]
 
-        await client.request("GET", "/" + href, factory)
+        await client.request("GET", href, factory)
         total = _time.monotonic() - start
         assert bytes(sinks[0].data) == (dist / "base-2.0-py3-none-any.whl").read_bytes()
         assert first[0] < total / 4, (first[0], total)
@@ -359,9 +357,8 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
     url = await cache.start()
     client = PeerClient(url)
     try:
-        page = await client.get_bytes("/simple/base/", 1 << 20)
-        href = page[1].decode().split('href="../../')[2].split("#")[0]
-        request = asyncio.ensure_future(client.get_bytes("/" + href, 10 << 20))
+        href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")
+        request = asyncio.ensure_future(client.get_bytes(href, 10 << 20))
         await asyncio.sleep(1.0)
         await flaky.close()
         with pytest.raises(TransportError):  # cut short: never completed with unverified bytes
@@ -396,15 +393,14 @@ async def test_size_cap_evicts_least_recently_used(
     client = PeerClient(url)
     try:
 
-        async def fetch(project: str, index: int) -> None:
-            page = await client.get_bytes(f"/simple/{project}/", 1 << 20)
-            href = page[1].decode().split('href="../../')[index].split("#")[0]
-            status, _, _ = await client.get_bytes("/" + href, 10 << 20)
+        async def fetch(project: str, filename: str) -> None:
+            href = await archive_path(client, project, filename)
+            status, _, _ = await client.get_bytes(href, 10 << 20)
             assert status == 200
 
-        await fetch("top", 1)
-        await fetch("middle", 1)
-        await fetch("base", 2)  # 2.5 MB: the oldest files must go
+        await fetch("top", "top-1.0-py3-none-any.whl")
+        await fetch("middle", "middle-1.0-py3-none-any.whl")
+        await fetch("base", "base-2.0-py3-none-any.whl")  # 2.5 MB: the oldest files must go
         for _ in range(200):  # the download task commits (and evicts) just after streaming
             if not cache.live:
                 break

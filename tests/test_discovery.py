@@ -15,7 +15,7 @@ from p2pkg.discovery import Lan
 from p2pkg.http.client import PeerClient
 from p2pkg.http.server import PeerServer
 
-from .netutil import Master, make_master
+from .netutil import Master, archive_path, make_master
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 LOOPBACK = ("127.0.0.1",)
@@ -85,9 +85,8 @@ async def test_fetch_and_caches_find_a_lan_cache(master: Master, tmp_path: Path)
         async def get_big(url: str) -> bytes:
             client = PeerClient(url)
             try:
-                page = await client.get_bytes("/simple/big/", 1 << 20)
-                href = page[1].decode().split('href="../../')[1].split("#")[0]
-                status, body, _ = await client.get_bytes("/" + href, 10 << 20)
+                href = await archive_path(client, "big", "big-1.0-py3-none-any.whl")
+                status, body, _ = await client.get_bytes(href, 10 << 20)
                 assert status == 200
                 return body
             finally:
