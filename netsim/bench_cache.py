@@ -65,14 +65,12 @@ def static_index(store: Path, out: Path) -> None:
         for entry in ns.projects():
             names.append(entry.name)
             project = ns.require_project(entry.name)
-            manifests = [
-                (f.manifest, m) for f, m in zip(project.files, ns.manifests(project), strict=True)
-            ]
+            manifests = ns.manifests(project)
             page = out / "simple" / entry.name
             page.mkdir(parents=True)
             (page / "index.html").write_bytes(project_html(entry.name, manifests))
-            for oid, m in manifests:
-                target = out / "files" / oid.hex()
+            for m in manifests:
+                target = out / "files" / m.blake3.hex()
                 target.mkdir(parents=True)
                 shutil.copy(st.file_path(m.blake3), target / m.filename)
                 if m.core_metadata is not None:

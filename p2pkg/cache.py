@@ -9,12 +9,17 @@ Routes besides the peer protocol:
 * ``/simple/`` and ``/simple/<project>/`` — pages built from verified
   manifests; non-normalized names redirect (301) to the normalized one;
   ``Accept`` picks HTML or JSON (PEP 691).
-* ``/files/<manifest id>/<filename>`` — the archive. Held: served with
-  ``sendfile`` and Range support. Not held: fetched from peers and
-  **streamed while it arrives** — only the verified prefix of the download
-  is ever sent, so the installer gets its first byte long before the last
-  and never an unverified one. Concurrent requests share one download.
-* ``/files/<manifest id>/<filename>.metadata`` — PEP 658 core metadata.
+* ``/files/<archive blake3>/<filename>`` — the archive, served only while
+  the signed tree lists ``filename`` with that BLAKE3 (the URL outlives
+  yanks, so lockfiles keep working). Held: served with ``sendfile`` and
+  Range support. Not held: fetched from peers and **streamed while it
+  arrives** — only the verified prefix of the download is ever sent, so the
+  installer gets its first byte long before the last and never an
+  unverified one; the response head waits for the first verified bytes, so
+  when no peer can deliver the installer gets ``502`` with ``Retry-After``
+  and a one-line reason, never a ``200`` with no body. Concurrent requests
+  share one download.
+* ``/files/<archive blake3>/<filename>.metadata`` — PEP 658 core metadata.
 * ``/`` — a status page for the person running it.
 
 A size cap evicts whole archives, least recently used first. With every
@@ -25,12 +30,13 @@ peer gone the cache keeps serving what it holds under the last trusted root
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import html
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +100,10 @@ class _Live:
             await self._event.wait()
 
 
+RECENT_ERRORS = 20  # failures the status page lists
+RETRY_AFTER = 10  # seconds an installer is told to wait when no peer can deliver
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -101,6 +111,10 @@ class CacheStats:
     bytes_from_cache: int = 0
     bytes_fetched: int = 0
     evicted: int = 0
+    failed_downloads: int = 0
+    recent_errors: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_ERRORS)
+    )
 
 
 class Cache:
@@ -131,11 +145,11 @@ class Cache:
         self._refresh_lock = asyncio.Lock()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        _, bound = await self.server.start(host, port)
+        bound_host, bound = await self.server.start(host, port)
         self._spawn(self._keep_fresh())
         if self.config.lan:
             self.lan = Lan(self.config.lan_interfaces)
-            await self.lan.announce(bound, "cache", self.key)
+            await self.lan.announce(bound, "cache", self.key, listening_on=bound_host)
             self.lan.watch()
             self._spawn(self._adopt_lan_peers())
         return self.server.url
@@ -197,13 +211,31 @@ class Cache:
         assert self.fetcher.trusted is not None
         return self.fetcher.trusted
 
-    async def project_manifests(self, name: str) -> list[tuple[ObjectId, FileManifest]] | None:
+    async def project_manifests(self, name: str) -> list[FileManifest] | None:
         await self.trusted()
         project = await self.fetcher.project(name)
         if project is None:
             return None
         raw = await self.fetcher.get_objects(f.manifest for f in project.files)
-        return [(f.manifest, decode_as(raw[f.manifest], FileManifest)) for f in project.files]
+        return [decode_as(raw[f.manifest], FileManifest) for f in project.files]
+
+    async def listed_manifest(self, content_id: bytes, filename: str) -> FileManifest | None:
+        """The manifest the current signed tree lists for ``filename``, if it matches.
+
+        ``content_id`` is the archive's BLAKE3 (the stable URL form) or, for
+        URLs handed out before that form, the manifest id. Anything else —
+        an unsigned object, another file's id, a name the tree lacks — is None.
+        """
+        await self.trusted()
+        project_name = project_of(filename)
+        project = await self.fetcher.project(project_name) if project_name else None
+        oid = project.lookup(filename) if project is not None else None
+        if oid is None:
+            return None
+        manifest = decode_as(await self.fetcher.get_object(oid), FileManifest)
+        if content_id not in (manifest.blake3, oid):
+            return None
+        return manifest
 
     async def project_names(self) -> list[str]:
         trusted = await self.trusted()
@@ -241,6 +273,10 @@ class Cache:
             if not isinstance(exc, P2pkgError):
                 raise
             log.warning("cache could not fetch %s: %s", manifest.filename, exc)
+            self.stats.failed_downloads += 1
+            self.stats.recent_errors.append(
+                {"time": int(time.time()), "file": manifest.filename, "error": str(exc)}
+            )
         finally:
             self.live.pop(manifest.blake3, None)
 
@@ -284,6 +320,8 @@ class Cache:
             "bytes_total": served,
             "downloads_in_progress": len(self.live),
             "evicted": self.stats.evicted,
+            "failed_downloads": self.stats.failed_downloads,
+            "recent_errors": list(self.stats.recent_errors),
         }
 
 
@@ -312,8 +350,8 @@ class _CacheServer(PeerServer):
             if len(parts) in (3, 4) and parts[1] == "simple" and (len(parts) == 3 or not parts[3]):
                 return await self._project(writer, req, parts[2], head_only)
             if len(parts) == 4 and parts[1] == "files" and wire.HEX64.match(parts[2]):
-                oid = ObjectId(bytes.fromhex(parts[2]))
-                return await self._archive(writer, req, oid, parts[3], head_only)
+                content_id = bytes.fromhex(parts[2])
+                return await self._archive(writer, req, content_id, parts[3], head_only)
         except NotFoundError:
             return await self._simple(writer, 404, b"not found")
         except P2pkgError as exc:
@@ -359,9 +397,22 @@ class _CacheServer(PeerServer):
             while not live.done:
                 await live.wait_beyond(manifest.size)
             if live.error is not None or not self.store.has_file(manifest.blake3):
-                return await self._simple(writer, 502, b"could not fetch the file from peers")
+                return await self._cannot_fetch(writer, manifest, live.error)
             return await super()._file(writer, manifest.blake3, req, head_only)
         return await self._stream(writer, manifest, live, head_only)
+
+    async def _cannot_fetch(
+        self, writer: asyncio.StreamWriter, manifest: FileManifest, error: BaseException | None
+    ) -> bool:
+        """502 Bad Gateway + Retry-After, one line naming why (pip prints the status)."""
+        reason = str(error) if error is not None else "the download did not complete"
+        line = f"p2pkg cache: cannot fetch {manifest.filename} from any peer: {reason}"
+        return await self._simple(
+            writer,
+            502,
+            (line[:1000] + "\n").encode(),
+            headers=[("Retry-After", str(RETRY_AFTER)), ("Cache-Control", "no-store")],
+        )
 
     async def _index(
         self, writer: asyncio.StreamWriter, req: wire.RequestHead, head_only: bool
@@ -402,21 +453,18 @@ class _CacheServer(PeerServer):
         self,
         writer: asyncio.StreamWriter,
         req: wire.RequestHead,
-        oid: ObjectId,
+        content_id: bytes,
         filename: str,
         head_only: bool,
     ) -> bool:
-        await self.cache.trusted()
         metadata = filename.endswith(".metadata")
         archive = filename[: -len(".metadata")] if metadata else filename
         # Serve only what the signed namespace lists: the filename names the
-        # project, and the project must list this filename with this manifest id.
+        # project, and the project must list this filename with this content.
         # (An id alone could name any object some peer holds, signed or not.)
-        project_name = project_of(archive)
-        project = await self.cache.fetcher.project(project_name) if project_name else None
-        if project is None or project.lookup(archive) != oid:
+        manifest = await self.cache.listed_manifest(content_id, archive)
+        if manifest is None:
             return await self._simple(writer, 404, b"no such file in the namespace")
-        manifest = decode_as(await self.cache.fetcher.get_object(oid), FileManifest)
         if metadata:
             if manifest.core_metadata is None:
                 return await self._simple(writer, 404, b"no core metadata")
@@ -433,15 +481,27 @@ class _CacheServer(PeerServer):
         if store.has_file(manifest.blake3):
             self.cache.stats.hits += 1
             store.touch(manifest.blake3)
-            before = self.stats.bytes_sent
-            keep = await super()._file(writer, manifest.blake3, req, head_only)
-            self.cache.stats.bytes_from_cache += self.stats.bytes_sent - before
-            return keep
+            return await super()._file(
+                writer, manifest.blake3, req, head_only, on_sent=self._count_from_cache
+            )
         return await self._pull_file(writer, req, manifest, head_only)
+
+    def _count_from_cache(self, n: int) -> None:
+        # Per response, not a difference of the server-wide counter: installers
+        # send many concurrent (range) requests, and a difference would count
+        # every other connection's bytes too.
+        self.cache.stats.bytes_from_cache += n
 
     async def _stream(
         self, writer: asyncio.StreamWriter, manifest: FileManifest, live: _Live, head_only: bool
     ) -> bool:
+        # No status line before a peer is actually delivering verified bytes: a
+        # 200 followed by nothing reads as tampering to pip ("do not match the
+        # hashes") and as a retryable glitch to uv. A download that dies after
+        # this point is cut (the installer sees a short body), as it must be.
+        await live.wait_beyond(0)
+        if live.error is not None and live.prefix == 0:
+            return await self._cannot_fetch(writer, manifest, live.error)
         headers = [
             ("Content-Type", "application/octet-stream"),
             ("Content-Length", str(manifest.size)),

@@ -14,6 +14,7 @@ nothing is multicast beyond loopback.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import uuid
@@ -35,17 +36,45 @@ class LanPeer:
     key: str
 
 
-def _local_addresses(interfaces: Sequence[str] | None) -> list[bytes]:
-    if interfaces:
-        return [socket.inet_aton(a) for a in interfaces]
+def _interface_addresses() -> list[str]:
     import ifaddr  # a zeroconf dependency
 
-    out = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
-                out.append(socket.inet_aton(ip.ip))
-    return out or [socket.inet_aton("127.0.0.1")]
+    return [
+        ip.ip
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    ]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def announce_addresses(
+    listening_on: str | None, interfaces: Sequence[str] | None, local: Sequence[str]
+) -> list[str]:
+    """The IPv4 addresses to put in an announcement: only those a peer can reach.
+
+    ``listening_on`` is the address the server bound (``0.0.0.0``/``""`` for
+    every interface, None when unknown); ``interfaces`` the mDNS interfaces
+    (None: all); ``local`` this host's non-loopback addresses. A server bound
+    to loopback is reachable from this host only, so it is announced only
+    when mDNS itself is pinned to loopback (tests, demos); an empty list
+    means: do not announce.
+    """
+    if listening_on in (None, "", "0.0.0.0", "::"):
+        return list(interfaces) if interfaces else list(local)
+    assert listening_on is not None
+    if ":" in listening_on:
+        return []  # an IPv6-only listener: the announcement carries IPv4 addresses only
+    if _is_loopback(listening_on):
+        pinned_to_loopback = bool(interfaces) and all(_is_loopback(i) for i in interfaces or ())
+        return [listening_on] if pinned_to_loopback else []
+    return [listening_on]
 
 
 class Lan:
@@ -60,18 +89,32 @@ class Lan:
         self.peers: dict[str, LanPeer] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def announce(self, port: int, role: str, key: str) -> None:
+    async def announce(
+        self, port: int, role: str, key: str, *, listening_on: str | None = None
+    ) -> bool:
+        """Announce a service on ``port``; False when no reachable address is left.
+
+        ``listening_on`` is the address the server bound: a server bound to one
+        address is announced with that address only, and one bound to loopback
+        is not announced on a LAN at all (nobody there could reach it).
+        """
+        local = [] if self.interfaces else _interface_addresses()
+        addresses = announce_addresses(listening_on, self.interfaces, local)
+        if not addresses:
+            log.info("not announcing on the LAN: listening on %s only", listening_on)
+            return False
         name = f"{role}-{uuid.uuid4().hex[:12]}.{SERVICE}"
         info = AsyncServiceInfo(
             SERVICE,
             name,
-            addresses=_local_addresses(self.interfaces),
+            addresses=[socket.inet_aton(a) for a in addresses],
             port=port,
             properties={"role": role, "key": key, "path": "/"},
         )
         await self.zc.async_register_service(info)
         self._registered.append(info)
-        log.info("announced %s on the LAN (port %d)", name, port)
+        log.info("announced %s on the LAN at %s port %d", name, ", ".join(addresses), port)
+        return True
 
     def watch(self) -> None:
         """Keep :attr:`peers` up to date in the background."""

@@ -5,7 +5,9 @@ fragment and ``hashes`` (what pip and uv check), ``data-requires-python``
 (PEP 503/345), ``data-yanked`` (PEP 592), ``data-core-metadata`` and the
 legacy ``data-dist-info-metadata`` (PEP 658/714), and in JSON the PEP 700
 ``size``, ``upload-time`` and ``versions``. File URLs are relative
-(``../../files/<manifest id>/<filename>``) so a cache serves them under any host.
+(``../../files/<archive blake3>/<filename>``) so a cache serves them under any
+host, and name the archive's content, not its manifest: a yank or unyank
+rewrites the manifest but leaves every URL a lockfile recorded valid.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
+from packaging.version import InvalidVersion, Version
 
 from p2pkg.objects import FileManifest
 
@@ -29,15 +32,22 @@ JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 HTML = "text/html"
 API_VERSION = "1.1"
+# PEP 691: "latest" is an alias of the newest version the server speaks.
+_ALIASES = {
+    "application/vnd.pypi.simple.latest+json": JSON_V1,
+    "application/vnd.pypi.simple.latest+html": HTML_V1,
+}
 
 
-def file_url(oid: bytes, m: FileManifest) -> str:
+def file_url(m: FileManifest) -> str:
     """Where a file lives, relative to a project page (``/simple/<name>/``).
 
-    The path names the file's *manifest id*, so the server can verify and fetch
-    the file from the id alone, whatever page the installer read earlier.
+    The path names the archive's BLAKE3 and its filename: both are fixed for
+    the life of a file, whereas the manifest id changes with a yank. The cache
+    serves the URL only while the signed tree lists that filename with that
+    BLAKE3 (docs/protocol.md §7).
     """
-    return f"../../files/{oid.hex()}/{m.filename}"
+    return f"../../files/{m.blake3.hex()}/{m.filename}"
 
 
 def _upload_time(ts: int) -> str:
@@ -45,6 +55,7 @@ def _upload_time(ts: int) -> str:
 
 
 def _versions(manifests: Iterable[FileManifest]) -> list[str]:
+    """PEP 700 ``versions``: every version with a file, in PEP 440 order."""
     out: dict[str, None] = {}
     for m in manifests:
         try:
@@ -54,19 +65,27 @@ def _versions(manifests: Iterable[FileManifest]) -> list[str]:
                 out[str(parse_sdist_filename(m.filename)[1])] = None
         except (InvalidWheelFilename, InvalidSdistFilename):
             out[m.version] = None
-    return sorted(out)
+    return sorted(out, key=_version_key)
 
 
-def project_json(name: str, manifests: Sequence[tuple[bytes, FileManifest]]) -> bytes:
+def _version_key(text: str) -> tuple[int, Version | str]:
+    # Unparseable versions (legacy uploads) sort before all PEP 440 ones, as text.
+    try:
+        return (1, Version(text))
+    except InvalidVersion:
+        return (0, text)
+
+
+def project_json(name: str, manifests: Sequence[FileManifest]) -> bytes:
     files = []
-    for oid, m in sorted(manifests, key=lambda x: x[1].filename):
+    for m in sorted(manifests, key=lambda m: m.filename):
         core: dict[str, str] | bool = False
         if m.core_metadata is not None:
             core = {"sha256": m.core_metadata.sha256.hex()}
         files.append(
             {
                 "filename": m.filename,
-                "url": file_url(oid, m),
+                "url": file_url(m),
                 "hashes": {"sha256": m.sha256.hex()},
                 "requires-python": m.requires_python or None,
                 "yanked": m.yanked if m.yanked else (m.yanked is not None),
@@ -79,13 +98,13 @@ def project_json(name: str, manifests: Sequence[tuple[bytes, FileManifest]]) -> 
     page = {
         "meta": {"api-version": API_VERSION},
         "name": name,
-        "versions": _versions(m for _, m in manifests),
+        "versions": _versions(manifests),
         "files": files,
     }
     return json.dumps(page, separators=(",", ":")).encode()
 
 
-def project_html(name: str, manifests: Sequence[tuple[bytes, FileManifest]]) -> bytes:
+def project_html(name: str, manifests: Sequence[FileManifest]) -> bytes:
     esc = html.escape
     lines = [
         "<!DOCTYPE html>",
@@ -94,8 +113,8 @@ def project_html(name: str, manifests: Sequence[tuple[bytes, FileManifest]]) -> 
         f"<title>Links for {esc(name)}</title></head><body>",
         f"<h1>Links for {esc(name)}</h1>",
     ]
-    for oid, m in sorted(manifests, key=lambda x: x[1].filename):
-        attrs = [f'href="{esc(file_url(oid, m))}#sha256={m.sha256.hex()}"']
+    for m in sorted(manifests, key=lambda m: m.filename):
+        attrs = [f'href="{esc(file_url(m))}#sha256={m.sha256.hex()}"']
         if m.requires_python:
             attrs.append(f'data-requires-python="{esc(m.requires_python)}"')
         if m.yanked is not None:
@@ -146,7 +165,8 @@ def negotiate(accept: str | None) -> str | None:
                     q = float(f[2:])
                 except ValueError:
                     q = 0.0
-        offers.append(_Offer(fields[0].lower(), q))
+        media = fields[0].lower()
+        offers.append(_Offer(_ALIASES.get(media, media), q))
     best: tuple[float, int, str] | None = None
     preference = {JSON_V1: 3, HTML_V1: 2, HTML: 1}
     for offer in offers:

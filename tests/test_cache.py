@@ -414,3 +414,156 @@ async def test_size_cap_evicts_least_recently_used(
         client.close()
         await cache.close()
         await peer.close()
+
+
+# ---------------------------------------------------------------------- real-user regressions
+
+
+def _start_cache(bed: Testbed, store: Path, pub: str, peers: list[str], *extra: str) -> str:
+    cmd = p2pkg_cmd("cache", "--store", str(store), "--listen", "127.0.0.1:0", "--trust", pub)
+    for peer in peers:
+        cmd += ["--peer", peer]
+    _, url = bed.enter_context(spawn([*cmd, *extra]))
+    return url
+
+
+def _wait_root(cache: str, version: int, timeout: float = 20) -> None:
+    import time as _time
+
+    deadline = _time.monotonic() + timeout
+    while status(cache).get("root_version") != version:
+        assert _time.monotonic() < deadline, f"cache did not reach root version {version}"
+        _get(f"{cache}/simple/")  # a page refreshes a stale root
+        _time.sleep(0.1)
+
+
+def test_missing_archive_with_every_peer_gone_is_an_http_error_not_a_hash_mismatch(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    store, key, _ = namespace
+    pub = format_pubkey(public_bytes(key))
+    with Testbed() as bed:
+        master_proc, master = bed.serve(store)
+        cache = _start_cache(bed, tmp_path / "cache", pub, [master])
+        # The cache learns the pages and the metadata, but not the archive...
+        code, body, _ = _get(
+            f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        assert code == 200
+        wheel = next(f for f in json.loads(body)["files"] if f["filename"].startswith("base-2.0"))
+        url = urllib.parse.urljoin(f"{cache}/simple/base/", wheel["url"])
+        assert _get(url + ".metadata")[0] == 200
+        # ...then every peer goes away.
+        master_proc.terminate()
+        master_proc.wait(timeout=10)
+
+        code, body, headers = _get(url)
+        assert code == 502, (code, body)
+        assert headers["Retry-After"].isdigit()
+        assert body.count(b"\n") == 1 and b"base-2.0-py3-none-any.whl" in body
+        assert b"no peer could deliver" in body
+
+        python = _venv(tmp_path / "venv")
+        res = _pip(
+            python, f"{cache}/simple/", "download", "--no-deps", "-d", str(tmp_path), "base==2.0"
+        )
+        out = res.stdout + res.stderr
+        assert res.returncode != 0
+        assert "502" in out, out
+        assert "HASHES" not in out and "tampered" not in out, out
+
+        st = status(cache)
+        assert st["failed_downloads"] >= 1
+        assert any(e["file"] == "base-2.0-py3-none-any.whl" for e in st["recent_errors"])
+        code, page, _ = _get(f"{cache}/")
+        assert code == 200 and b"base-2.0-py3-none-any.whl" in page
+
+
+def test_a_lockfile_made_before_a_yank_syncs_after_it_and_after_the_unyank(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    """File URLs are stable for the life of a file (PEP 592: pinned yanked files install)."""
+    source, key, _ = namespace
+    store = tmp_path / "master"
+    shutil.copytree(source, store)  # this test yanks: keep the shared namespace intact
+    pub = format_pubkey(public_bytes(key))
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "app"\nversion = "0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["top"]\n'
+    )
+    with Testbed() as bed:
+        _, master = bed.serve(store)
+        cache = _start_cache(bed, tmp_path / "cache", pub, [master], "--refresh", "1s")
+        index = f"{cache}/simple/"
+
+        def uv_run(*args: str) -> None:
+            res = subprocess.run(
+                [uv, *args, "--default-index", index],
+                cwd=project,
+                capture_output=True,
+                text=True,
+                env=ISOLATED,
+                check=False,
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+
+        uv_run("lock")
+        lock = (project / "uv.lock").read_text()
+        assert "base-2.0-py3-none-any.whl" in lock
+
+        with Store.open(store) as st:
+            publish(st, [key], [], yank={"base-2.0-py3-none-any.whl": "bad build"})
+        _wait_root(cache, 3)
+        uv_run("sync", "--frozen")
+        assert _versions(project / ".venv" / "bin" / "python") == EXPECTED
+
+        with Store.open(store) as st:
+            publish(st, [key], [], unyank=["base-2.0-py3-none-any.whl"])
+        _wait_root(cache, 4)
+        shutil.rmtree(project / ".venv")
+        uv_run("sync", "--frozen")
+        assert _versions(project / ".venv" / "bin" / "python") == EXPECTED
+        assert (project / "uv.lock").read_text() == lock
+
+
+def test_range_requests_count_the_bytes_sent_not_whole_files(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    store, key, _ = namespace
+    pub = format_pubkey(public_bytes(key))
+    with Testbed() as bed:
+        _, master = bed.serve(store)
+        cache = _start_cache(bed, tmp_path / "cache", pub, [master])
+        code, body, _ = _get(
+            f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        wheel = next(f for f in json.loads(body)["files"] if f["filename"].startswith("base-2.0"))
+        url = urllib.parse.urljoin(f"{cache}/simple/base/", wheel["url"])
+        assert _get(url)[0] == 200  # a miss: fetched from the master
+        import time as _time
+
+        for _ in range(100):
+            if status(cache)["downloads_in_progress"] == 0:
+                break
+            _time.sleep(0.05)
+        before = status(cache)["bytes_served_from_cache"]
+
+        # Installers send many requests at once: 16 ranges and 4 whole files, concurrently.
+        def one(i: int) -> int:
+            if i < 16:
+                code, part, _ = _get(url, {"Range": f"bytes={i * 10_000}-{i * 10_000 + 9_999}"})
+                assert code == 206
+            else:
+                code, part, _ = _get(url)
+                assert code == 200
+            return len(part)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(20) as pool:
+            received = sum(pool.map(one, range(20)))
+        assert received == 16 * 10_000 + 4 * wheel["size"]
+        assert status(cache)["bytes_served_from_cache"] - before == received

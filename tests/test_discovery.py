@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from p2pkg.cache import Cache, CacheConfig
-from p2pkg.discovery import Lan
+from p2pkg.discovery import Lan, announce_addresses
 from p2pkg.http.client import PeerClient
 from p2pkg.http.server import PeerServer
 
@@ -100,3 +100,36 @@ async def test_fetch_and_caches_find_a_lan_cache(master: Master, tmp_path: Path)
         await second.close()
         await first.close()
         await origin.close()
+
+
+@pytest.mark.parametrize(
+    ("listening_on", "interfaces", "expected"),
+    [
+        # bound to every interface: announce the interfaces' addresses
+        ("0.0.0.0", None, ["192.0.2.7", "198.51.100.3"]),
+        ("0.0.0.0", ("127.0.0.1",), ["127.0.0.1"]),
+        # bound to loopback: nobody on a LAN can reach it, so no announcement...
+        ("127.0.0.1", None, []),
+        ("127.0.0.1", ("192.0.2.7",), []),
+        # ...unless mDNS itself is pinned to loopback (tests, the demo)
+        ("127.0.0.1", ("127.0.0.1",), ["127.0.0.1"]),
+        # bound to one address: that address only, never the host's others
+        ("192.0.2.7", None, ["192.0.2.7"]),
+        ("::1", None, []),
+    ],
+)
+def test_announces_only_addresses_it_can_be_reached_on(
+    listening_on: str, interfaces: tuple[str, ...] | None, expected: list[str]
+) -> None:
+    local = ["192.0.2.7", "198.51.100.3"]
+    assert announce_addresses(listening_on, interfaces, local) == expected
+
+
+async def test_nothing_is_announced_when_no_reachable_address_is_left() -> None:
+    a, b = Lan(LOOPBACK), Lan(LOOPBACK)
+    try:
+        assert not await a.announce(4000, "cache", "cc" * 32, listening_on="::1")
+        assert await b.browse(0.5, key="cc" * 32) == []
+    finally:
+        await a.close()
+        await b.close()

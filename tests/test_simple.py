@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -45,7 +46,7 @@ MANIFESTS = [
     manifest("demo-0.9.tar.gz", version="0.9", yanked="broken"),
     manifest("demo-0.8.tar.gz", version="0.8", yanked=""),
 ]
-FILES = [(bytes([i]) * 32, m) for i, m in enumerate(MANIFESTS)]
+FILES = [replace(m, blake3=bytes([i]) * 32) for i, m in enumerate(MANIFESTS)]
 
 
 class Links(HTMLParser):
@@ -63,6 +64,7 @@ def test_html_page_carries_every_attribute() -> None:
     p.feed(project_html("demo", FILES).decode())
     by_name = {link["href"].split("/")[-1].split("#")[0]: link for link in p.links}  # type: ignore[union-attr]
     whl = by_name["demo-1.0-py3-none-any.whl"]
+    # named by the archive's BLAKE3 (stable across yanks), with the sha256 pip checks
     assert whl["href"] == f"../../files/{'00' * 32}/demo-1.0-py3-none-any.whl#sha256={'aa' * 32}"
     assert whl["data-core-metadata"] == f"sha256={'cc' * 32}"
     assert whl["data-dist-info-metadata"] == whl["data-core-metadata"]
@@ -103,7 +105,23 @@ def test_index_pages() -> None:
         (f"{HTML_V1}", HTML_V1),
         ("application/json", None),
         (f"{JSON_V1};q=0", None),
+        # PEP 691: "latest" aliases the newest version this server speaks
+        ("application/vnd.pypi.simple.latest+json", JSON_V1),
+        ("application/vnd.pypi.simple.latest+html", HTML_V1),
+        ("application/vnd.pypi.simple.latest+json;q=0.9, text/html;q=0.1", JSON_V1),
     ],
 )
 def test_negotiation(accept: str | None, expected: str | None) -> None:
     assert negotiate(accept) == expected
+
+
+def test_versions_sort_by_pep_440_not_as_strings() -> None:
+    files = [
+        manifest("demo-2.14.3.tar.gz", version="2.14.3"),
+        manifest("demo-2.8.2.tar.gz", version="2.8.2"),
+        manifest("demo-2.8.2-py3-none-any.whl", version="2.8.2"),
+        manifest("demo-10.0rc1.tar.gz", version="10.0rc1"),
+        manifest("demo-2.9.post1.tar.gz", version="2.9.post1"),
+    ]
+    page = json.loads(project_json("demo", files))
+    assert page["versions"] == ["2.8.2", "2.9.post1", "2.14.3", "10.0rc1"]

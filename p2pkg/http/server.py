@@ -384,8 +384,15 @@ class PeerServer:
         )
 
     async def _file(
-        self, writer: asyncio.StreamWriter, blake3: bytes, req: wire.RequestHead, head_only: bool
+        self,
+        writer: asyncio.StreamWriter,
+        blake3: bytes,
+        req: wire.RequestHead,
+        head_only: bool,
+        *,
+        on_sent: Callable[[int], None] | None = None,
     ) -> bool:
+        """A held archive, whole or one byte range; ``on_sent(n)`` after the body went out."""
         size = self.store.file_size(blake3)
         if size is None:
             return await self._simple(writer, 404, b"file not held")
@@ -419,6 +426,8 @@ class PeerServer:
             except FileNotFoundError:
                 writer.transport.abort()  # evicted mid-flight: the client fails over
                 return False
+            if on_sent is not None:
+                on_sent(end - start)
         else:
             await writer.drain()
         return True
