@@ -113,8 +113,22 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise click.BadParameter(f"{path}: {exc}") from None
-    ctx.default_map = {**(ctx.default_map or {}), **data}
+    ctx.default_map = {**(ctx.default_map or {}), **_option_names(data)}
     return value
+
+
+def _option_names(table: dict[str, Any]) -> dict[str, Any]:
+    """Config keys as click names parameters: ``upload-time`` and ``upload_time`` alike.
+
+    TOML users write keys the way the flags read (``--upload-time``); click's
+    default_map wants the parameter name. Tables (one per command) recurse.
+    """
+    return {
+        key.replace("-", "_") if not isinstance(value, dict) else key: (
+            _option_names(value) if isinstance(value, dict) else value
+        )
+        for key, value in table.items()
+    }
 
 
 def json_option(f: F) -> F:
@@ -246,6 +260,17 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @click.option(
     "--notify", multiple=True, metavar="URL", help="Push the new root to this seed. Repeatable."
 )
+@click.option(
+    "--upload-time",
+    default="mtime",
+    show_default=True,
+    metavar="mtime|now|archive|ISO-8601",
+    help="Upload time given to new files (PEP 691; uv --exclude-newer and lockfiles "
+    "go by it): mtime = each file's modification time, now = the publish time, "
+    "archive = the build time recorded inside the archive, or one fixed ISO 8601 "
+    "time, e.g. --upload-time 2024-05-01T12:00:00Z (a date alone is midnight UTC). "
+    "Files already published keep theirs.",
+)
 @json_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def publish(
@@ -258,6 +283,7 @@ def publish(
     yank_reason: str,
     unyank: tuple[str, ...],
     notify: tuple[str, ...],
+    upload_time: str,
     as_json: bool,
     paths: tuple[Path, ...],
 ) -> None:
@@ -270,10 +296,15 @@ def publish(
     --yank/--rotate-to), the namespace is re-signed with a fresh expiry.
     """
     from p2pkg.keys import load_private_key
+    from p2pkg.publish import parse_upload_time
     from p2pkg.publish import publish as do_publish
     from p2pkg.store import Store
 
     seconds = parse_duration(expires)
+    try:
+        when = parse_upload_time(upload_time)
+    except PublishError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--upload-time'") from None
     with errors_as_exit():
         keys = [load_private_key(k) for k in key]
         new_key = load_private_key(rotate_to) if rotate_to else None
@@ -288,6 +319,7 @@ def publish(
                 yank=dict.fromkeys(yank, yank_reason),
                 unyank=unyank,
                 progress=bar,
+                upload_time=when,
             )
     pushed: dict[str, str] = {}
     if notify and result.changed:
@@ -375,37 +407,58 @@ def show(store: Path, trust: tuple[str, ...], as_json: bool, project: str | None
             "threshold": root.threshold,
         }
         if project is None:
-            names = [e.name for e in ns.projects()]
-            data = {**head, "projects": sorted(names)}
+            # A cache or a --project seed holds only some tree paths: list what it holds.
+            held = ns.holding()
+            names = sorted(held.projects)
+            data = {**head, "projects": names, "partial": held.partial}
+            summary = f"{len(names)} project(s)"
+            if held.partial:
+                data["subtrees_missing"] = held.subtrees_missing
+                summary = (
+                    f"partial store: metadata for {len(names)} project(s) "
+                    f"({held.subtrees_missing} subtree(s) not held)"
+                )
             lines = [
                 f"namespace {root.namespace} version {root.version} "
-                f"(expires {_fmt_time(root.expires)}), {len(names)} project(s)",
-                *sorted(names),
+                f"(expires {_fmt_time(root.expires)}), {summary}",
+                *names,
             ]
         else:
             proj = ns.require_project(project)
-            manifests = ns.manifests(proj)
-            files = [
-                {
-                    "filename": m.filename,
-                    "version": m.version,
-                    "size": m.size,
-                    "sha256": m.sha256.hex(),
-                    "blake3": m.blake3.hex(),
-                    "requires_python": m.requires_python or None,
-                    "yanked": m.yanked,
-                    "upload_time": m.upload_time,
-                    "chunks": len(m.chunks),
-                    "core_metadata": m.core_metadata is not None,
-                }
-                for m in manifests
-            ]
-            data = {**head, "project": proj.name, "files": files}
-            lines = [f"{proj.name}: {len(files)} file(s)"]
+            partial = ns.may_be_partial and ns.holding().partial
+            files = [_show_file(st, m, f.filename, partial) for f, m in ns.held_manifests(proj)]
+            data = {**head, "project": proj.name, "files": files, "partial": partial}
+            title = f"{proj.name}: {len(files)} file(s)"
+            lines = [title + (" (partial store: [held] = archive held here)" if partial else "")]
             for f in files:
+                if "size" not in f:
+                    lines.append(f"  {f['filename']}  (metadata not held)")
+                    continue
                 flags = " [yanked]" if f["yanked"] is not None else ""
+                flags += " [held]" if f.get("held") else ""
                 lines.append(f"  {f['filename']}  {f['size']} bytes  sha256={f['sha256']}{flags}")
     emit(as_json, data, "\n".join(lines))
+
+
+def _show_file(st: Any, m: Any, filename: str, partial: bool) -> dict[str, Any]:
+    """One file of ``show PROJECT``; on a partial store, whether its archive is held."""
+    if m is None:  # a partial store holds the project but not this manifest
+        return {"filename": filename, "held": False, "metadata_held": False}
+    out = {
+        "filename": m.filename,
+        "version": m.version,
+        "size": m.size,
+        "sha256": m.sha256.hex(),
+        "blake3": m.blake3.hex(),
+        "requires_python": m.requires_python or None,
+        "yanked": m.yanked,
+        "upload_time": m.upload_time,
+        "chunks": len(m.chunks),
+        "core_metadata": m.core_metadata is not None,
+    }
+    if partial:
+        out["held"] = st.has_file(m.blake3)
+    return out
 
 
 def _fmt_time(ts: int) -> str:

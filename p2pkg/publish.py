@@ -5,6 +5,10 @@ the one store transaction that makes it visible; any error before that
 leaves the store exactly as it was. Only the objects on changed projects'
 paths are new: file manifests, core-metadata blobs, project objects, one
 leaf and two nodes per changed project, and the root.
+
+A new file's upload time (what PEP 691 pages show and ``uv --exclude-newer``
+and lockfiles go by) follows an explicit policy, :data:`UploadTime`; a file
+already published keeps the time it was first published with.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal, cast, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from packaging.utils import (
@@ -59,6 +65,39 @@ DEFAULT_NAMESPACE = "main"
 #: Called as ``progress(done, total)`` after each archive is ingested.
 Progress = Callable[[int, int], None]
 
+UploadTimePolicy = Literal["mtime", "now", "archive"]
+#: Where a new file's upload time comes from: ``"mtime"`` the source file's
+#: modification time (what a directory of built or downloaded archives knows),
+#: ``"now"`` the publish time (like an index receiving an upload), ``"archive"``
+#: the time the archive records for its METADATA / PKG-INFO member (falling back
+#: to mtime when it records none, or a future one), or an int: that POSIX time
+#: for every new file. Whatever the source, times are clamped to [0, now].
+UploadTime = UploadTimePolicy | int
+UPLOAD_TIME_POLICIES: tuple[str, ...] = get_args(UploadTimePolicy)
+
+
+def parse_upload_time(text: str) -> UploadTime:
+    """A policy name, or an ISO 8601 time as a POSIX time.
+
+    ``2024-05-01T12:00:00Z``, ``2024-05-01T14:00:00+02:00``, ``2024-05-01``
+    (midnight UTC); a time without a zone is UTC, so the result does not depend
+    on the publishing machine's zone. Raises :class:`PublishError`.
+    """
+    value = text.strip()
+    if value in UPLOAD_TIME_POLICIES:
+        return cast(UploadTimePolicy, value)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        choices = ", ".join(UPLOAD_TIME_POLICIES)
+        raise PublishError(
+            f"not an upload time: {text!r} (one of {choices}, "
+            "or an ISO 8601 time such as 2024-05-01T12:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp())
+
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
@@ -78,6 +117,7 @@ class _Ingested:
     path: Path
     info: ArchiveInfo
     hashed: Hashed
+    mtime: int  # of the source file, for the "mtime" upload-time policy
 
 
 def collect_archives(paths: Iterable[Path]) -> list[Path]:
@@ -106,8 +146,38 @@ def _file_identity(filename: str) -> tuple[object, ...]:
 
 
 def _ingest(path: Path, temp_dir: Path) -> _Ingested:
+    mtime = int(path.stat().st_mtime)
     info = inspect_archive(path)
-    return _Ingested(path, info, hash_file(path, temp_dir))
+    return _Ingested(path, info, hash_file(path, temp_dir), mtime)
+
+
+def _check_upload_time(upload_time: object) -> None:
+    # bool is an int to Python, but True as a timestamp is surely a mistake.
+    if isinstance(upload_time, bool) or not (
+        isinstance(upload_time, int) or upload_time in UPLOAD_TIME_POLICIES
+    ):
+        choices = ", ".join(UPLOAD_TIME_POLICIES)
+        raise PublishError(
+            f"upload time must be one of {choices} or a POSIX time, not {upload_time!r}"
+        )
+
+
+def _upload_time_of(item: _Ingested, policy: UploadTime, override: int | None, now: int) -> int:
+    """The upload time a new file is published with (see :data:`UploadTime`)."""
+    if override is not None:
+        chosen = override
+    elif isinstance(policy, int):
+        chosen = policy
+    elif policy == "now":
+        chosen = now
+    elif policy == "archive":
+        recorded = item.info.recorded_time
+        # A build time in the future is a builder's clock or zone gone wrong.
+        chosen = recorded if recorded is not None and recorded <= now else item.mtime
+    else:
+        chosen = item.mtime
+    # Before the epoch cannot be encoded; after the publish is no upload time.
+    return int(min(max(chosen, 0), now))
 
 
 def publish(
@@ -123,16 +193,24 @@ def publish(
     unyank: Iterable[str] = (),
     progress: Progress | None = None,
     workers: int | None = None,
+    upload_time: UploadTime = "mtime",
+    upload_times: Mapping[str, int] | None = None,
 ) -> PublishResult:
     """Publish ``paths`` (files or directories) and sign a new root.
 
     With no paths (and no yank / rotation) the current namespace is re-signed
     with a new version and expiry. Re-publishing identical files changes
     nothing and writes no root.
+
+    New files get their upload time from ``upload_time`` (:data:`UploadTime`),
+    except those named in ``upload_times`` (filename to POSIX time, e.g. an
+    upstream index's times), which get that time; names in it that are not
+    being published are ignored. Files already published keep theirs.
     """
     now = time.time() if now is None else now
     if not keys:
         raise PublishError("at least one signing key is needed")
+    _check_upload_time(upload_time)
     archives = collect_archives(paths)
     with store.writing():
         return _publish_locked(
@@ -148,6 +226,8 @@ def publish(
             resign=not paths,
             progress=progress,
             workers=workers or min(4, os.cpu_count() or 1),
+            upload_time=upload_time,
+            upload_times=dict(upload_times or {}),
         )
 
 
@@ -186,6 +266,8 @@ def _publish_locked(
     resign: bool,
     progress: Progress | None,
     workers: int,
+    upload_time: UploadTime,
+    upload_times: dict[str, int],
 ) -> PublishResult:
     current = _current_root(store, keys, namespace)
     if current is None:
@@ -225,6 +307,8 @@ def _publish_locked(
                 yank=yank,
                 unyank=unyank,
                 resign=resign,
+                upload_time=upload_time,
+                upload_times=upload_times,
             )
         finally:
             for fut in futures:
@@ -249,6 +333,8 @@ def _apply(
     yank: dict[str, str],
     unyank: set[str],
     resign: bool,
+    upload_time: UploadTime,
+    upload_times: dict[str, int],
 ) -> PublishResult:
     get = store.get_object
     writer = tree.TreeWriter()
@@ -310,7 +396,7 @@ def _apply(
             blake3=h.blake3,
             requires_python=item.info.requires_python,
             yanked=None,
-            upload_time=int(now),
+            upload_time=_upload_time_of(item, upload_time, upload_times.get(filename), int(now)),
             core_metadata=core,
             chunks=h.chunks,
         )
@@ -363,7 +449,9 @@ def _apply(
     )
     signed = sign_root(root, signing)
     new_objects = {oid: data for oid, data in writer.objects.items() if not store.has_object(oid)}
-    store.commit(files=new_files.values(), objects=new_objects, root=signed.encode())
+    # The master's store holds the whole namespace: verify treats a missing
+    # tree object there as damage, not as a partial mirror.
+    store.commit(files=new_files.values(), objects=new_objects, root=signed.encode(), full=True)
     log.info("published root version %d (%d new objects)", root.version, len(new_objects) + 1)
     return PublishResult(
         root.version,

@@ -205,7 +205,9 @@ class Seeder:
             f.last_sync = time.time()
             return False
         await self._sync(trusted)
-        self.store.commit(root=trusted.signed.encode())
+        # A full mirror holds everything under its root (verify holds it to that);
+        # a --project subset holds the paths to its projects only.
+        self.store.commit(root=trusted.signed.encode(), full=not self.projects)
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
         f.last_sync = time.time()

@@ -18,6 +18,7 @@ reuses.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -31,12 +32,14 @@ from types import TracebackType
 from p2pkg.chunking import ChunkId, ChunkRef, offsets
 from p2pkg.errors import NotFoundError, StoreError
 from p2pkg.fsutil import fsync_path
-from p2pkg.ingest import Hashed
+from p2pkg.ingest import Hashed, hash_path
 from p2pkg.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
 from p2pkg.root import decode_signed_root
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "index.sqlite"
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,9 +53,18 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE TABLE IF NOT EXISTS chunks (
     id BLOB NOT NULL, file BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    PRIMARY KEY (id, file)
+    PRIMARY KEY (file, offset)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file, offset);
+CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (id);
+"""
+
+# Schema 1 keyed chunks by (id, file): an archive holding the same chunk twice
+# kept only its first occurrence. Schema 2 records every occurrence.
+_CHUNKS_V2 = """
+CREATE TABLE chunks_v2 (
+    id BLOB NOT NULL, file BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY (file, offset)
+) WITHOUT ROWID
 """
 
 
@@ -97,14 +109,14 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=10000")
+            version = _schema_version(db)
+            if version == 1:
+                _migrate_v1(db, path)
+            elif version is not None and version != SCHEMA_VERSION:
+                raise StoreError(f"store schema {version} is not {SCHEMA_VERSION}")
+            # Idempotent; creates a new store's tables (and, after a migration, nothing).
             db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store database {db_path}: {exc}") from None
         return cls(path, db)
@@ -163,6 +175,21 @@ class Store:
 
     # ------------------------------------------------------------------ meta
 
+    @property
+    def is_full(self) -> bool:
+        """Whether the store is meant to hold the whole namespace (a master, a full seed).
+
+        A store without the mark (a cache, a ``--project`` seed, a fetch's
+        store) may hold only the tree paths it needed: ``verify`` and ``show``
+        then describe what it holds instead of reporting what it lacks.
+        """
+        row = self._db.execute("SELECT value FROM meta WHERE key='full'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def mark_full(self, full: bool = True) -> None:
+        """Set (or with ``full=False`` clear) the full-copy mark."""
+        _set_full(self._db, full)
+
     # ------------------------------------------------------------------ objects
 
     def get_stored(self, oid: ObjectId) -> bytes:
@@ -175,6 +202,11 @@ class Store:
     def get_object(self, oid: ObjectId) -> bytes:
         """Canonical bytes of an object, checked against its id."""
         return open_object(self.get_stored(oid), oid)
+
+    def find_object(self, oid: ObjectId) -> bytes | None:
+        """Canonical bytes of an object, or None when the store does not hold it."""
+        row = self._db.execute("SELECT data FROM objects WHERE id=?", (oid,)).fetchone()
+        return None if row is None else open_object(bytes(row[0]), oid)
 
     def has_object(self, oid: ObjectId) -> bool:
         return self._db.execute("SELECT 1 FROM objects WHERE id=?", (oid,)).fetchone() is not None
@@ -284,12 +316,14 @@ class Store:
         files: Iterable[Hashed] = (),
         objects: Mapping[ObjectId, bytes] = {},
         root: bytes | None = None,
+        full: bool | None = None,
     ) -> None:
         """Atomically add archives (from their temp copies), objects and a root.
 
         ``objects`` maps id -> canonical bytes (ids are re-checked); ``root`` is a
         signed root's canonical bytes. Either everything becomes visible or nothing
-        the index refers to changes.
+        the index refers to changes. ``full`` sets (True) or clears (False) the
+        full-copy mark (:attr:`is_full`) in the same transaction; None leaves it.
         """
         files = list(files)
         self._place_all(files)
@@ -326,6 +360,8 @@ class Store:
                 if bytes(held[0]) != root_row[1]:
                     raise StoreError(f"store already holds another root version {root_row[0]}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('namespace', ?)", root_row[2:])
+            if full is not None:
+                _set_full(db, full)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -349,3 +385,96 @@ class Store:
 def _chunk_rows(file: bytes, chunks: Sequence[ChunkRef]) -> Iterator[tuple[bytes, bytes, int, int]]:
     for c, offset in zip(chunks, offsets(chunks), strict=True):
         yield c.id, file, offset, c.length
+
+
+def _set_full(db: sqlite3.Connection, full: bool) -> None:
+    if full:
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('full', '1')")
+    else:
+        db.execute("DELETE FROM meta WHERE key='full'")
+
+
+def _schema_version(db: sqlite3.Connection) -> int | None:
+    """The schema a database was written with; None for a new (empty) database."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None:
+            return int(row[0])
+    return None
+
+
+def _migrate_v1(db: sqlite3.Connection, path: Path) -> None:
+    """Re-key the chunk index by (file, offset) and restore the chunks schema 1 lost.
+
+    One transaction: a crash or a concurrent opener sees schema 1 or schema 2,
+    never a mix. Only archives whose indexed chunk lengths do not add up to
+    their size lost rows (a repeated chunk); those are re-chunked from disk
+    (FastCDC is deterministic: the same rows publish would have written). A
+    store without repeats costs one copy and one aggregate query.
+    """
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        if _schema_version(db) != 1:  # another process migrated it meanwhile
+            db.execute("ROLLBACK")
+            return
+        db.execute(_CHUNKS_V2)
+        # In the new key's order (the old chunks_by_file index): appends, not inserts.
+        db.execute(
+            "INSERT OR IGNORE INTO chunks_v2 (id, file, offset, length) "
+            "SELECT id, file, offset, length FROM chunks ORDER BY file, offset"
+        )
+        db.execute("DROP TABLE chunks")  # drops chunks_by_file with it
+        db.execute("ALTER TABLE chunks_v2 RENAME TO chunks")
+        short = [
+            (bytes(b3), int(size))
+            for b3, size in db.execute(
+                "SELECT blake3, size FROM files WHERE size != "
+                "(SELECT coalesce(sum(length), 0) FROM chunks WHERE file = files.blake3)"
+            )
+        ]
+        reindexed = _rechunk(db, path, short)
+        db.execute("CREATE INDEX chunks_by_id ON chunks (id)")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.info(
+        "store %s: chunk index migrated to schema %d; re-indexed %d archive(s) "
+        "with repeated chunks",
+        path,
+        SCHEMA_VERSION,
+        reindexed,
+    )
+
+
+def _rechunk(db: sqlite3.Connection, path: Path, files: list[tuple[bytes, int]]) -> int:
+    """Rewrite the chunk rows of ``files`` from their bytes on disk; the count rewritten.
+
+    An archive missing or changed on disk keeps its rows: ``verify`` reports it.
+    """
+    if not files:
+        return 0
+
+    def hashed(b3: bytes) -> Hashed | None:
+        h = b3.hex()
+        try:
+            return hash_path(path / "files" / h[:2] / h)
+        except OSError as exc:
+            log.warning("store %s: cannot re-index archive %s: %s", path, h, exc.strerror)
+            return None
+
+    done = 0
+    # Hashing releases the GIL: a few threads; SQLite stays on this one.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for (b3, size), result in zip(files, pool.map(hashed, [b for b, _ in files]), strict=True):
+            if result is None:
+                continue
+            if result.blake3 != b3 or result.size != size:
+                log.warning("store %s: archive %s does not match its hash", path, b3.hex())
+                continue
+            db.execute("DELETE FROM chunks WHERE file=?", (b3,))
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)", _chunk_rows(b3, result.chunks))
+            done += 1
+    return done

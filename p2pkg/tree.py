@@ -31,6 +31,9 @@ from p2pkg.objects import (
 #: Returns the canonical bytes of an object (already checked against its id).
 GetObject = Callable[[ObjectId], bytes]
 
+#: Like :data:`GetObject`, but None for an object the source does not hold.
+FindObject = Callable[[ObjectId], bytes | None]
+
 
 @dataclass
 class TreeWriter:
@@ -89,6 +92,45 @@ def iter_projects(get: GetObject, tree: ObjectId) -> Iterator[LeafEntry]:
             yield from walk(entry.child, depth + 1)
 
     yield from walk(tree, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldTree:
+    """The part of a tree a source holds (a cache or a subset seed holds only some paths)."""
+
+    #: Every leaf entry of the held leaves, in tree order (the projects themselves
+    #: may or may not be held).
+    projects: tuple[LeafEntry, ...]
+    #: Nodes and leaves that held nodes reference but the source lacks: the
+    #: subtrees it does not hold.
+    missing: tuple[ObjectId, ...]
+
+    @property
+    def subtrees_missing(self) -> int:
+        return len(self.missing)
+
+
+def held_projects(find: FindObject, tree: ObjectId) -> HeldTree:
+    """Walk the held part of a tree: the projects it reaches and the subtrees it lacks.
+
+    Unlike :func:`iter_projects`, a missing node or leaf is counted, not
+    raised: for a partial store that is a fact, not an error.
+    """
+    projects: list[LeafEntry] = []
+    missing: list[ObjectId] = []
+
+    def walk(oid: ObjectId, depth: int) -> None:
+        data = find(oid)
+        if data is None:
+            missing.append(oid)
+        elif depth == TREE_LEVELS:
+            projects.extend(decode_as(data, Leaf).projects)
+        else:
+            for entry in decode_as(data, Node).children:
+                walk(entry.child, depth + 1)
+
+    walk(tree, 0)
+    return HeldTree(tuple(projects), tuple(missing))
 
 
 def iter_tree_ids(get: GetObject, tree: ObjectId) -> Iterator[tuple[ObjectId, int]]:

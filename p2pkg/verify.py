@@ -4,6 +4,11 @@ Problems are things the store claims but does not hold or that do not hash
 to what they claim; warnings are harmless leftovers (an orphan archive from
 a crash between rename and commit) or facts an operator should act on (an
 expired root: re-sign).
+
+A store marked full (:attr:`p2pkg.store.Store.is_full`: a master, a full
+seed) must hold the whole tree its latest root names: a missing object is a
+problem. Any other store (a cache, a ``--project`` seed) holds the tree paths
+it needed; what it lacks is a fact, reported with what it holds.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from p2pkg.errors import (
     DecodeError,
     ExpiredRootError,
     IntegrityError,
-    NotFoundError,
     P2pkgError,
     TrustError,
 )
@@ -67,8 +71,8 @@ def verify_store(
         return report
     _check_objects(store, report)
     _check_roots(store, pinned, now, report)
-    _check_tree(store, report)
     files = list(store.iter_files())
+    _check_tree(store, len(files), report)
     _check_files(store, files, report, progress)
     _check_leftovers(store, files, report)
     return report
@@ -112,8 +116,12 @@ def _check_roots(store: Store, pinned: frozenset[bytes] | None, now: float, repo
         report.problems.append(f"root chain: {exc}")
 
 
-def _check_tree(store: Store, report: Report) -> None:
-    """Everything the latest root references is present and decodes as its kind."""
+#: At most this many missing objects are listed one by one (a full store's problems).
+MAX_LISTED_MISSING = 20
+
+
+def _check_tree(store: Store, archives: int, report: Report) -> None:
+    """What the latest root references is present (or, partial, counted) and decodes."""
     data = store.latest_root()
     if data is None:
         return
@@ -121,30 +129,69 @@ def _check_tree(store: Store, report: Report) -> None:
         root = decode_signed_root(data)[1]
     except DecodeError:
         return  # already reported
-    get = store.get_object
-    projects = files = held = 0
+    find = store.find_object
+    projects = projects_held = files = files_held = 0
+    listed: set[bytes] = set()  # held archives the held part of the tree lists
+    absent: list[str] = []  # what the tree references and the store lacks
+    walk = tree.HeldTree((), ())
     try:
-        for entry in tree.iter_projects(get, root.tree):
+        walk = tree.held_projects(find, root.tree)
+        absent += [f"tree object {oid.hex()} not in store" for oid in walk.missing]
+        for entry in walk.projects:
             projects += 1
-            project = decode_as(get(entry.project), Project)
+            raw = find(entry.project)
+            if raw is None:
+                absent.append(f"project {entry.name!r}: object {entry.project.hex()} not in store")
+                continue
+            projects_held += 1
+            project = decode_as(raw, Project)
             if project.name != entry.name:
                 report.problems.append(f"leaf names {entry.name!r}, project says {project.name!r}")
             for f in project.files:
                 files += 1
-                manifest = decode_as(get(f.manifest), FileManifest)
+                raw = find(f.manifest)
+                if raw is None:
+                    absent.append(f"{f.filename}: manifest {f.manifest.hex()} not in store")
+                    continue
+                manifest = decode_as(raw, FileManifest)
                 if manifest.filename != f.filename:
                     report.problems.append(f"{f.filename}: manifest names {manifest.filename}")
                 if manifest.core_metadata is not None and not store.has_object(
                     manifest.core_metadata.blob
                 ):
-                    report.problems.append(f"{f.filename}: core metadata object missing")
+                    absent.append(f"{f.filename}: core metadata object missing")
                 if store.has_file(manifest.blake3):
-                    held += 1
-    except (NotFoundError, DecodeError, IntegrityError) as exc:
+                    files_held += 1
+                    listed.add(manifest.blake3)
+    except (DecodeError, IntegrityError) as exc:
         report.problems.append(f"namespace tree: {exc}")
-    report.counts.update(projects=projects, files_in_namespace=files, files_held=held)
-    if held < files:
-        report.warnings.append(f"holds {held} of the namespace's {files} files (partial mirror)")
+    if absent and not store.is_full:
+        # A cache or a subset seed: the parts it lacks are facts, not damage.
+        report.counts.update(
+            projects_held=projects_held,
+            files_listed=files,
+            archives=archives,
+            archives_listed=len(listed),
+            subtrees_missing=walk.subtrees_missing,
+        )
+        report.warnings.append(
+            f"partial store: holds {archives} archive(s); metadata for {projects_held}"
+            f" project(s) ({walk.subtrees_missing} subtree(s) not held)"
+        )
+        return
+    for what in absent[:MAX_LISTED_MISSING]:
+        report.problems.append(f"namespace tree: {what}")
+    if len(absent) > MAX_LISTED_MISSING:
+        report.problems.append(
+            f"namespace tree: {len(absent) - MAX_LISTED_MISSING} more object(s) not in store"
+        )
+    report.counts.update(projects=projects, files_in_namespace=files, files_held=files_held)
+    if files_held < files:
+        other = archives - len(listed)
+        report.warnings.append(
+            f"holds {files_held} of the namespace's {files} files (partial mirror)"
+            + (f"; {other} other archive(s) not listed by the latest root" if other else "")
+        )
 
 
 def _check_one_file(

@@ -537,7 +537,7 @@ def test_range_requests_count_the_bytes_sent_not_whole_files(
     with Testbed() as bed:
         _, master = bed.serve(store)
         cache = _start_cache(bed, tmp_path / "cache", pub, [master])
-        code, body, _ = _get(
+        _, body, _ = _get(
             f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"}
         )
         wheel = next(f for f in json.loads(body)["files"] if f["filename"].startswith("base-2.0"))

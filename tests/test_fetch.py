@@ -367,6 +367,7 @@ async def test_seed_syncs_with_object_batches(tmp_path: Path) -> None:
         assert await seeder.sync_once()
         files, _ = seeder.store.stats()
         assert files == 43  # every archive
+        assert seeder.store.is_full  # a full mirror: verify holds it to the whole tree
         object_requests = upstream.stats.requests - files
         assert object_requests < objects // 4, (object_requests, objects)
     finally:

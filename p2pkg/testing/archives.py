@@ -59,12 +59,13 @@ def build_wheel(
     files: Mapping[str, bytes] | None = None,
     tag: str = "py3-none-any",
     compress: bool = False,
+    date_time: tuple[int, int, int, int, int, int] = (2024, 1, 1, 0, 0, 0),
 ) -> Path:
     """Write ``{name}-{version}-{tag}.whl`` into ``out_dir`` and return its path.
 
     ``payload`` adds a data file to the package: bytes as given, or an int
     for that many random (incompressible) bytes. The module is importable
-    and exposes ``__version__``.
+    and exposes ``__version__``. Every member is dated ``date_time``.
     """
     dist = _dist_name(name)
     module = dist
@@ -87,15 +88,20 @@ def build_wheel(
     members[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
     path = out_dir / f"{dist}-{version}-{tag}.whl"
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    _write_zip(path, members, method)
+    _write_zip(path, members, method, date_time)
     return path
 
 
-def _write_zip(path: Path, members: Mapping[str, bytes], method: int) -> None:
+def _write_zip(
+    path: Path,
+    members: Mapping[str, bytes],
+    method: int,
+    date_time: tuple[int, int, int, int, int, int] = (2024, 1, 1, 0, 0, 0),
+) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=method) as zf:
         for member, data in members.items():
-            zi = zipfile.ZipInfo(member, date_time=(2024, 1, 1, 0, 0, 0))
+            zi = zipfile.ZipInfo(member, date_time=date_time)
             zi.compress_type = method
             zi.external_attr = 0o644 << 16
             zf.writestr(zi, data)
@@ -110,8 +116,12 @@ def build_sdist(
     requires_python: str | None = None,
     requires_dist: Iterable[str] = (),
     payload: bytes | int = b"",
+    mtime: int | None = None,
 ) -> Path:
-    """Write ``{name}-{version}.tar.gz`` (setuptools-buildable) into ``out_dir``."""
+    """Write ``{name}-{version}.tar.gz`` (setuptools-buildable) into ``out_dir``.
+
+    Members are dated ``mtime`` (POSIX time), by default the time of the call.
+    """
     dist = _dist_name(name)
     root = f"{dist}-{version}"
     if isinstance(payload, int):
@@ -137,7 +147,7 @@ def build_sdist(
         for member, data in members.items():
             ti = tarfile.TarInfo(member)
             ti.size = len(data)
-            ti.mtime = int(time.time())
+            ti.mtime = int(time.time()) if mtime is None else mtime
             ti.mode = 0o644
             tf.addfile(ti, io.BytesIO(data))
     tmp.replace(path)
