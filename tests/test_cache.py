@@ -145,6 +145,17 @@ def test_pip_and_uv_install_through_the_cache(
         st = status(cache)
         assert st["role"] == "cache" and st["misses"] >= 3 and st["hits"] >= 1
 
+        # The cache's store is partial: show and verify describe it, neither fails.
+        for args in (["verify", "--json"], ["show", "--trust", pub, "--json"]):
+            cmd = p2pkg_cmd(*args, "--store", str(tmp_path / "cache"))
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            assert res.returncode == 0, res.stdout + res.stderr
+            report = json.loads(res.stdout)
+            if args[0] == "verify":
+                assert report["counts"]["archives"] == st["files_held"], report
+            else:
+                assert "top" in report["projects"], report
+
         # Every seed and the master stop: a fresh venv still installs, from the cache.
         for proc in (seed1_proc, seed2_proc, master_proc):
             proc.terminate()
