@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check p2pkg tests netsim
 	$(BIN)/ruff format --check p2pkg tests netsim
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest

@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim.common import bench_dir, median
 from netsim.testbed import Testbed, p2pkg_cmd, spawn, wait_synced
-from p2pkg.namespace import open_store_namespace
-from p2pkg.objects import Blob, decode_as
-from p2pkg.publish import publish
-from p2pkg.root import format_pubkey, public_bytes
-from p2pkg.simple import index_html, project_html
-from p2pkg.store import Store
+from p2pkg.core.objects import Blob, decode_as
+from p2pkg.core.root import format_pubkey, public_bytes
+from p2pkg.core.simple import index_html, project_html
+from p2pkg.io.store import Store
+from p2pkg.roles.namespace import open_store_namespace
+from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_wheel
 
 COUNT = 30

@@ -20,8 +20,8 @@ from typing import Any
 from kademlia.network import Server
 from rpcudp.protocol import RPCProtocol
 
-from p2pkg.dht import DhtNode, DhtProtocol
-from p2pkg.dht_records import ProviderLimits, ProviderStore
+from p2pkg.core.dht_records import ProviderLimits, ProviderStore
+from p2pkg.io.dht import DhtNode, DhtProtocol
 
 N = 200
 LOOKUPS = 40

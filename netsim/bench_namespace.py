@@ -20,11 +20,11 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim.common import bench_dir
-from p2pkg import tree
-from p2pkg.namespace import open_store_namespace
-from p2pkg.objects import ObjectId, Project, compress, encode, object_id
-from p2pkg.publish import publish
-from p2pkg.store import Store
+from p2pkg.core import tree
+from p2pkg.core.objects import ObjectId, Project, compress, encode, object_id
+from p2pkg.io.store import Store
+from p2pkg.roles.namespace import open_store_namespace
+from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_wheel
 
 PROJECTS = 2_000

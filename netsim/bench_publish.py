@@ -27,11 +27,11 @@ import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim.common import bench_dir, ensure_debian_tool, median, timed, warm
-from p2pkg.chunking import make_chunker
-from p2pkg.ingest import hash_path
-from p2pkg.keys import generate_key_file
-from p2pkg.publish import publish
-from p2pkg.store import Store
+from p2pkg.core.chunking import make_chunker
+from p2pkg.io.ingest import hash_path
+from p2pkg.io.keys import generate_key_file
+from p2pkg.io.store import Store
+from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_wheel
 
 MiB = 1 << 20

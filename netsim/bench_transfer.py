@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from netsim import references as ref
 from netsim.common import bench_dir, median, warm
 from netsim.testbed import Testbed
-from p2pkg.export import export_store
-from p2pkg.publish import publish
-from p2pkg.root import format_pubkey, public_bytes
-from p2pkg.store import Store
+from p2pkg.core.root import format_pubkey, public_bytes
+from p2pkg.io.store import Store
+from p2pkg.roles.export import export_store
+from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_wheel
 
 MiB = 1 << 20
@@ -70,7 +70,7 @@ class Bench:
         warm(sorted(self.files_path.iterdir()))
 
     def url_of(self, base: str, path: Path) -> str:
-        from p2pkg.ingest import hash_path
+        from p2pkg.io.ingest import hash_path
 
         return f"{base}/p2pkg/v1/files/{hash_path(path).blake3.hex()}"
 
@@ -235,7 +235,7 @@ class Bench:
             publish(st, [self.key], [old, new])
         import anyio
 
-        from p2pkg.fetch import Fetcher
+        from p2pkg.roles.fetch import Fetcher
 
         with Testbed() as bed, tempfile.TemporaryDirectory() as tmp:
             _, peer = bed.serve(self.store)

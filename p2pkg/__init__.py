@@ -17,13 +17,13 @@ __version__ = "0.1.0"
 __all__ = ["Client", "SyncClient", "__version__"]
 
 if TYPE_CHECKING:
-    from p2pkg.api import Client, SyncClient
+    from p2pkg.roles.client import Client, SyncClient
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import p2pkg` stays cheap for the CLI's start-up time.
     if name in ("Client", "SyncClient"):
-        from p2pkg import api
+        from p2pkg.roles import client as api
 
         return getattr(api, name)
     raise AttributeError(name)

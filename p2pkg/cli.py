@@ -156,7 +156,7 @@ def trust_option(f: F) -> F:
 
 
 def parse_trust(values: tuple[str, ...]) -> frozenset[bytes] | None:
-    from p2pkg.root import parse_pubkey
+    from p2pkg.core.root import parse_pubkey
 
     return frozenset(parse_pubkey(v) for v in values) if values else None
 
@@ -225,8 +225,8 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
     The printed line (ed25519:<hex>) is what clients, seeds and caches pass
     to --trust.
     """
-    from p2pkg.keys import generate_key_file
-    from p2pkg.root import format_pubkey
+    from p2pkg.core.root import format_pubkey
+    from p2pkg.io.keys import generate_key_file
 
     with errors_as_exit():
         pub = format_pubkey(generate_key_file(out, force=force))
@@ -295,10 +295,10 @@ def publish(
     file that is already published is a no-op. With no PATHS (and no
     --yank/--rotate-to), the namespace is re-signed with a fresh expiry.
     """
-    from p2pkg.keys import load_private_key
-    from p2pkg.publish import parse_upload_time
-    from p2pkg.publish import publish as do_publish
-    from p2pkg.store import Store
+    from p2pkg.io.keys import load_private_key
+    from p2pkg.io.store import Store
+    from p2pkg.roles.publish import parse_upload_time
+    from p2pkg.roles.publish import publish as do_publish
 
     seconds = parse_duration(expires)
     try:
@@ -350,8 +350,8 @@ def publish(
 def _push_root(store: Path, urls: tuple[str, ...]) -> dict[str, str]:
     import anyio
 
-    from p2pkg.seed import notify
-    from p2pkg.store import Store
+    from p2pkg.io.store import Store
+    from p2pkg.roles.seed import notify
 
     with Store.open(store) as st:
         latest = st.latest_root_stored()
@@ -391,8 +391,8 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
 @click.argument("project", required=False)
 def show(store: Path, trust: tuple[str, ...], as_json: bool, project: str | None) -> None:
     """Show the namespace (verified): the root, its projects, or one project's files."""
-    from p2pkg.namespace import open_store_namespace
-    from p2pkg.store import Store
+    from p2pkg.io.store import Store
+    from p2pkg.roles.namespace import open_store_namespace
 
     with errors_as_exit(), Store.open(store) as st:
         ns = open_store_namespace(st, parse_trust(trust))
@@ -476,8 +476,8 @@ def verify(store: Path, trust: tuple[str, ...], as_json: bool) -> None:
     hash; warnings (leftovers of an interrupted write, an expired root) do
     not fail the check.
     """
-    from p2pkg.store import Store
-    from p2pkg.verify import verify_store
+    from p2pkg.io.store import Store
+    from p2pkg.roles.verify import verify_store
 
     with errors_as_exit(), Store.open(store) as st, _progress("verifying") as bar:
         report = verify_store(st, parse_trust(trust), progress=bar)
@@ -571,7 +571,7 @@ def _dht_service(listen: str | None, bootstrap: tuple[str, ...], state: Path | N
     """A DhtService when either DHT option was given, else None."""
     if not listen and not bootstrap:
         return None
-    from p2pkg.dht_service import DhtService, parse_hostport
+    from p2pkg.io.dht_service import DhtService, parse_hostport
 
     where = parse_listen(listen) if listen else ("0.0.0.0", 0)
     return DhtService(where, [parse_hostport(b) for b in bootstrap], state)
@@ -596,7 +596,7 @@ async def _with_dht(dht: Any, main: Callable[[], Any], announce: Callable[[], An
 
 
 def _server_config(max_connections: int, rate: str | None) -> Any:
-    from p2pkg.http.server import ServerConfig
+    from p2pkg.io.http.server import ServerConfig
 
     return ServerConfig(max_connections=max_connections, rate=parse_size(rate) if rate else None)
 
@@ -642,12 +642,12 @@ def serve(
     Serves the signed root, objects, chunks, chunk batches and whole
     archives with Range support (docs/protocol.md §6). Runs until Ctrl-C.
     """
-    from p2pkg.http.server import PeerServer
-    from p2pkg.store import Store
+    from p2pkg.io.http.server import PeerServer
+    from p2pkg.io.store import Store
 
     host, port = parse_listen(listen)
     config = _server_config(max_connections, rate)
-    from p2pkg.dht_service import STATE_FILE, full_store_keys
+    from p2pkg.io.dht_service import STATE_FILE, full_store_keys
 
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
@@ -711,7 +711,7 @@ def seed(
     object and chunk, and serves everything it holds. GET /p2pkg/v1/status
     reports its freshness (synced version, lag). Runs until Ctrl-C.
     """
-    from p2pkg.seed import SeedConfig, Seeder
+    from p2pkg.roles.seed import SeedConfig, Seeder
 
     pins = parse_trust(trust)
     if pins is None:
@@ -719,7 +719,7 @@ def seed(
     host, port = parse_listen(listen)
     config = SeedConfig(interval=float(parse_duration(interval)))
 
-    from p2pkg.dht_service import STATE_FILE, full_store_keys, held_file_keys
+    from p2pkg.io.dht_service import STATE_FILE, full_store_keys, held_file_keys
 
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
@@ -812,7 +812,7 @@ def cache(
     the installer as they arrive. The cache is a peer too, keeps serving what
     it holds when the peers are gone, and shows its status at http://HOST:PORT/.
     """
-    from p2pkg.cache import Cache, CacheConfig
+    from p2pkg.roles.cache import Cache, CacheConfig
 
     pins = parse_trust(trust)
     if pins is None:
@@ -825,7 +825,7 @@ def cache(
         lan_interfaces=lan_interfaces or None,
     )
 
-    from p2pkg.dht_service import STATE_FILE, held_file_keys
+    from p2pkg.io.dht_service import STATE_FILE, held_file_keys
 
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
@@ -910,9 +910,9 @@ def fetch(
     BLAKE3 id as it arrives; a file appears in --dest only once its sha256
     and BLAKE3 match the signed manifest. An interrupted fetch resumes.
     """
-    from p2pkg.fetch import Fetcher
-    from p2pkg.fsutil import fsync_path
-    from p2pkg.store import Store
+    from p2pkg.io.fsutil import fsync_path
+    from p2pkg.io.store import Store
+    from p2pkg.roles.fetch import Fetcher
 
     pins = parse_trust(trust)
     if pins is None:
@@ -980,10 +980,10 @@ async def _discover_dht(
     fetcher: Any, dht: Any, pins: frozenset[bytes], specs: tuple[str, ...]
 ) -> None:
     """Add the providers of each spec's namespace bin, found through the DHT, as tier-2 peers."""
-    from p2pkg.dht_records import bin_key
-    from p2pkg.fetch import Peer
-    from p2pkg.objects import name_hash
-    from p2pkg.select import parse_spec
+    from p2pkg.core.dht_records import bin_key
+    from p2pkg.core.objects import name_hash
+    from p2pkg.core.select import parse_spec
+    from p2pkg.roles.fetch import Peer
 
     node = await dht.start()
     try:
@@ -1001,8 +1001,8 @@ async def _discover_lan(
     fetcher: Any, pins: frozenset[bytes], interfaces: tuple[str, ...], required: bool = True
 ) -> None:
     """Add caches announced on the LAN (DNS-SD) as preferred peers."""
-    from p2pkg.discovery import Lan
-    from p2pkg.fetch import Peer
+    from p2pkg.io.discovery import Lan
+    from p2pkg.roles.fetch import Peer
 
     lan = Lan(interfaces or None)
     try:
@@ -1058,8 +1058,8 @@ def export(store: Path, out: Path, as_json: bool) -> None:
     --peer/--upstream: clients fetch whole archives or byte ranges from it.
     Incremental; the root is written last.
     """
-    from p2pkg.export import export_store
-    from p2pkg.store import Store
+    from p2pkg.io.store import Store
+    from p2pkg.roles.export import export_store
 
     with errors_as_exit(), Store.open(store) as st:
         result = export_store(st, out)

@@ -13,11 +13,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim import testbed
-from p2pkg.http.client import PeerClient
-from p2pkg.http.server import PeerServer, ServerConfig
-from p2pkg.publish import publish
-from p2pkg.root import format_pubkey, public_bytes
-from p2pkg.store import Store
+from p2pkg.core.root import format_pubkey, public_bytes
+from p2pkg.io.http.client import PeerClient
+from p2pkg.io.http.server import PeerServer, ServerConfig
+from p2pkg.io.store import Store
+from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_sdist, build_wheel
 
 MiB = 1 << 20

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from p2pkg.chunking import ChunkId, ChunkRef
-from p2pkg.objects import (
+from p2pkg.core.chunking import ChunkId, ChunkRef
+from p2pkg.core.objects import (
     TREE_LEVELS,
     Blob,
     CoreMetadata,
@@ -19,7 +19,7 @@ from p2pkg.objects import (
     Project,
     name_hash,
 )
-from p2pkg.root import Root
+from p2pkg.core.root import Root
 
 hashes = st.binary(min_size=32, max_size=32)
 oids = hashes.map(ObjectId)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pkg.archives import inspect_archive
 from p2pkg.errors import ArchiveError
+from p2pkg.io.archives import inspect_archive
 from p2pkg.testing.archives import build_sdist, build_wheel
 
 

@@ -19,10 +19,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim.testbed import Testbed, p2pkg_cmd, spawn, status, wait_synced
+from p2pkg.core.root import format_pubkey, public_bytes
 from p2pkg.errors import TransportError
-from p2pkg.publish import publish
-from p2pkg.root import format_pubkey, public_bytes
-from p2pkg.store import Store
+from p2pkg.io.store import Store
+from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_sdist, build_wheel
 from tests.netutil import archive_path
 
@@ -274,13 +274,13 @@ async def test_install_succeeds_when_a_seed_serves_corrupt_bytes(
 ) -> None:
     import anyio
 
-    from p2pkg.cache import Cache
+    from p2pkg.roles.cache import Cache
     from tests.netutil import FaultyServer
 
     store, key, dist = namespace
     corrupt = FaultyServer(store, "corrupt")
     await corrupt.start()
-    from p2pkg.http.server import PeerServer
+    from p2pkg.io.http.server import PeerServer
 
     honest = PeerServer(store)
     await honest.start()
@@ -325,9 +325,9 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
     """First byte long before the last from a slow peer; a broken download stores nothing."""
     import time as _time
 
-    from p2pkg.cache import Cache
-    from p2pkg.http.client import BytesSink, PeerClient
-    from p2pkg.http.server import PeerServer, ServerConfig
+    from p2pkg.io.http.client import BytesSink, PeerClient
+    from p2pkg.io.http.server import PeerServer, ServerConfig
+    from p2pkg.roles.cache import Cache
 
     store, key, dist = namespace
     slow = PeerServer(store, ServerConfig(rate=1_000_000, burst=64 * 1024))  # 1 MB/s
@@ -385,9 +385,9 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
 async def test_size_cap_evicts_least_recently_used(
     namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
 ) -> None:
-    from p2pkg.cache import Cache, CacheConfig
-    from p2pkg.http.client import PeerClient
-    from p2pkg.http.server import PeerServer
+    from p2pkg.io.http.client import PeerClient
+    from p2pkg.io.http.server import PeerServer
+    from p2pkg.roles.cache import Cache, CacheConfig
 
     store, key, dist = namespace
     peer = PeerServer(store)

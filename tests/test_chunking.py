@@ -5,8 +5,8 @@ import random
 
 import blake3
 
-from p2pkg.chunking import chunk_refs, cut
 from p2pkg.config import CHUNK_PARAMS
+from p2pkg.core.chunking import chunk_refs, cut
 
 
 def _data(n: int, seed: int = 7) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pkg.codec import MAX_UVARINT, Reader, Writer
+from p2pkg.core.codec import MAX_UVARINT, Reader, Writer
 from p2pkg.errors import DecodeError
 
 

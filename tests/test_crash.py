@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from p2pkg.keys import generate_key_file
-from p2pkg.namespace import open_store_namespace
-from p2pkg.store import Store
+from p2pkg.io.keys import generate_key_file
+from p2pkg.io.store import Store
+from p2pkg.roles.namespace import open_store_namespace
+from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_wheel
-from p2pkg.verify import verify_store
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import pytest
 import umsgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pkg.dht import MAX_DATAGRAM, DhtNode
-from p2pkg.dht_records import ProviderLimits, ProviderStore, content_key
-from p2pkg.root import public_bytes
+from p2pkg.core.dht_records import ProviderLimits, ProviderStore, content_key
+from p2pkg.core.root import public_bytes
+from p2pkg.io.dht import MAX_DATAGRAM, DhtNode
 from p2pkg.testing.signer import make_root, signed_bytes, tamper_signature
 
 pytestmark = pytest.mark.anyio
@@ -251,7 +251,7 @@ def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
 
 
 def test_replies_always_fit_one_datagram() -> None:
-    from p2pkg.dht import _fit
+    from p2pkg.io.dht import _fit
 
     ipv6 = [(bytes([i]) * 20, "2001:db8:85a3:1234:5678:8a2e:370:7334", 65000) for i in range(20)]
     data = _fit(b"\x00" * 20, ipv6)
@@ -284,7 +284,7 @@ async def test_cancelled_rpcs_leave_no_state() -> None:
 
 
 async def test_restarted_node_rejoins_from_saved_contacts(tmp_path: Path) -> None:
-    from p2pkg.dht_service import DhtService
+    from p2pkg.io.dht_service import DhtService
 
     nodes = await start_network(8)
     state = tmp_path / "dht.json"

@@ -4,7 +4,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pkg.dht_records import (
+from p2pkg.core.dht_records import (
     KEY_LEN,
     ProviderLimits,
     ProviderStore,
@@ -12,7 +12,7 @@ from p2pkg.dht_records import (
     content_key,
     root_key,
 )
-from p2pkg.root import public_bytes
+from p2pkg.core.root import public_bytes
 from p2pkg.testing.signer import make_root, signed_bytes, tamper_signature
 
 K = content_key(b"\x01" * 32)

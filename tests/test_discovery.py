@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from p2pkg.cache import Cache, CacheConfig
-from p2pkg.discovery import Lan, announce_addresses
-from p2pkg.http.client import PeerClient
-from p2pkg.http.server import PeerServer
+from p2pkg.io.discovery import Lan, announce_addresses
+from p2pkg.io.http.client import PeerClient
+from p2pkg.io.http.server import PeerServer
+from p2pkg.roles.cache import Cache, CacheConfig
 
 from .netutil import Master, archive_path, make_master
 

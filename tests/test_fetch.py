@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from p2pkg.core.objects import compress
 from p2pkg.errors import FetchError, NotFoundError
-from p2pkg.export import export_store
-from p2pkg.fetch import Fetcher
-from p2pkg.http.client import ClientConfig
-from p2pkg.http.server import PeerServer
-from p2pkg.objects import compress
-from p2pkg.store import Store
+from p2pkg.io.http.client import ClientConfig
+from p2pkg.io.http.server import PeerServer
+from p2pkg.io.store import Store
+from p2pkg.roles.export import export_store
+from p2pkg.roles.fetch import Fetcher
 
 from .helpers import snapshot
 from .netutil import FakePeer, FaultyServer, Master, http_response, make_master
@@ -136,7 +136,7 @@ async def test_static_export_served_by_python_http_server(master: Master, tmp_pa
 
 
 def _small_spans():  # type: ignore[no-untyped-def]
-    from p2pkg.schedule import ScheduleConfig
+    from p2pkg.core.schedule import ScheduleConfig
 
     # Several spans per file, so the "server ignored Range" path is exercised.
     return ScheduleConfig(initial_span=1 << 20, min_span=512 * 1024, max_span=1 << 20)
@@ -171,7 +171,7 @@ async def test_resume_downloads_only_missing_chunks(master: Master, tmp_path: Pa
 
 
 async def test_upgrade_reuses_chunks_from_the_store(master: Master, tmp_path: Path) -> None:
-    from p2pkg.publish import publish
+    from p2pkg.roles.publish import publish
     from p2pkg.testing.archives import build_wheel
 
     payload = bytes(range(256)) * 20_000  # the same payload in both versions
@@ -253,8 +253,8 @@ async def test_resolve_many_uses_object_batches(master: Master, tmp_path: Path) 
 
 
 async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_path: Path) -> None:
-    from p2pkg.codec import encode_uvarint
-    from p2pkg.objects import ObjectId
+    from p2pkg.core.codec import encode_uvarint
+    from p2pkg.core.objects import ObjectId
 
     good = (await _servers(master, 1))[0]
     oid = ObjectId(b"\x01" * 32)
@@ -274,8 +274,8 @@ async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_
 
 async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path) -> None:
     """A rollback or an expired root from a peer is refused; nothing is written."""
-    from p2pkg.publish import publish
-    from p2pkg.root import Root, decode_signed_root, sign_root
+    from p2pkg.core.root import Root, decode_signed_root, sign_root
+    from p2pkg.roles.publish import publish
 
     with Store.open(master.store) as st:
         current = decode_signed_root(st.latest_root() or b"")[1]
@@ -316,8 +316,8 @@ async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path
 
 async def test_chunk_endpoints(master: Master) -> None:
     """GET chunks/<id> and POST chunks (batch) serve raw chunk bytes by id."""
-    from p2pkg.http import wire
-    from p2pkg.http.client import PeerClient
+    from p2pkg.io.http import wire
+    from p2pkg.io.http.client import PeerClient
 
     server = (await _servers(master, 1))[0]
     client = PeerClient(server.url)
@@ -347,8 +347,8 @@ async def test_chunk_endpoints(master: Master) -> None:
 
 async def test_seed_syncs_with_object_batches(tmp_path: Path) -> None:
     """A seed fetches each tree level in batches: far fewer requests than objects."""
-    from p2pkg.publish import publish
-    from p2pkg.seed import Seeder
+    from p2pkg.roles.publish import publish
+    from p2pkg.roles.seed import Seeder
     from p2pkg.testing.archives import build_wheel
 
     from .netutil import make_master

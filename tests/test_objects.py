@@ -7,10 +7,9 @@ import zstandard
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from p2pkg.codec import Writer
 from p2pkg.config import Limits
-from p2pkg.errors import DecodeError, IntegrityError
-from p2pkg.objects import (
+from p2pkg.core.codec import Writer
+from p2pkg.core.objects import (
     Blob,
     FileEntry,
     Kind,
@@ -25,7 +24,8 @@ from p2pkg.objects import (
     object_id,
     open_object,
 )
-from p2pkg.root import decode_signed_root
+from p2pkg.core.root import decode_signed_root
+from p2pkg.errors import DecodeError, IntegrityError
 
 from .strategies import any_object, manifests, projects
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import blake3
 import pytest
 
-from p2pkg.fetch import Fetcher
-from p2pkg.http import wire
-from p2pkg.http.client import PeerClient
-from p2pkg.objects import FileManifest, decode_as
-from p2pkg.store import Store
+from p2pkg.core.objects import FileManifest, decode_as
+from p2pkg.io.http import wire
+from p2pkg.io.http.client import PeerClient
+from p2pkg.io.store import Store
+from p2pkg.roles.fetch import Fetcher
 
 from .netutil import Master, make_master, serve_process
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pkg.core.objects import TREE_LEVELS
+from p2pkg.core.root import public_bytes
 from p2pkg.errors import ArchiveError, PublishError
-from p2pkg.namespace import open_store_namespace
-from p2pkg.objects import TREE_LEVELS
-from p2pkg.publish import publish
-from p2pkg.root import public_bytes
-from p2pkg.store import Store
+from p2pkg.io.store import Store
+from p2pkg.roles.namespace import open_store_namespace
+from p2pkg.roles.publish import publish
+from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_sdist, build_wheel
-from p2pkg.verify import verify_store
 
 from .helpers import snapshot
 
@@ -184,7 +184,7 @@ def test_verify_finds_corruption(published: Path, store_dir: Path) -> None:
 def test_verify_finds_bad_objects(published: Path, store_dir: Path) -> None:
     import sqlite3
 
-    from p2pkg.objects import compress
+    from p2pkg.core.objects import compress
 
     db = sqlite3.connect(store_dir / "index.sqlite")
     oid = db.execute("SELECT id FROM objects WHERE kind=3").fetchone()[0]
@@ -210,8 +210,8 @@ def test_stored_archives_are_world_readable(
 def test_store_accepts_the_same_root_twice_but_not_a_fork(
     dist: Path, store_dir: Path, key: Ed25519PrivateKey
 ) -> None:
+    from p2pkg.core.root import decode_signed_root, sign_root
     from p2pkg.errors import StoreError
-    from p2pkg.root import decode_signed_root, sign_root
 
     build_wheel(dist, "demo", "1.0")
     _publish(store_dir, key, dist)

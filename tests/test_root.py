@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pkg.core.root import Root, SignedRoot, decode_root, decode_signed_root, parse_pubkey
 from p2pkg.errors import DecodeError, KeyFileError
-from p2pkg.root import Root, SignedRoot, decode_root, decode_signed_root, parse_pubkey
 
 from .strategies import hashes, roots
 

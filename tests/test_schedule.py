@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from p2pkg.schedule import Failure, ScheduleConfig, Scheduler, Span
+from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
 
 KiB = 1024
 MiB = 1024 * KiB

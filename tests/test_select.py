@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from packaging.tags import Tag
 
-from p2pkg.select import SpecError, candidates, parse_spec, python_allows
+from p2pkg.core.select import SpecError, candidates, parse_spec, python_allows
 
 TAGS = [Tag("cp311", "cp311", "manylinux_2_17_x86_64"), Tag("py3", "none", "any")]
 FILES = [

@@ -6,9 +6,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from p2pkg.chunking import ChunkId, ChunkRef
-from p2pkg.objects import CoreMetadata, FileManifest, ObjectId
-from p2pkg.simple import (
+from p2pkg.core.chunking import ChunkId, ChunkRef
+from p2pkg.core.objects import CoreMetadata, FileManifest, ObjectId
+from p2pkg.core.simple import (
     HTML,
     HTML_V1,
     JSON_V1,

@@ -14,19 +14,19 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pkg import tree
-from p2pkg.chunking import offsets
 from p2pkg.cli import main
+from p2pkg.core import tree
+from p2pkg.core.chunking import offsets
+from p2pkg.core.objects import TREE_LEVELS, FileManifest, ObjectId, decode_as
+from p2pkg.core.root import decode_signed_root, public_bytes
 from p2pkg.errors import StoreError
-from p2pkg.fetch import Fetcher
-from p2pkg.http.server import PeerServer
-from p2pkg.ingest import hash_file, hash_path
-from p2pkg.objects import TREE_LEVELS, FileManifest, ObjectId, decode_as
-from p2pkg.publish import publish
-from p2pkg.root import decode_signed_root, public_bytes
-from p2pkg.store import Store
+from p2pkg.io.http.server import PeerServer
+from p2pkg.io.ingest import hash_file, hash_path
+from p2pkg.io.store import Store
+from p2pkg.roles.fetch import Fetcher
+from p2pkg.roles.publish import publish
+from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_wheel
-from p2pkg.verify import verify_store
 
 # FastCDC (16/64/256 KiB) cuts the same chunks inside both copies of a block
 # this size once it has synchronized; fixed seeds keep the cut points fixed.
@@ -181,7 +181,7 @@ def test_migration_reindexes_archives_that_lost_repeats(
     _downgrade_to_v1(store_dir)
     expected = _expected_rows(whl)
     assert _v1_rows(store_dir, _blake3(whl)) == len(expected) - _repeats(whl)
-    caplog.set_level(logging.INFO, logger="p2pkg.store")
+    caplog.set_level(logging.INFO, logger="p2pkg.io.store")
     with Store.open(store_dir) as st:
         assert st.file_chunks(_blake3(whl)) == expected
         assert st.file_chunks(_blake3(plain)) == _expected_rows(plain)
@@ -200,7 +200,7 @@ def test_migration_without_repeats_rechunks_nothing(
     plain = build_wheel(dist, "plain", "1.0", payload=_block(3))
     _publish(store_dir, key, plain)
     _downgrade_to_v1(store_dir)
-    caplog.set_level(logging.INFO, logger="p2pkg.store")
+    caplog.set_level(logging.INFO, logger="p2pkg.io.store")
     with Store.open(store_dir) as st:
         assert st.file_chunks(_blake3(plain)) == _expected_rows(plain)
         assert verify_store(st).ok

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import random
 
-from p2pkg import tree
-from p2pkg.objects import TREE_LEVELS, ObjectId, Project, encode, object_id
+from p2pkg.core import tree
+from p2pkg.core.objects import TREE_LEVELS, ObjectId, Project, encode, object_id
 
 
 class MemoryObjects(dict[ObjectId, bytes]):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pkg.core.root import SIGNATURE_CONTEXT, SignedRoot, decode_signed_root, public_bytes
+from p2pkg.core.trust import bootstrap, trust_chain, update, update_chain
 from p2pkg.errors import (
     ExpiredRootError,
     ForkError,
@@ -16,9 +18,7 @@ from p2pkg.errors import (
     SignatureError,
     TrustError,
 )
-from p2pkg.root import SIGNATURE_CONTEXT, SignedRoot, decode_signed_root, public_bytes
 from p2pkg.testing.signer import DAY, NOW, make_root, signed_bytes, tamper_signature
-from p2pkg.trust import bootstrap, trust_chain, update, update_chain
 
 A, B, C = (Ed25519PrivateKey.generate() for _ in range(3))
 PIN_A = frozenset({public_bytes(A)})

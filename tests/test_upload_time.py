@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim.testbed import Testbed, p2pkg_cmd, spawn
-from p2pkg.archives import inspect_archive
 from p2pkg.cli import main
+from p2pkg.core.root import format_pubkey, public_bytes
 from p2pkg.errors import PublishError
-from p2pkg.namespace import open_store_namespace
-from p2pkg.publish import PublishResult, UploadTime, parse_upload_time, publish
-from p2pkg.root import format_pubkey, public_bytes
-from p2pkg.store import Store
+from p2pkg.io.archives import inspect_archive
+from p2pkg.io.store import Store
+from p2pkg.roles.namespace import open_store_namespace
+from p2pkg.roles.publish import PublishResult, UploadTime, parse_upload_time, publish
 from p2pkg.testing.archives import build_sdist, build_wheel, metadata_text
 
 # The publish time every test passes as ``now``: near the real one, since

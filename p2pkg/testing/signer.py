@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pkg.objects import ObjectId
-from p2pkg.root import Root, SignedRoot, public_bytes, sign_root
+from p2pkg.core.objects import ObjectId
+from p2pkg.core.root import Root, SignedRoot, public_bytes, sign_root
 
 NOW = 1_700_000_000
 DAY = 86_400

@@ -3,10 +3,10 @@
 What each role announces (never per chunk, DESIGN.md):
 
 * a full store (the master's ``serve``, a full ``seed``): one record per
-  non-empty namespace bin (:func:`p2pkg.dht_records.bin_key`) and the latest
+  non-empty namespace bin (:func:`p2pkg.core.dht_records.bin_key`) and the latest
   signed root;
 * a ``cache`` or a ``seed --project``: one record per archive it holds whole
-  (:func:`p2pkg.dht_records.file_key`).
+  (:func:`p2pkg.core.dht_records.file_key`).
 
 Records live ``ttl`` seconds on the nodes and are re-announced every
 ``ttl / 2``. The node's id and contacts are saved as JSON (``dht.json`` in the
@@ -21,13 +21,13 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from p2pkg.dht import DhtNode
-from p2pkg.dht_records import bin_key, file_key
+from p2pkg.core.dht_records import bin_key, file_key
+from p2pkg.core.objects import Node as TreeNode
+from p2pkg.core.objects import decode_as
+from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import P2pkgError
-from p2pkg.objects import Node as TreeNode
-from p2pkg.objects import decode_as
-from p2pkg.root import decode_signed_root
-from p2pkg.store import Store
+from p2pkg.io.dht import DhtNode
+from p2pkg.io.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pkg.fsutil import copy_atomic
-from p2pkg.store import Store
+from p2pkg.io.fsutil import copy_atomic
+from p2pkg.io.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ to what they claim; warnings are harmless leftovers (an orphan archive from
 a crash between rename and commit) or facts an operator should act on (an
 expired root: re-sign).
 
-A store marked full (:attr:`p2pkg.store.Store.is_full`: a master, a full
+A store marked full (:attr:`p2pkg.io.store.Store.is_full`: a master, a full
 seed) must hold the whole tree its latest root names: a missing object is a
 problem. Any other store (a cache, a ``--project`` seed) holds the tree paths
 it needed; what it lacks is a fact, reported with what it holds.
@@ -20,17 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pkg import tree
-from p2pkg.chunking import ChunkId, offsets
-from p2pkg.errors import (
-    DecodeError,
-    ExpiredRootError,
-    IntegrityError,
-    P2pkgError,
-    TrustError,
-)
-from p2pkg.ingest import hash_path
-from p2pkg.objects import (
+from p2pkg.core import tree
+from p2pkg.core.chunking import ChunkId, offsets
+from p2pkg.core.objects import (
     FileManifest,
     Kind,
     Project,
@@ -38,9 +30,17 @@ from p2pkg.objects import (
     decode_as,
     open_object,
 )
-from p2pkg.root import decode_signed_root
-from p2pkg.store import Store, StoredFile
-from p2pkg.trust import check_expiry, trust_chain
+from p2pkg.core.root import decode_signed_root
+from p2pkg.core.trust import check_expiry, trust_chain
+from p2pkg.errors import (
+    DecodeError,
+    ExpiredRootError,
+    IntegrityError,
+    P2pkgError,
+    TrustError,
+)
+from p2pkg.io.ingest import hash_path
+from p2pkg.io.store import Store, StoredFile
 
 
 @dataclass

@@ -36,8 +36,8 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from p2pkg.config import LIMITS
+from p2pkg.core.objects import check_filename
 from p2pkg.errors import ArchiveError, DecodeError
-from p2pkg.objects import check_filename
 
 ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".zip")
 

@@ -32,12 +32,8 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from p2pkg import tree
-from p2pkg.archives import ArchiveInfo, inspect_archive, is_archive
-from p2pkg.errors import ArchiveError, PublishError, StoreError
-from p2pkg.fsutil import fsync_path
-from p2pkg.ingest import Hashed, hash_file
-from p2pkg.objects import (
+from p2pkg.core import tree
+from p2pkg.core.objects import (
     Blob,
     CoreMetadata,
     FileEntry,
@@ -46,7 +42,7 @@ from p2pkg.objects import (
     Project,
     decode_as,
 )
-from p2pkg.root import (
+from p2pkg.core.root import (
     Root,
     check_namespace,
     decode_signed_root,
@@ -54,8 +50,12 @@ from p2pkg.root import (
     public_bytes,
     sign_root,
 )
-from p2pkg.select import project_of
-from p2pkg.store import Store
+from p2pkg.core.select import project_of
+from p2pkg.errors import ArchiveError, PublishError, StoreError
+from p2pkg.io.archives import ArchiveInfo, inspect_archive, is_archive
+from p2pkg.io.fsutil import fsync_path
+from p2pkg.io.ingest import Hashed, hash_file
+from p2pkg.io.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Metadata objects: encode, decode, compress (docs/protocol.md §3).
 
 Every object is ``kind:u8 || format:u8 || body`` in the canonical encoding of
-:mod:`p2pkg.codec`; its id is the BLAKE3-256 of those bytes. On disk and on the
+:mod:`p2pkg.core.codec`; its id is the BLAKE3-256 of those bytes. On disk and on the
 wire an object travels as one zstd frame that declares its content size.
 Decoders check every count and length against :class:`p2pkg.config.Limits`
 before allocating and raise :class:`DecodeError` for anything malformed or
@@ -18,9 +18,9 @@ from typing import NewType, TypeVar
 
 import zstandard
 
-from p2pkg.chunking import ChunkId, ChunkRef, b3, offsets
-from p2pkg.codec import HASH_LEN, Reader, Writer, check_strictly_sorted
 from p2pkg.config import LIMITS, Limits
+from p2pkg.core.chunking import ChunkId, ChunkRef, b3, offsets
+from p2pkg.core.codec import HASH_LEN, Reader, Writer, check_strictly_sorted
 from p2pkg.errors import DecodeError, IntegrityError
 
 T = TypeVar("T")

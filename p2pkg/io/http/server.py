@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pkg.chunking import ChunkId
-from p2pkg.codec import encode_uvarint
+from p2pkg.core.chunking import ChunkId
+from p2pkg.core.codec import encode_uvarint
+from p2pkg.core.objects import ObjectId
 from p2pkg.errors import NotFoundError
-from p2pkg.http import wire
-from p2pkg.objects import ObjectId
-from p2pkg.store import Store
+from p2pkg.io.http import wire
+from p2pkg.io.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ class PeerServer:
             200,
             bytes(out),
             headers=[("Cache-Control", wire.IMMUTABLE)],
-            ctype="application/vnd.p2pkg.objects",
+            ctype="application/vnd.p2pkg.core.objects",
         )
 
     async def _file(

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from p2pkg.chunking import b3
+from p2pkg.core.chunking import b3
+from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import DecodeError
-from p2pkg.root import decode_signed_root
 
 KEY_LEN = 20  # kademlia's node/key ids are 160-bit
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from p2pkg.core.objects import ObjectId
+from p2pkg.core.root import Root, SignedRoot, decode_signed_root
 from p2pkg.errors import (
     ExpiredRootError,
     ForkError,
@@ -27,8 +29,6 @@ from p2pkg.errors import (
     SignatureError,
     TrustError,
 )
-from p2pkg.objects import ObjectId
-from p2pkg.root import Root, SignedRoot, decode_signed_root
 
 
 @dataclass(frozen=True, slots=True)

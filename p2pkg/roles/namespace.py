@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from p2pkg import tree
-from p2pkg.errors import NotFoundError
-from p2pkg.objects import (
+from p2pkg.core import tree
+from p2pkg.core.objects import (
     FileEntry,
     FileManifest,
     LeafEntry,
@@ -22,9 +21,10 @@ from p2pkg.objects import (
     decode_as,
     normalize_name,
 )
-from p2pkg.root import decode_signed_root
-from p2pkg.store import Store
-from p2pkg.trust import TrustedRoot, trust_chain
+from p2pkg.core.root import decode_signed_root
+from p2pkg.core.trust import TrustedRoot, trust_chain
+from p2pkg.errors import NotFoundError
+from p2pkg.io.store import Store
 
 
 @dataclass(frozen=True, slots=True)

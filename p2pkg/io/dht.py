@@ -14,7 +14,7 @@ What the subclass changes (docs/security.md, "DHT"):
 * Generic STORE / FIND_VALUE of arbitrary values are disabled. The records
   are provider records (ADD_PROVIDER / GET_PROVIDERS, the provider's address
   taken from the packet's source) and namespace roots (PUT_ROOT / GET_ROOT,
-  highest valid version), both bounded (:mod:`p2pkg.dht_records`).
+  highest valid version), both bounded (:mod:`p2pkg.core.dht_records`).
 * Node identity comes from :mod:`secrets` and is saved with the contacts as
   JSON (no pickle).
 """
@@ -36,7 +36,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
-from p2pkg.dht_records import KEY_LEN, ProviderStore, RootStore, content_key, root_key
+from p2pkg.core.dht_records import KEY_LEN, ProviderStore, RootStore, content_key, root_key
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class DhtNode(Server):  # type: ignore[misc]
         return await self.announce_key(content_key(object_id), port, ttl)
 
     async def announce_key(self, key: bytes, port: int, ttl: float = 3600.0) -> int:
-        """Provider record under a ready-made DHT key (see :mod:`p2pkg.dht_records`)."""
+        """Provider record under a ready-made DHT key (see :mod:`p2pkg.core.dht_records`)."""
         nodes = await self._closest(key)
         calls = [
             self.protocol.call((n.ip, n.port), "add_provider", self.node.id, key, port, ttl)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import blake3
 
-from p2pkg.chunking import ChunkId, ChunkRef, make_chunker
-from p2pkg.fsutil import copy_fd
+from p2pkg.core.chunking import ChunkId, ChunkRef, make_chunker
+from p2pkg.io.fsutil import copy_fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     exactly the bytes the hashes describe even if the source changes meanwhile.
     The copy is *not* fsynced here: the caller does it on
     another thread so that disk writeback overlaps hashing
-    (:func:`p2pkg.fsutil.fsync_path`), and must do so
+    (:func:`p2pkg.io.fsutil.fsync_path`), and must do so
     before the copy is committed.
     """
     if temp_dir is None:

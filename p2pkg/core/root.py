@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from p2pkg.codec import Reader, Writer, check_strictly_sorted
 from p2pkg.config import LIMITS, Limits
+from p2pkg.core.codec import Reader, Writer, check_strictly_sorted
+from p2pkg.core.objects import FORMAT, Kind, ObjectId, object_id, peek_kind
 from p2pkg.errors import DecodeError, KeyFileError
-from p2pkg.objects import FORMAT, Kind, ObjectId, object_id, peek_kind
 
 SIGNATURE_CONTEXT = b"p2pkg/root/v1\x00"
 PUBKEY_LEN = 32

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -26,7 +26,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from p2pkg.objects import FileManifest
+from p2pkg.core.objects import FileManifest
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
@@ -51,7 +51,7 @@ def file_url(m: FileManifest) -> str:
 
 
 def _upload_time(ts: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(ts))
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
 def _versions(manifests: Iterable[FileManifest]) -> list[str]:

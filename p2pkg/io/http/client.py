@@ -22,7 +22,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from p2pkg.errors import BadDataError, P2pkgError, ProtocolError, TransportError
-from p2pkg.http import wire
+from p2pkg.io.http import wire
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The fetch engine: trusted root, verified objects, parallel verified file download.
 
-The thin shell around the pure parts: :mod:`p2pkg.trust` decides on roots,
-:mod:`p2pkg.select` on files, :class:`p2pkg.schedule.Scheduler` on spans.
+The thin shell around the pure parts: :mod:`p2pkg.core.trust` decides on roots,
+:mod:`p2pkg.core.select` on files, :class:`p2pkg.core.schedule.Scheduler` on spans.
 This module moves bytes: it asks peers, checks every object against its id
 and every chunk against its BLAKE3 before it touches the disk, and writes the
 destination only when the whole file's sha256 and BLAKE3 match the manifest
@@ -34,8 +34,24 @@ from pathlib import Path
 import anyio
 import blake3
 
-from p2pkg.codec import Reader
 from p2pkg.config import LIMITS
+from p2pkg.core.codec import Reader
+from p2pkg.core.objects import (
+    TREE_LEVELS,
+    FileManifest,
+    Leaf,
+    Node,
+    ObjectId,
+    Project,
+    decode_as,
+    decompress,
+    name_hash,
+    open_object,
+)
+from p2pkg.core.root import decode_signed_root
+from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
+from p2pkg.core.select import Spec, candidates, parse_spec, python_allows
+from p2pkg.core.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
 from p2pkg.errors import (
     BadDataError,
     DecodeError,
@@ -48,27 +64,11 @@ from p2pkg.errors import (
     SignatureError,
     TrustError,
 )
-from p2pkg.fsutil import copy_atomic, fsync_path
-from p2pkg.http import wire
-from p2pkg.http.client import ClientConfig, PeerClient, Sink, SinkDone, SkipSink
-from p2pkg.ingest import Hashed
-from p2pkg.objects import (
-    TREE_LEVELS,
-    FileManifest,
-    Leaf,
-    Node,
-    ObjectId,
-    Project,
-    decode_as,
-    decompress,
-    name_hash,
-    open_object,
-)
-from p2pkg.root import decode_signed_root
-from p2pkg.schedule import Failure, ScheduleConfig, Scheduler, Span
-from p2pkg.select import Spec, candidates, parse_spec, python_allows
-from p2pkg.store import Store
-from p2pkg.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
+from p2pkg.io.fsutil import copy_atomic, fsync_path
+from p2pkg.io.http import wire
+from p2pkg.io.http.client import ClientConfig, PeerClient, Sink, SinkDone, SkipSink
+from p2pkg.io.ingest import Hashed
+from p2pkg.io.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -40,13 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pkg import simple
-from p2pkg.discovery import Lan
-from p2pkg.errors import NotFoundError, P2pkgError
-from p2pkg.fetch import Fetcher, Peer
-from p2pkg.http import wire
-from p2pkg.http.server import PeerServer, ServerConfig
-from p2pkg.objects import (
+from p2pkg.core import simple
+from p2pkg.core.objects import (
     TREE_LEVELS,
     Blob,
     FileManifest,
@@ -57,9 +52,14 @@ from p2pkg.objects import (
     decode_as,
     normalize_name,
 )
-from p2pkg.select import project_of
-from p2pkg.store import Store
-from p2pkg.trust import TrustedRoot
+from p2pkg.core.select import project_of
+from p2pkg.core.trust import TrustedRoot
+from p2pkg.errors import NotFoundError, P2pkgError
+from p2pkg.io.discovery import Lan
+from p2pkg.io.http import wire
+from p2pkg.io.http.server import PeerServer, ServerConfig
+from p2pkg.io.store import Store
+from p2pkg.roles.fetch import Fetcher, Peer
 
 log = logging.getLogger(__name__)
 

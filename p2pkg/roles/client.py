@@ -19,10 +19,10 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from p2pkg.fetch import Fetcher, FetchStats, Peer, Progress
-from p2pkg.objects import FileManifest
-from p2pkg.root import parse_pubkey
-from p2pkg.store import Store
+from p2pkg.core.objects import FileManifest
+from p2pkg.core.root import parse_pubkey
+from p2pkg.io.store import Store
+from p2pkg.roles.fetch import Fetcher, FetchStats, Peer, Progress
 
 
 def _pins(trust: str | Iterable[str]) -> frozenset[bytes]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pkg.core.root import public_bytes
 from p2pkg.errors import KeyFileError
-from p2pkg.root import public_bytes
 
 MAX_KEY_FILE = 16 * 1024
 

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from p2pkg.chunking import ChunkId, ChunkRef, offsets
+from p2pkg.core.chunking import ChunkId, ChunkRef, offsets
+from p2pkg.core.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
+from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import NotFoundError, StoreError
-from p2pkg.fsutil import fsync_path
-from p2pkg.ingest import Hashed, hash_path
-from p2pkg.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
-from p2pkg.root import decode_signed_root
+from p2pkg.io.fsutil import fsync_path
+from p2pkg.io.ingest import Hashed, hash_path
 
 SCHEMA_VERSION = 2
 DB_NAME = "index.sqlite"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from p2pkg.objects import (
+from p2pkg.core.objects import (
     TREE_LEVELS,
     Leaf,
     LeafEntry,

@@ -30,12 +30,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from p2pkg.errors import DecodeError, FetchError, P2pkgError
-from p2pkg.fetch import Fetcher, Peer, open_root
-from p2pkg.http import wire
-from p2pkg.http.client import PeerClient
-from p2pkg.http.server import PeerServer, ServerConfig
-from p2pkg.objects import (
+from p2pkg.core.objects import (
     TREE_LEVELS,
     FileManifest,
     Leaf,
@@ -46,9 +41,14 @@ from p2pkg.objects import (
     name_hash,
     normalize_name,
 )
-from p2pkg.root import decode_signed_root
-from p2pkg.store import Store
-from p2pkg.trust import TrustedRoot
+from p2pkg.core.root import decode_signed_root
+from p2pkg.core.trust import TrustedRoot
+from p2pkg.errors import DecodeError, FetchError, P2pkgError
+from p2pkg.io.http import wire
+from p2pkg.io.http.client import PeerClient
+from p2pkg.io.http.server import PeerServer, ServerConfig
+from p2pkg.io.store import Store
+from p2pkg.roles.fetch import Fetcher, Peer, open_root
 
 log = logging.getLogger(__name__)
 
