@@ -20,6 +20,7 @@
     │   ├── ProtocolError          malformed or out-of-limit HTTP from a peer
     │   ├── TransportError         connect failure, reset, timeout, stall
     │   ├── PeerBusyError          503 with Retry-After (the peer's "not now")
+    │   ├── AbsentError            the peer does not hold it (404)
     │   └── BadDataError           bytes that fail verification: the peer is banned
     └── FetchError             no peer could deliver (all failed, banned or absent)
 
@@ -143,6 +144,10 @@ class PeerBusyError(PeerError):
     def __init__(self, peer: str, retry_after: float) -> None:
         super().__init__(peer, f"busy, retry after {retry_after:g}s")
         self.retry_after = retry_after
+
+
+class AbsentError(PeerError):
+    """The peer answered 404: it does not hold this object or file (not a fault)."""
 
 
 class BadDataError(PeerError):

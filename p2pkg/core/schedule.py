@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -92,7 +92,10 @@ class Scheduler:
         peers: Sequence[tuple[str, int]],
         now: float,
         config: ScheduleConfig = ScheduleConfig(),
+        rates: Mapping[str, float] | None = None,
     ) -> None:
+        """``rates``: throughput measured on earlier files (the peer book), so the
+        first spans are sized for the peer instead of ``initial_span``."""
         self.config = config
         self.lengths = list(lengths)
         self.offsets = [0, *itertools.accumulate(self.lengths)]
@@ -102,7 +105,8 @@ class Scheduler:
             self.done[i] = 1
         self.remaining = len(self.lengths) - sum(self.done)
         self.cover = [0] * len(self.lengths)  # in-flight spans covering each chunk
-        self.peers = {name: PeerState(name, tier) for name, tier in peers}
+        known = rates or {}
+        self.peers = {name: PeerState(name, tier, known.get(name, 0.0)) for name, tier in peers}
         self.spans: dict[int, tuple[str, Span]] = {}
         self._ids = itertools.count()
         self._duplicated: set[int] = set()

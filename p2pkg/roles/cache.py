@@ -174,7 +174,7 @@ class Cache:
         while True:
             for peer in list(self.lan.peers.values()):
                 if peer.key == self.key and peer.url != self.server.url:
-                    if peer.url not in self.fetcher.clients:
+                    if peer.url not in self.fetcher.book:
                         log.info("found LAN cache %s", peer.url)
                     self.fetcher.add_peer(Peer(peer.url, tier=0))
             await asyncio.sleep(1.0)
@@ -309,6 +309,8 @@ class Cache:
             "peers": [p.url for p in self.fetcher.peers],
             "lan_peers": [p.url for p in self.fetcher.peers if p.tier == 0],
             "banned_peers": sorted(self.fetcher.banned),
+            # what the peer book has measured: tier, rate, latency, failures, bans
+            "peer_book": self.fetcher.book.summary(self.fetcher.monotonic()),
             "files_held": files,
             "bytes_held": held,
             "max_size": self.config.max_size,

@@ -1,41 +1,27 @@
-"""The fetch engine: trusted root, verified objects, parallel verified file download.
+"""The fetch engine: trusted root, verified objects, name resolution, file downloads.
 
-The thin shell around the pure parts: :mod:`p2pkg.core.trust` decides on roots,
-:mod:`p2pkg.core.select` on files, :class:`p2pkg.core.schedule.Scheduler` on spans.
-This module moves bytes: it asks peers, checks every object against its id
-and every chunk against its BLAKE3 before it touches the disk, and writes the
-destination only when the whole file's sha256 and BLAKE3 match the manifest
-(temp name, fsync, rename).
-
-A download in progress lives in a *partial* file (in the store's
-``partial/`` or beside the destination). Re-running a fetch re-hashes the
-partial file's chunks and downloads only the ones that do not verify, so
-an interrupted fetch resumes; chunks the local store already holds (an older
-version of the same wheel) are copied instead of downloaded.
+A :class:`Fetcher` composes the parts a client, a seed and a cache share:
+the :class:`~p2pkg.core.peers.PeerBook` (tiers, bans, measured rates), one
+:class:`~p2pkg.core.link.Link` per peer (HTTP unless a test or netsim
+passes ``link_factory``), the trust rules of :mod:`p2pkg.core.trust` for
+roots, a bounded cache of verified objects, and the
+:class:`~p2pkg.roles.download.FileDownloader` for archives. Everything a
+peer hands over is checked against its id before it is used or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
-import math
-import mmap
-import os
 import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-import blake3
-
 from p2pkg.config import LIMITS
-from p2pkg.core.codec import Reader
+from p2pkg.core.link import Link
 from p2pkg.core.objects import (
     TREE_LEVELS,
     FileManifest,
@@ -48,221 +34,39 @@ from p2pkg.core.objects import (
     name_hash,
     open_object,
 )
+from p2pkg.core.peers import PeerBook, Tier
 from p2pkg.core.root import decode_signed_root
-from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
+from p2pkg.core.schedule import ScheduleConfig
 from p2pkg.core.select import Spec, candidates, parse_spec, python_allows
 from p2pkg.core.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
 from p2pkg.errors import (
-    BadDataError,
     DecodeError,
     FetchError,
     IntegrityError,
     NotFoundError,
-    PeerBusyError,
     PeerError,
     ProtocolError,
     SignatureError,
     TrustError,
 )
-from p2pkg.io.fsutil import copy_atomic, fsync_path
 from p2pkg.io.http import wire
-from p2pkg.io.http.client import ClientConfig, PeerClient, Sink, SinkDone, SkipSink
-from p2pkg.io.ingest import Hashed
+from p2pkg.io.http.client import ClientConfig
+from p2pkg.io.http.link import HttpLink
 from p2pkg.io.store import Store
+from p2pkg.roles.download import FetchStats, FileDownloader, Progress
 
 log = logging.getLogger(__name__)
 
 MAX_CHAIN_WALK = 1000
 OBJECT_CACHE_BYTES = 64 << 20
-SMALL_FILE = 1 << 20  # at most this: hashed inline, no helper thread, no fallocate
-SYNC_EVERY = 32 << 20  # the hashing thread fdatasyncs the partial file this often
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """A peer's base URL and its locality tier (0 LAN, 1 configured, 2 DHT)."""
+    """A peer's base URL and its locality tier (LAN, configured / mirror list, DHT)."""
 
     url: str
-    tier: int = 1
-
-
-@dataclass
-class FetchStats:
-    """What one file download did (for --json, logs and benchmarks)."""
-
-    filename: str = ""
-    size: int = 0
-    from_network: int = 0
-    from_local: int = 0  # chunks reused from the partial file or the store
-    seconds: float = 0.0
-    peers: dict[str, dict[str, object]] = field(default_factory=dict)
-
-
-class _Absent(PeerError):
-    """The peer answered 404 for this file."""
-
-
-class _SpanSink:
-    """Receives one span: verifies each chunk, writes it at its offset."""
-
-    def __init__(
-        self,
-        ctx: _Download,
-        peer: str,
-        span: Span,
-    ) -> None:
-        self.ctx = ctx
-        self.peer = peer
-        self.span = span
-        self.i = span.first
-        self.filled = 0
-        self.received = 0
-        lengths = ctx.sched.lengths
-        self.buf = bytearray(max(lengths[span.first : span.end]))
-        self.view = memoryview(self.buf)
-
-    def buffer(self) -> memoryview:
-        return self.view[self.filled : self.ctx.sched.lengths[self.i]]
-
-    def advance(self, n: int) -> None:
-        ctx = self.ctx
-        self.filled += n
-        self.received += n
-        length = ctx.sched.lengths[self.i]
-        if self.filled < length:
-            return
-        chunk = self.view[:length]
-        index = self.i
-        if not ctx.sched.done[index]:
-            # docs/protocol.md §2.2: a chunk is accepted only if it hashes to its id.
-            if blake3.blake3(chunk).digest() != ctx.manifest.chunks[index].id:
-                raise BadDataError(
-                    self.peer, f"chunk {index} of {ctx.manifest.filename} failed verification"
-                )
-            os.pwrite(ctx.fd, chunk, ctx.sched.offsets[index])
-            ctx.chunk_verified(self.peer, index)
-        else:
-            ctx.sched.chunk_done(self.peer, index)
-            if not ctx.sched.still_needed(self.span):
-                raise SinkDone  # a duplicate finished this span first
-        self.i += 1
-        self.filled = 0
-
-
-class _PrefixHasher:
-    """sha256 + BLAKE3 of the whole file, on a worker thread, trailing the verified prefix.
-
-    The final whole-file check (docs/protocol.md §3.3) would otherwise be a
-    serial pass after the download; this way it overlaps it and only the
-    last chunks remain to hash at the end.
-    """
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-        self.sha = hashlib.sha256()
-        self.b3 = blake3.blake3()
-        self.pos = 0
-        self.synced = 0
-        self.target = 0
-        self.cond = threading.Condition()
-        self.stopped = False
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="p2pkg-hash", daemon=True)
-        self.thread.start()
-
-    def advance(self, target: int) -> None:
-        with self.cond:
-            if target > self.target:
-                self.target = target
-                self.cond.notify()
-
-    def _run(self) -> None:
-        if self.size == 0:
-            return
-        try:
-            # Hash straight from the page cache through a read-only mapping (no copies).
-            with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    self._hash(view)
-                finally:
-                    view.release()
-        except BaseException as exc:  # re-raised by finish()
-            self.error = exc
-
-    def _hash(self, view: memoryview) -> None:
-        while self.pos < self.size:
-            with self.cond:
-                while self.pos >= self.target and not self.stopped:
-                    self.cond.wait()
-                if self.stopped:
-                    return
-                target = self.target
-            while self.pos < target:
-                end = min(target, self.pos + (4 << 20))
-                block = view[self.pos : end]
-                self.sha.update(block)
-                self.b3.update(block)
-                block.release()
-                self.pos = end
-                if self.pos - self.synced >= SYNC_EVERY:
-                    # Flush as we go (off the event loop) so the final fsync that
-                    # makes the file durable only has the tail left to write.
-                    os.fdatasync(self.fd)
-                    self.synced = self.pos
-
-    def finish(self) -> tuple[bytes, bytes]:
-        """Block until the whole file is hashed; (sha256, BLAKE3)."""
-        self.advance(self.size)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.sha.digest(), self.b3.digest()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify()
-        self.thread.join()
-
-
-@dataclass
-class _Download:
-    manifest: FileManifest
-    fd: int
-    sched: Scheduler
-    stats: FetchStats
-    progress: Progress | None
-    hasher: _PrefixHasher | None  # None for small files: hashed in one go at the end
-    watch: Callable[[int], None] | None = None
-    done_bytes: int = 0
-    prefix: int = 0  # chunks 0..prefix-1 are all verified
-
-    def start(self) -> None:
-        s = self.sched
-        self.done_bytes = sum(s.lengths[i] for i in range(len(s.lengths)) if s.done[i])
-        self._advance_prefix()
-
-    def chunk_verified(self, peer: str, index: int) -> None:
-        length = self.sched.lengths[index]
-        self.sched.chunk_done(peer, index)
-        self.stats.from_network += length
-        self.done_bytes += length
-        if index == self.prefix:
-            self._advance_prefix()
-        if self.progress is not None:
-            self.progress(self.done_bytes, self.manifest.size)
-
-    def _advance_prefix(self) -> None:
-        s = self.sched
-        while self.prefix < len(s.lengths) and s.done[self.prefix]:
-            self.prefix += 1
-        if self.hasher is not None:
-            self.hasher.advance(s.offsets[self.prefix])
-        if self.watch is not None:
-            self.watch(s.offsets[self.prefix])
+    tier: int = Tier.MIRROR
 
 
 class Fetcher:
@@ -278,18 +82,27 @@ class Fetcher:
         schedule_config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
         clock: Callable[[], float] = time.time,
         persist_roots: bool = True,
+        book: PeerBook | None = None,
+        link_factory: Callable[[str], Link] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not pinned:
             raise TrustError("at least one trusted key (--trust) is needed")
         self.pinned = pinned
-        self.peers = [p if isinstance(p, Peer) else Peer(p) for p in peers]
         self.store = store
         self.client_config = client_config
-        self.clients = {p.url: PeerClient(p.url, client_config) for p in self.peers}
-        self.schedule_config = schedule_config
-        self.clock = clock
+        self.clock = clock  # wall clock: root expiry
+        self.monotonic = monotonic  # intervals: rates, bans, back-off
+        self.book = book if book is not None else PeerBook()
+        for p in peers:
+            peer = p if isinstance(p, Peer) else Peer(p)
+            self.book.add(peer.url, Tier(peer.tier))
+        self._link_factory = link_factory or (lambda url: HttpLink(url, client_config))
+        self._links: dict[str, Link] = {}
+        self.downloader = FileDownloader(
+            self.link, self.book, store, schedule_config=schedule_config, clock=monotonic
+        )
         self.trusted: TrustedRoot | None = None
-        self.banned: set[str] = set()
         # A seed serves its store: it records a root only once everything under
         # it is synced, so it turns this off and commits the root itself.
         self.persist_roots = persist_roots
@@ -300,23 +113,39 @@ class Fetcher:
         self._cache_bytes = 0
         self._nodes: dict[ObjectId, Node] = {}
 
+    def link(self, url: str) -> Link:
+        """The link to peer ``url`` (made on first use)."""
+        link = self._links.get(url)
+        if link is None:
+            link = self._links[url] = self._link_factory(url)
+        return link
+
     def close(self) -> None:
-        for c in self.clients.values():
-            c.close()
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
 
     def add_peer(self, peer: str | Peer) -> None:
         """Add a peer; a peer already known keeps the better (lower) tier."""
         p = peer if isinstance(peer, Peer) else Peer(peer)
-        for i, known in enumerate(self.peers):
-            if known.url == p.url:
-                if p.tier < known.tier:
-                    self.peers[i] = p
-                return
-        self.peers.append(p)
-        self.clients[p.url] = PeerClient(p.url, self.client_config)
+        self.book.add(p.url, Tier(p.tier))
+
+    @property
+    def peers(self) -> list[Peer]:
+        """Every known peer, best tier first."""
+        return [Peer(r.url, r.tier) for r in sorted(self.book, key=lambda r: r.tier)]
+
+    @property
+    def banned(self) -> set[str]:
+        """Peers banned now (for data that failed verification)."""
+        return set(self.book.banned(self.monotonic()))
+
+    def _ban(self, url: str, reason: str) -> None:
+        log.warning("banning peer %s: %s", url, reason)
+        self.book.ban(url, reason, self.monotonic())
 
     def _live_peers(self) -> list[Peer]:
-        return sorted((p for p in self.peers if p.url not in self.banned), key=lambda p: p.tier)
+        return [Peer(r.url, r.tier) for r in self.book.live(self.monotonic())]
 
     # ------------------------------------------------------------------ roots
 
@@ -335,29 +164,24 @@ class Fetcher:
             log.warning("local store's roots are not trusted by the pinned keys: %s", exc)
             return None
 
-    async def _get_root_bytes(self, peer: Peer, path: str) -> bytes:
-        client = self.clients[peer.url]
-        status, body, _ = await client.get_bytes(path, 64 * 1024)
-        if status != 200:
-            raise ProtocolError(peer.url, f"{path}: HTTP {status}", status)
+    async def _get_root_bytes(self, peer: Peer, version: int | None = None) -> bytes:
+        frame = await self.link(peer.url).root(version)
         try:
-            return open_root(body)
+            return open_root(frame)
         except DecodeError as exc:
             raise ProtocolError(peer.url, f"malformed root: {exc}") from None
 
     async def _walk_chain(self, peer: Peer, first: int, last: int) -> list[bytes]:
         if last - first > MAX_CHAIN_WALK:
             raise FetchError(f"root chain {first}..{last} is longer than {MAX_CHAIN_WALK}")
-        return [
-            await self._get_root_bytes(peer, wire.root_version_path(v)) for v in range(first, last)
-        ]
+        return [await self._get_root_bytes(peer, v) for v in range(first, last)]
 
     async def refresh_root(self) -> TrustedRoot:
         """Ask every peer for its latest root; trust the newest one the rules accept."""
         base = self._local_trusted()
         peers = self._live_peers()
         results = await asyncio.gather(
-            *(self._get_root_bytes(p, wire.root_path()) for p in peers), return_exceptions=True
+            *(self._get_root_bytes(p) for p in peers), return_exceptions=True
         )
         offers: list[tuple[int, bytes, Peer]] = []
         problems: list[str] = []
@@ -429,16 +253,10 @@ class Fetcher:
             return self.store.get_object(oid)
         errors = []
         for peer in self._live_peers():
-            client = self.clients[peer.url]
             try:
-                status, body, _ = await client.get_bytes(wire.object_path(oid), 17 << 20)
-                if status != 200:
-                    errors.append(f"{peer.url}: HTTP {status}")
-                    continue
-                data = open_object(body, oid)
+                data = open_object(await self.link(peer.url).object(oid), oid)
             except (DecodeError, IntegrityError) as exc:
-                log.warning("banning peer %s: object %s: %s", peer.url, oid.hex()[:16], exc)
-                self.banned.add(peer.url)
+                self._ban(peer.url, f"object {oid.hex()[:16]}: {exc}")
                 continue
             except PeerError as exc:
                 errors.append(str(exc))
@@ -482,30 +300,22 @@ class Fetcher:
         """Fetch what ``peer`` holds of ``want`` into ``out``; return what is still missing."""
         missing: list[ObjectId] = []
         fresh: dict[ObjectId, bytes] = {}
-        client = self.clients[peer.url]
+        link = self.link(peer.url)
         for start in range(0, len(want), wire.MAX_OBJECT_BATCH):
             group = want[start : start + wire.MAX_OBJECT_BATCH]
             try:
-                status, body = await client.post(
-                    wire.OBJECTS_PATH, b"".join(group), wire.MAX_OBJECT_BATCH_BYTES
-                )
-            except PeerError as exc:
+                frames = await link.objects(group)
+            except PeerError as exc:  # e.g. a static server: no POST
                 log.info("object batch from %s failed: %s", peer.url, exc)
                 return missing + want[start:]
-            if status != 200:
-                return missing + want[start:]  # e.g. a static server: no POST
             try:
-                r = Reader(body)
-                for oid in group:
-                    frame = r.bytes_(LIMITS.max_object_size + 1024)
+                for oid, frame in zip(group, frames, strict=True):
                     if not frame:
                         missing.append(oid)
                         continue
                     fresh[oid] = open_object(frame, oid)
-                r.end()
             except (DecodeError, IntegrityError) as exc:
-                log.warning("banning peer %s: object batch: %s", peer.url, exc)
-                self.banned.add(peer.url)
+                self._ban(peer.url, f"object batch: {exc}")
                 return missing + [o for o in want[start:] if o not in fresh]
         if self.store is not None and fresh and keep:
             self.store.commit(objects=fresh)
@@ -639,171 +449,10 @@ class Fetcher:
         sync_dir: bool = True,
         watch: Callable[[int], None] | None = None,
     ) -> tuple[Path, FetchStats]:
-        """Download ``manifest``'s file; return its path (``dest``/filename if given).
-
-        ``sync_dir=False`` leaves the fsync of ``dest`` to the caller (one per
-        batch of files rather than one per file). ``watch(n)`` is called each
-        time the verified prefix of the partial file grows to ``n`` bytes (a
-        cache streams it to an installer while the rest is still arriving).
-        """
-        started = time.monotonic()
-        stats = FetchStats(manifest.filename, manifest.size)
-        store = self.store
-        if store is None and dest is None:
-            raise ValueError("a destination directory or a store is needed")
-        if store is not None and store.has_file(manifest.blake3):
-            stats.from_local = manifest.size
-            path = store.file_path(manifest.blake3)
-            if dest is not None:
-                path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
-            stats.seconds = time.monotonic() - started
-            return path, stats
-        if store is not None:
-            partial_dir = store.path / "partial"
-        else:
-            assert dest is not None
-            partial_dir = dest
-        partial_dir.mkdir(parents=True, exist_ok=True)
-        partial = partial_dir / f".{manifest.blake3.hex()}.p2pkg-partial"
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            # SQLite stays on this thread; the worker only reads, hashes and copies.
-            elsewhere = _store_locations(store, manifest) if store is not None else {}
-            small = manifest.size <= SMALL_FILE
-            if small:  # microseconds of work: not worth a thread hand-off
-                have = _reusable_chunks(fd, manifest, elsewhere)
-            else:
-                have = await anyio.to_thread.run_sync(_reusable_chunks, fd, manifest, elsewhere)
-            stats.from_local = sum(manifest.chunks[i].length for i in have)
-            hasher = None if small else _PrefixHasher(fd, manifest.size)
-            try:
-                await self._download(manifest, fd, have, stats, progress, hasher, watch)
-                if hasher is None:
-                    sha, b3 = _hash_fd(fd, manifest.size)
-                else:
-                    sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
-            finally:
-                if hasher is not None:
-                    hasher.stop()
-            if sha != manifest.sha256:
-                raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
-            if b3 != manifest.blake3:
-                raise IntegrityError(manifest.filename, manifest.blake3.hex(), b3.hex())
-            await anyio.to_thread.run_sync(os.fsync, fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-        if store is not None:
-            store.commit(files=[_as_hashed(manifest, partial)])
-            path = store.file_path(manifest.blake3)
-            if dest is not None:
-                path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
-        else:
-            assert dest is not None
-            path = dest / manifest.filename
-            partial.replace(path)
-            if sync_dir:
-                fsync_path(dest)
-        stats.seconds = time.monotonic() - started
-        return path, stats
-
-    async def _download(
-        self,
-        manifest: FileManifest,
-        fd: int,
-        have: set[int],
-        stats: FetchStats,
-        progress: Progress | None,
-        hasher: _PrefixHasher | None,
-        watch: Callable[[int], None] | None = None,
-    ) -> None:
-        peers = self._live_peers()
-        if not peers and len(have) < len(manifest.chunks):
-            raise FetchError(f"no peers to fetch {manifest.filename} from")
-        sched = Scheduler(
-            [c.length for c in manifest.chunks],
-            have,
-            [(p.url, p.tier) for p in peers],
-            time.monotonic(),
-            self.schedule_config,
+        """Download ``manifest``'s file (see :meth:`FileDownloader.fetch_file`)."""
+        return await self.downloader.fetch_file(
+            manifest, dest, progress=progress, sync_dir=sync_dir, watch=watch
         )
-        ctx = _Download(manifest, fd, sched, stats, progress, hasher, watch)
-        ctx.start()
-        wake = anyio.Event()
-        path = wire.file_path(manifest.blake3)
-
-        async def run(peer: str, span: Span) -> None:
-            nonlocal wake
-            sink = _SpanSink(ctx, peer, span)
-            try:
-                await self._request_span(peer, path, span, manifest.size, sink)
-                sched.span_finished(peer, span, time.monotonic(), sink.received)
-            except PeerBusyError as exc:
-                log.info("peer %s is busy (503), retry after %gs", peer, exc.retry_after)
-                sched.span_failed(peer, span, time.monotonic(), Failure.BUSY, exc.retry_after)
-            except BadDataError as exc:
-                log.warning("banning peer %s: %s", peer, exc)
-                self.banned.add(peer)
-                sched.span_failed(peer, span, time.monotonic(), Failure.BAD)
-            except _Absent:
-                log.info("peer %s does not hold %s", peer, manifest.filename)
-                sched.span_failed(peer, span, time.monotonic(), Failure.ABSENT)
-            except PeerError as exc:
-                log.info("span %d-%d from %s failed: %s", span.first, span.end, peer, exc)
-                sched.span_failed(peer, span, time.monotonic(), Failure.ERROR)
-            finally:
-                wake.set()
-
-        failed = False
-        async with anyio.create_task_group() as tg:
-            while not sched.complete:
-                if sched.failed():
-                    failed = True
-                    break
-                now = time.monotonic()
-                for name in sched.ready_peers(now):
-                    while (span := sched.assign(name, now)) is not None:
-                        tg.start_soon(run, name, span)
-                wake = anyio.Event()
-                wakeup = sched.next_wakeup(now)
-                timeout = math.inf if wakeup is None else max(0.0, wakeup - now)
-                with anyio.move_on_after(timeout):
-                    await wake.wait()
-            tg.cancel_scope.cancel()  # endgame duplicates still running lost the race
-        stats.peers = sched.peer_summary()
-        if failed:
-            summary = "; ".join(f"{n}: {s['dropped']}" for n, s in stats.peers.items())
-            raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
-
-    async def _request_span(
-        self, peer: str, path: str, span: Span, size: int, sink: _SpanSink
-    ) -> None:
-        client = self.clients[peer]
-        whole = span.start == 0 and span.stop == size
-
-        def factory(head: wire.ResponseHead) -> Sink:
-            if head.status == 206 and not whole:
-                if head.content_range != (span.start, span.stop, size):
-                    raise ProtocolError(
-                        peer, f"asked {span.start}-{span.stop}, got {head.content_range}"
-                    )
-                return sink
-            if head.status == 200:
-                if head.content_length != size:
-                    raise ProtocolError(
-                        peer, f"file is {head.content_length} bytes, expected {size}"
-                    )
-                # A server that ignores Range sends the whole file: skip to the span.
-                return sink if whole else SkipSink(sink, span.start, span.stop - span.start)
-            if head.status == 404:
-                raise _Absent(peer, "404")
-            if head.status == 503:
-                raise PeerBusyError(peer, head.retry_after())
-            raise ProtocolError(peer, f"unexpected HTTP {head.status}", head.status)
-
-        headers = () if whole else (("Range", f"bytes={span.start}-{span.stop - 1}"),)
-        await client.request("GET", path, factory, headers=headers)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -816,56 +465,4 @@ def open_root(wire_bytes: bytes) -> bytes:
     return data
 
 
-def _store_locations(store: Store, manifest: FileManifest) -> dict[int, tuple[Path, int]]:
-    """Chunk index -> (archive path, offset) for chunks the store holds in other files."""
-    out = {}
-    for i, c in enumerate(manifest.chunks):
-        loc = store.chunk_location(c.id)
-        if loc is not None:
-            out[i] = (store.file_path(loc.file), loc.offset)
-    return out
-
-
-def _reusable_chunks(
-    fd: int, manifest: FileManifest, elsewhere: dict[int, tuple[Path, int]]
-) -> set[int]:
-    """Chunks already verified in the partial file, or copied from other local files."""
-    size = os.fstat(fd).st_size
-    have: set[int] = set()
-    offsets = manifest.chunk_offsets()
-    if size == manifest.size and size > 0:
-        for i, c in enumerate(manifest.chunks):
-            if blake3.blake3(os.pread(fd, c.length, offsets[i])).digest() == c.id:
-                have.add(i)
-    else:
-        os.ftruncate(fd, manifest.size)
-        if manifest.size > SMALL_FILE:
-            # Reserve the blocks up front: ENOSPC shows now, not mid-transfer.
-            with contextlib.suppress(OSError):
-                os.posix_fallocate(fd, 0, manifest.size)
-    for i, (path, offset) in elsewhere.items():
-        if i in have:
-            continue
-        c = manifest.chunks[i]
-        try:
-            with path.open("rb") as fh:
-                data = os.pread(fh.fileno(), c.length, offset)
-        except OSError:
-            continue
-        if len(data) == c.length and blake3.blake3(data).digest() == c.id:
-            os.pwrite(fd, data, offsets[i])
-            have.add(i)
-    return have
-
-
-def _hash_fd(fd: int, size: int) -> tuple[bytes, bytes]:
-    """sha256 and BLAKE3 of a small file, in one read."""
-    data = os.pread(fd, size, 0)
-    return hashlib.sha256(data).digest(), blake3.blake3(data).digest()
-
-
-def _as_hashed(manifest: FileManifest, path: Path) -> Hashed:
-    return Hashed(manifest.size, manifest.sha256, manifest.blake3, manifest.chunks, path)
-
-
-__all__ = ["FetchStats", "Fetcher", "Peer", "open_root"]
+__all__ = ["FetchStats", "Fetcher", "Peer", "Progress", "open_root"]

@@ -18,9 +18,9 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import urlsplit
 
+from p2pkg.core.link import Sink, SinkDone
 from p2pkg.errors import BadDataError, P2pkgError, ProtocolError, TransportError
 from p2pkg.io.http import wire
 
@@ -32,22 +32,6 @@ class ClientConfig:
     stall_timeout: float = 5.0  # abort when a body makes no progress for this long
     idle_connections: int = 4  # kept per peer for reuse
     max_error_body: int = 64 * 1024
-
-
-class Sink(Protocol):
-    """Where a response body goes."""
-
-    def buffer(self) -> memoryview:
-        """A non-empty writable view for the next bytes."""
-        ...
-
-    def advance(self, n: int) -> None:
-        """``n`` bytes were written into the last buffer. May raise to abort."""
-        ...
-
-
-class SinkDone(Exception):
-    """Raised by a sink that needs no more bytes (the rest is discarded)."""
 
 
 class BytesSink:

@@ -1,0 +1,460 @@
+"""The file downloader: one archive from several peers, verified chunk by chunk.
+
+It drives the pure :class:`p2pkg.core.schedule.Scheduler` over
+:class:`p2pkg.core.link.Link` objects — one per peer, HTTP in the product,
+fakes in tests and netsim — and keeps what it learns about each peer in the
+shared :class:`p2pkg.core.peers.PeerBook` (a peer's measured rate sizes its
+first span on the next file; a peer that sends bad data is banned there).
+
+Every chunk is checked against its BLAKE3 id before it touches the disk
+(docs/protocol.md §2.2); the destination is written only when the whole
+file's sha256 and BLAKE3 match the manifest (temp name, fsync, rename).
+
+A download in progress lives in a *partial* file (in the store's
+``partial/`` or beside the destination). Re-running a fetch re-hashes the
+partial file's chunks and downloads only the ones that do not verify, so an
+interrupted fetch resumes; chunks the local store already holds (an older
+version of the same wheel) are copied instead of downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import blake3
+
+from p2pkg.core.link import Link, SinkDone
+from p2pkg.core.objects import FileManifest
+from p2pkg.core.peers import PeerBook
+from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
+from p2pkg.errors import (
+    AbsentError,
+    BadDataError,
+    FetchError,
+    IntegrityError,
+    PeerBusyError,
+    PeerError,
+)
+from p2pkg.io.fsutil import copy_atomic, fsync_path
+from p2pkg.io.ingest import Hashed
+from p2pkg.io.store import Store
+
+log = logging.getLogger(__name__)
+
+SMALL_FILE = 1 << 20  # at most this: hashed inline, no helper thread, no fallocate
+SYNC_EVERY = 32 << 20  # the hashing thread fdatasyncs the partial file this often
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FetchStats:
+    """What one file download did (for --json, logs and benchmarks)."""
+
+    filename: str = ""
+    size: int = 0
+    from_network: int = 0
+    from_local: int = 0  # chunks reused from the partial file or the store
+    seconds: float = 0.0
+    peers: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+class _SpanSink:
+    """Receives one span: verifies each chunk, writes it at its offset."""
+
+    def __init__(
+        self,
+        ctx: _Download,
+        peer: str,
+        span: Span,
+    ) -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.span = span
+        self.i = span.first
+        self.filled = 0
+        self.received = 0
+        lengths = ctx.sched.lengths
+        self.buf = bytearray(max(lengths[span.first : span.end]))
+        self.view = memoryview(self.buf)
+
+    def buffer(self) -> memoryview:
+        return self.view[self.filled : self.ctx.sched.lengths[self.i]]
+
+    def advance(self, n: int) -> None:
+        ctx = self.ctx
+        self.filled += n
+        self.received += n
+        length = ctx.sched.lengths[self.i]
+        if self.filled < length:
+            return
+        chunk = self.view[:length]
+        index = self.i
+        if not ctx.sched.done[index]:
+            # docs/protocol.md §2.2: a chunk is accepted only if it hashes to its id.
+            if blake3.blake3(chunk).digest() != ctx.manifest.chunks[index].id:
+                raise BadDataError(
+                    self.peer, f"chunk {index} of {ctx.manifest.filename} failed verification"
+                )
+            os.pwrite(ctx.fd, chunk, ctx.sched.offsets[index])
+            ctx.chunk_verified(self.peer, index)
+        else:
+            ctx.sched.chunk_done(self.peer, index)
+            if not ctx.sched.still_needed(self.span):
+                raise SinkDone  # a duplicate finished this span first
+        self.i += 1
+        self.filled = 0
+
+
+class _PrefixHasher:
+    """sha256 + BLAKE3 of the whole file, on a worker thread, trailing the verified prefix.
+
+    The final whole-file check (docs/protocol.md §3.3) would otherwise be a
+    serial pass after the download; this way it overlaps it and only the
+    last chunks remain to hash at the end.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.sha = hashlib.sha256()
+        self.b3 = blake3.blake3()
+        self.pos = 0
+        self.synced = 0
+        self.target = 0
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="p2pkg-hash", daemon=True)
+        self.thread.start()
+
+    def advance(self, target: int) -> None:
+        with self.cond:
+            if target > self.target:
+                self.target = target
+                self.cond.notify()
+
+    def _run(self) -> None:
+        if self.size == 0:
+            return
+        try:
+            # Hash straight from the page cache through a read-only mapping (no copies).
+            with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    self._hash(view)
+                finally:
+                    view.release()
+        except BaseException as exc:  # re-raised by finish()
+            self.error = exc
+
+    def _hash(self, view: memoryview) -> None:
+        while self.pos < self.size:
+            with self.cond:
+                while self.pos >= self.target and not self.stopped:
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                target = self.target
+            while self.pos < target:
+                end = min(target, self.pos + (4 << 20))
+                block = view[self.pos : end]
+                self.sha.update(block)
+                self.b3.update(block)
+                block.release()
+                self.pos = end
+                if self.pos - self.synced >= SYNC_EVERY:
+                    # Flush as we go (off the event loop) so the final fsync that
+                    # makes the file durable only has the tail left to write.
+                    os.fdatasync(self.fd)
+                    self.synced = self.pos
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """Block until the whole file is hashed; (sha256, BLAKE3)."""
+        self.advance(self.size)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.sha.digest(), self.b3.digest()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+        self.thread.join()
+
+
+@dataclass
+class _Download:
+    manifest: FileManifest
+    fd: int
+    sched: Scheduler
+    stats: FetchStats
+    progress: Progress | None
+    hasher: _PrefixHasher | None  # None for small files: hashed in one go at the end
+    watch: Callable[[int], None] | None = None
+    done_bytes: int = 0
+    prefix: int = 0  # chunks 0..prefix-1 are all verified
+
+    def start(self) -> None:
+        s = self.sched
+        self.done_bytes = sum(s.lengths[i] for i in range(len(s.lengths)) if s.done[i])
+        self._advance_prefix()
+
+    def chunk_verified(self, peer: str, index: int) -> None:
+        length = self.sched.lengths[index]
+        self.sched.chunk_done(peer, index)
+        self.stats.from_network += length
+        self.done_bytes += length
+        if index == self.prefix:
+            self._advance_prefix()
+        if self.progress is not None:
+            self.progress(self.done_bytes, self.manifest.size)
+
+    def _advance_prefix(self) -> None:
+        s = self.sched
+        while self.prefix < len(s.lengths) and s.done[self.prefix]:
+            self.prefix += 1
+        if self.hasher is not None:
+            self.hasher.advance(s.offsets[self.prefix])
+        if self.watch is not None:
+            self.watch(s.offsets[self.prefix])
+
+
+class FileDownloader:
+    """Downloads archives over links, sharing one peer book and one optional store."""
+
+    def __init__(
+        self,
+        links: Callable[[str], Link],
+        book: PeerBook,
+        store: Store | None = None,
+        *,
+        schedule_config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.links = links
+        self.book = book
+        self.store = store
+        self.schedule_config = schedule_config
+        self.clock = clock
+
+    async def fetch_file(
+        self,
+        manifest: FileManifest,
+        dest: Path | None,
+        *,
+        progress: Progress | None = None,
+        sync_dir: bool = True,
+        watch: Callable[[int], None] | None = None,
+    ) -> tuple[Path, FetchStats]:
+        """Download ``manifest``'s file; return its path (``dest``/filename if given).
+
+        ``sync_dir=False`` leaves the fsync of ``dest`` to the caller (one per
+        batch of files rather than one per file). ``watch(n)`` is called each
+        time the verified prefix of the partial file grows to ``n`` bytes (a
+        cache streams it to an installer while the rest is still arriving).
+        """
+        started = time.monotonic()
+        stats = FetchStats(manifest.filename, manifest.size)
+        store = self.store
+        if store is None and dest is None:
+            raise ValueError("a destination directory or a store is needed")
+        if store is not None and store.has_file(manifest.blake3):
+            stats.from_local = manifest.size
+            path = store.file_path(manifest.blake3)
+            if dest is not None:
+                path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
+            stats.seconds = time.monotonic() - started
+            return path, stats
+        if store is not None:
+            partial_dir = store.path / "partial"
+        else:
+            assert dest is not None
+            partial_dir = dest
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        partial = partial_dir / f".{manifest.blake3.hex()}.p2pkg-partial"
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # SQLite stays on this thread; the worker only reads, hashes and copies.
+            elsewhere = _store_locations(store, manifest) if store is not None else {}
+            small = manifest.size <= SMALL_FILE
+            if small:  # microseconds of work: not worth a thread hand-off
+                have = _reusable_chunks(fd, manifest, elsewhere)
+            else:
+                have = await anyio.to_thread.run_sync(_reusable_chunks, fd, manifest, elsewhere)
+            stats.from_local = sum(manifest.chunks[i].length for i in have)
+            hasher = None if small else _PrefixHasher(fd, manifest.size)
+            try:
+                await self._download(manifest, fd, have, stats, progress, hasher, watch)
+                if hasher is None:
+                    sha, b3 = _hash_fd(fd, manifest.size)
+                else:
+                    sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
+            finally:
+                if hasher is not None:
+                    hasher.stop()
+            if sha != manifest.sha256:
+                raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
+            if b3 != manifest.blake3:
+                raise IntegrityError(manifest.filename, manifest.blake3.hex(), b3.hex())
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if store is not None:
+            store.commit(files=[_as_hashed(manifest, partial)])
+            path = store.file_path(manifest.blake3)
+            if dest is not None:
+                path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
+        else:
+            assert dest is not None
+            path = dest / manifest.filename
+            partial.replace(path)
+            if sync_dir:
+                fsync_path(dest)
+        stats.seconds = time.monotonic() - started
+        return path, stats
+
+    async def _download(
+        self,
+        manifest: FileManifest,
+        fd: int,
+        have: set[int],
+        stats: FetchStats,
+        progress: Progress | None,
+        hasher: _PrefixHasher | None,
+        watch: Callable[[int], None] | None = None,
+    ) -> None:
+        peers = self.book.live(self.clock())
+        if not peers and len(have) < len(manifest.chunks):
+            raise FetchError(f"no peers to fetch {manifest.filename} from")
+        sched = Scheduler(
+            [c.length for c in manifest.chunks],
+            have,
+            [(p.url, int(p.tier)) for p in peers],
+            self.clock(),
+            self.schedule_config,
+            rates=self.book.rates(),
+        )
+        ctx = _Download(manifest, fd, sched, stats, progress, hasher, watch)
+        ctx.start()
+        wake = anyio.Event()
+        clock = self.clock
+
+        async def run(peer: str, span: Span) -> None:
+            nonlocal wake
+            sink = _SpanSink(ctx, peer, span)
+            started = clock()
+            try:
+                link = self.links(peer)
+                await link.span(manifest.blake3, span.start, span.stop, manifest.size, sink)
+                now = clock()
+                sched.span_finished(peer, span, now, sink.received)
+                self.book.observe_transfer(peer, sink.received, now - started)
+            except PeerBusyError as exc:
+                log.info("peer %s is busy (503), retry after %gs", peer, exc.retry_after)
+                sched.span_failed(peer, span, clock(), Failure.BUSY, exc.retry_after)
+            except BadDataError as exc:
+                log.warning("banning peer %s: %s", peer, exc)
+                self.book.ban(peer, str(exc), clock())
+                sched.span_failed(peer, span, clock(), Failure.BAD)
+            except AbsentError:
+                log.info("peer %s does not hold %s", peer, manifest.filename)
+                sched.span_failed(peer, span, clock(), Failure.ABSENT)
+            except PeerError as exc:
+                log.info("span %d-%d from %s failed: %s", span.first, span.end, peer, exc)
+                self.book.observe_failure(peer)
+                sched.span_failed(peer, span, clock(), Failure.ERROR)
+            finally:
+                wake.set()
+
+        failed = False
+        async with anyio.create_task_group() as tg:
+            while not sched.complete:
+                if sched.failed():
+                    failed = True
+                    break
+                now = clock()
+                for name in sched.ready_peers(now):
+                    while (span := sched.assign(name, now)) is not None:
+                        tg.start_soon(run, name, span)
+                wake = anyio.Event()
+                wakeup = sched.next_wakeup(now)
+                timeout = math.inf if wakeup is None else max(0.0, wakeup - now)
+                with anyio.move_on_after(timeout):
+                    await wake.wait()
+            tg.cancel_scope.cancel()  # endgame duplicates still running lost the race
+        stats.peers = sched.peer_summary()
+        if failed:
+            summary = "; ".join(f"{n}: {s['dropped']}" for n, s in stats.peers.items())
+            raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _store_locations(store: Store, manifest: FileManifest) -> dict[int, tuple[Path, int]]:
+    """Chunk index -> (archive path, offset) for chunks the store holds in other files."""
+    out = {}
+    for i, c in enumerate(manifest.chunks):
+        loc = store.chunk_location(c.id)
+        if loc is not None:
+            out[i] = (store.file_path(loc.file), loc.offset)
+    return out
+
+
+def _reusable_chunks(
+    fd: int, manifest: FileManifest, elsewhere: dict[int, tuple[Path, int]]
+) -> set[int]:
+    """Chunks already verified in the partial file, or copied from other local files."""
+    size = os.fstat(fd).st_size
+    have: set[int] = set()
+    offsets = manifest.chunk_offsets()
+    if size == manifest.size and size > 0:
+        for i, c in enumerate(manifest.chunks):
+            if blake3.blake3(os.pread(fd, c.length, offsets[i])).digest() == c.id:
+                have.add(i)
+    else:
+        os.ftruncate(fd, manifest.size)
+        if manifest.size > SMALL_FILE:
+            # Reserve the blocks up front: ENOSPC shows now, not mid-transfer.
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(fd, 0, manifest.size)
+    for i, (path, offset) in elsewhere.items():
+        if i in have:
+            continue
+        c = manifest.chunks[i]
+        try:
+            with path.open("rb") as fh:
+                data = os.pread(fh.fileno(), c.length, offset)
+        except OSError:
+            continue
+        if len(data) == c.length and blake3.blake3(data).digest() == c.id:
+            os.pwrite(fd, data, offsets[i])
+            have.add(i)
+    return have
+
+
+def _hash_fd(fd: int, size: int) -> tuple[bytes, bytes]:
+    """sha256 and BLAKE3 of a small file, in one read."""
+    data = os.pread(fd, size, 0)
+    return hashlib.sha256(data).digest(), blake3.blake3(data).digest()
+
+
+def _as_hashed(manifest: FileManifest, path: Path) -> Hashed:
+    return Hashed(manifest.size, manifest.sha256, manifest.blake3, manifest.chunks, path)
+
+
+__all__ = ["FetchStats", "FileDownloader", "Progress"]

@@ -1,0 +1,133 @@
+"""The file downloader over fake links: seeded faults, no sockets (the Link seam)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from p2pkg.core.link import Sink, SinkDone
+from p2pkg.core.objects import FileManifest, ObjectId
+from p2pkg.core.peers import PeerBook, Tier
+from p2pkg.errors import AbsentError, FetchError, PeerBusyError, TransportError
+from p2pkg.io.ingest import hash_bytes
+from p2pkg.roles.download import FileDownloader
+
+pytestmark = pytest.mark.anyio
+
+MODES = ("ok", "corrupt", "reset", "absent", "busy", "drop")
+
+
+class FakeLink:
+    """A peer holding ``data``, misbehaving as ``mode`` says; pieces sized by ``rng``."""
+
+    def __init__(self, url: str, data: bytes, mode: str, rng: random.Random) -> None:
+        self.url = url
+        self.data = data
+        self.mode = mode
+        self.rng = rng
+        self.requests = 0
+
+    async def span(self, blake3: bytes, start: int, stop: int, size: int, sink: Sink) -> None:
+        self.requests += 1
+        if self.mode == "absent":
+            raise AbsentError(self.url, "not held (404)")
+        if self.mode == "busy" and self.rng.random() < 0.5:
+            raise PeerBusyError(self.url, 0.01)
+        if self.mode == "drop" and self.rng.random() < 0.5:
+            raise TransportError(self.url, "connection refused")
+        body = bytearray(self.data[start:stop])
+        if self.mode == "corrupt":
+            body[self.rng.randrange(len(body))] ^= 0xFF
+        cut = self.rng.randrange(len(body)) if self.mode == "reset" else len(body)
+        pos = 0
+        try:
+            while pos < len(body):
+                if pos >= cut:
+                    raise TransportError(self.url, "connection reset")
+                view = sink.buffer()
+                n = min(len(view), len(body) - pos, self.rng.randint(1, 70_000), cut - pos or 1)
+                view[:n] = body[pos : pos + n]
+                sink.advance(n)
+                pos += n
+                await anyio.sleep(0)
+        except SinkDone:
+            return
+
+    async def object(self, oid: ObjectId) -> bytes:
+        raise AbsentError(self.url, "no objects here")
+
+    async def objects(self, oids: Sequence[ObjectId]) -> list[bytes]:
+        raise AbsentError(self.url, "no objects here")
+
+    async def root(self, version: int | None = None) -> bytes:
+        raise AbsentError(self.url, "no root here")
+
+    def close(self) -> None:
+        pass
+
+
+def manifest_of(data: bytes, name: str = "demo-1.0-py3-none-any.whl") -> FileManifest:
+    sha, b3, chunks = hash_bytes(data)
+    return FileManifest(name, "1.0", len(data), sha, b3, "", None, 0, None, chunks)
+
+
+async def _fetch(
+    data: bytes, modes: Sequence[str], seed: int, dest: Path, book: PeerBook | None = None
+) -> tuple[PeerBook, dict[str, FakeLink], Path]:
+    rng = random.Random(seed)
+    links = {f"peer{i}-{m}": FakeLink(f"peer{i}-{m}", data, m, rng) for i, m in enumerate(modes)}
+    book = book or PeerBook()
+    for url in links:
+        book.add(url, Tier.MIRROR)
+    downloader = FileDownloader(links.__getitem__, book)
+    with anyio.fail_after(30):
+        path, _ = await downloader.fetch_file(manifest_of(data), dest)
+    return book, links, path
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_faulty_links_never_corrupt_the_file(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    data = rng.randbytes(rng.randint(1, 3_000_000))
+    modes = ["ok", *rng.sample(MODES[1:], k=rng.randint(1, 4))]
+    rng.shuffle(modes)
+    book, links, path = await _fetch(data, modes, seed, tmp_path)
+    assert path.read_bytes() == data, f"seed {seed}, modes {modes}"
+    banned = set(book.banned(float("-inf")))
+    for url, link in links.items():
+        if link.mode == "corrupt" and link.requests:
+            assert url in banned, f"seed {seed}: corrupt {url} not banned"
+        if link.mode == "ok":
+            assert url not in banned, f"seed {seed}: honest {url} banned"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], f"seed {seed}: leftovers"
+
+
+async def test_only_bad_links_write_nothing(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(500_000)
+    with pytest.raises(FetchError):
+        await _fetch(data, ["corrupt", "absent", "reset"], 7, tmp_path)
+    assert not (tmp_path / "demo-1.0-py3-none-any.whl").exists()
+
+
+async def test_measured_rates_outlive_one_file(tmp_path: Path) -> None:
+    """The peer book keeps what a download measured: the next file starts from it."""
+    data = random.Random(3).randbytes(2_000_000)
+    book, _, _ = await _fetch(data, ["ok"], 3, tmp_path / "a")
+    rate = book.rates()["peer0-ok"]
+    assert rate > 0
+    # the scheduler of the next file sizes its first span from that rate
+    from p2pkg.core.schedule import ScheduleConfig, Scheduler
+
+    cfg = ScheduleConfig()
+    fresh = Scheduler([65_536] * 2000, (), [("peer0-ok", 1)], 0.0, cfg)
+    known = Scheduler([65_536] * 2000, (), [("peer0-ok", 1)], 0.0, cfg, rates=book.rates())
+    first_fresh = fresh.assign("peer0-ok", 0.0)
+    first_known = known.assign("peer0-ok", 0.0)
+    assert first_fresh is not None and first_known is not None
+    assert first_fresh.stop - first_fresh.start == cfg.initial_span
+    expected = max(cfg.min_span, min(cfg.max_span, int(rate * cfg.target_span_seconds)))
+    assert abs((first_known.stop - first_known.start) - expected) <= 65_536
