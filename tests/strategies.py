@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from hypothesis import strategies as st
+from packaging.version import Version
 
+from p2pkg.config import CHUNK_PARAMS
 from p2pkg.core.chunking import ChunkId, ChunkRef
 from p2pkg.core.objects import (
     TREE_LEVELS,
@@ -29,15 +31,39 @@ texts = st.text(max_size=40)
 
 
 @st.composite
+def versions(draw: st.DrawFn) -> str:
+    """PEP 440 versions in normalized form, as §3.3 requires of a manifest."""
+    small = st.integers(0, 999)
+    text = ".".join(str(n) for n in draw(st.lists(small, min_size=1, max_size=4)))
+    if draw(st.booleans()):
+        text = f"{draw(st.integers(1, 9))}!{text}"
+    if draw(st.booleans()):
+        text += draw(st.sampled_from(["a", "b", "rc"])) + str(draw(small))
+    if draw(st.booleans()):
+        text += f".post{draw(small)}"
+    if draw(st.booleans()):
+        text += f".dev{draw(small)}"
+    if draw(st.booleans()):
+        local = draw(st.lists(st.from_regex(r"\A[a-z0-9]{1,6}\Z"), min_size=1, max_size=3))
+        text += "+" + ".".join(local)
+    # Version() spells it the one normalized way (e.g. local "01" is "1").
+    return str(Version(text))
+
+
+# Chunk lengths a manifest may carry (§3.3): FastCDC never cuts above max_size.
+chunk_lengths = st.integers(1, CHUNK_PARAMS.max_size)
+
+
+@st.composite
 def manifests(draw: st.DrawFn) -> FileManifest:
-    lengths = draw(st.lists(st.integers(1, 300_000), max_size=20))
+    lengths = draw(st.lists(chunk_lengths, max_size=20))
     chunks = tuple(ChunkRef(ChunkId(draw(hashes)), n) for n in lengths)
     core = None
     if draw(st.booleans()):
         core = CoreMetadata(draw(hashes), draw(oids), draw(st.integers(0, 1 << 20)))
     return FileManifest(
         filename=draw(filenames),
-        version=draw(st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3}){0,3}\Z", fullmatch=True)),
+        version=draw(versions()),
         size=sum(lengths),
         sha256=draw(hashes),
         blake3=draw(hashes),

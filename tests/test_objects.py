@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import zstandard
 from hypothesis import example, given
 from hypothesis import strategies as st
+from packaging.version import InvalidVersion, Version
 
-from p2pkg.config import Limits
+from p2pkg.config import CHUNK_PARAMS, Limits
+from p2pkg.core.chunking import ChunkId, ChunkRef
 from p2pkg.core.codec import Writer
 from p2pkg.core.objects import (
     Blob,
     FileEntry,
+    FileManifest,
     Kind,
     ObjectId,
     Project,
@@ -27,7 +31,7 @@ from p2pkg.core.objects import (
 from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import DecodeError, IntegrityError
 
-from .strategies import any_object, manifests, projects
+from .strategies import any_object, manifests, projects, versions
 
 
 @given(any_object)
@@ -161,3 +165,166 @@ def test_normalize_name() -> None:
     assert normalize_name("Foo.Bar__baz") == "foo-bar-baz"
     entry = FileEntry("x.whl", ObjectId(bytes(32)))
     assert Project("foo", (entry,)).lookup("x.whl") == bytes(32)
+
+
+# --------------------------------------------------------------------------- manifest rules (§3.3)
+
+
+def _unchecked(m: FileManifest) -> bytes:
+    """``m``'s kind-2 encoding written field by field (§3.3), bypassing encode()'s checks."""
+    w = Writer()
+    w.u8(Kind.FILE)
+    w.u8(1)
+    w.text(m.filename)
+    w.text(m.version)
+    w.uvarint(m.size)
+    w.hash(m.sha256)
+    w.hash(m.blake3)
+    w.text(m.requires_python)
+    w.flag(m.yanked is not None)
+    if m.yanked is not None:
+        w.text(m.yanked)
+    w.uvarint(m.upload_time)
+    w.flag(m.core_metadata is not None)
+    if m.core_metadata is not None:
+        w.hash(m.core_metadata.sha256)
+        w.hash(m.core_metadata.blob)
+        w.uvarint(m.core_metadata.size)
+    w.uvarint(len(m.chunks))
+    for c in m.chunks:
+        w.hash(c.id)
+        w.uvarint(c.length)
+    return w.getvalue()
+
+
+def _manifest(version: str = "1.0", lengths: tuple[int, ...] = (3,)) -> FileManifest:
+    chunks = tuple(ChunkRef(ChunkId(b"\x03" * 32), n) for n in lengths)
+    return FileManifest(
+        "demo-1.0.tar.gz",
+        version,
+        sum(lengths),
+        b"\x01" * 32,
+        b"\x02" * 32,
+        "",
+        None,
+        0,
+        None,
+        chunks,
+    )
+
+
+def _raw_manifest(version: str = "1.0", lengths: tuple[int, ...] = (3,)) -> bytes:
+    return _unchecked(_manifest(version, lengths))
+
+
+@given(manifests())
+def test_unchecked_helper_matches_encode(m: FileManifest) -> None:
+    assert _unchecked(m) == encode(m)
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["1.0", "1.0a1", "1.0.0a1", "1.0.0.0", "0", "1!1.0", "1.0.post0", "1.0rc1.dev2+abc.1"],
+)
+def test_normalized_versions_accepted(version: str) -> None:
+    assert decode(_raw_manifest(version)) == _manifest(version)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "1.0-alpha1",  # 1.0a1
+        "v1.0",  # 1.0
+        "01.0",  # 1.0
+        "1.0RC1",  # 1.0rc1
+        "1.0-1",  # 1.0.post1
+        "1.0.dev",  # 1.0.dev0
+        "1.0+Local",  # 1.0+local
+        "0!1.0",  # 1.0
+        " 1.0",
+        "1.0\n",
+        "",  # §3.3: non-empty
+        "not a version",
+        "1.0.",
+        "\u0661.0",  # a non-ASCII digit
+    ],
+)
+def test_non_normalized_versions_rejected(version: str) -> None:
+    with pytest.raises(DecodeError, match="version"):
+        decode(_raw_manifest(version))
+    with pytest.raises(ValueError, match="version"):
+        encode(_manifest(version))
+
+
+def test_version_length_limit() -> None:
+    long = "1." + ".".join(["0"] * 70)  # normalized, 142 bytes > §3.7's 128
+    assert str(Version(long)) == long
+    with pytest.raises(DecodeError):
+        decode(_raw_manifest(long))
+
+
+@given(st.text(max_size=30))
+@example("1.0")
+@example("1.0-alpha1")
+def test_version_decodes_iff_normalized(version: str) -> None:
+    try:
+        normalized = str(Version(version)) == version
+    except InvalidVersion:
+        normalized = False
+    data = _raw_manifest(version)
+    if normalized:
+        assert decode(data) == _manifest(version)
+    else:
+        with pytest.raises(DecodeError):
+            decode(data)
+
+
+@given(versions())
+def test_generated_versions_are_normalized(version: str) -> None:
+    assert str(Version(version)) == version
+    assert len(version.encode()) <= Limits().max_version_len
+
+
+def test_chunk_of_max_size_accepted() -> None:
+    lengths = (CHUNK_PARAMS.max_size, 1, CHUNK_PARAMS.max_size)
+    assert decode(_raw_manifest(lengths=lengths)) == _manifest(lengths=lengths)
+
+
+@pytest.mark.parametrize("length", [CHUNK_PARAMS.max_size + 1, 1 << 40, (1 << 63) - 1])
+def test_chunk_longer_than_max_rejected(length: int) -> None:
+    with pytest.raises(DecodeError, match="exceeds limit"):
+        decode(_raw_manifest(lengths=(length,)))
+    with pytest.raises(ValueError, match="chunk length"):
+        encode(_manifest(lengths=(length,)))
+
+
+def test_zero_length_chunk_rejected() -> None:
+    with pytest.raises(DecodeError, match="zero-length"):
+        decode(_raw_manifest(lengths=(3, 0)))
+    with pytest.raises(ValueError, match="chunk length"):
+        encode(_manifest(lengths=(3, 0)))
+
+
+def test_huge_varint_chunk_length_rejected_while_reading() -> None:
+    # A 9-byte varint whose value (2^63 - 1) no buffer could hold, and one that
+    # does not even end within 9 bytes: both refused at the length field.
+    body = _raw_manifest(lengths=(3,))[:-1]
+    for tail in (b"\xff" * 8 + b"\x7f", b"\xff" * 9, b"\x81\x80\x80\x80\x80\x80\x80\x80\x01"):
+        with pytest.raises(DecodeError):
+            decode(body + tail)
+
+
+@given(manifests(), st.data())
+def test_oversized_chunk_in_any_manifest_rejected(m: FileManifest, data: st.DataObject) -> None:
+    if not m.chunks:
+        return
+    i = data.draw(st.integers(0, len(m.chunks) - 1))
+    big = data.draw(st.integers(CHUNK_PARAMS.max_size + 1, 1 << 34))
+    chunks = list(m.chunks)
+    chunks[i] = ChunkRef(chunks[i].id, big)
+    # Sizes still add up: the only fault is the one chunk's length.
+    bad = dataclasses.replace(m, chunks=tuple(chunks), size=m.size - m.chunks[i].length + big)
+    with pytest.raises(ValueError, match="chunk length"):
+        encode(bad)
+    with pytest.raises(DecodeError, match="exceeds limit"):
+        decode(_unchecked(bad))

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from p2pkg.core import tree
 from p2pkg.core.objects import TREE_LEVELS, ObjectId, Project, encode, object_id
+from p2pkg.errors import NotFoundError
 
 
 class MemoryObjects(dict[ObjectId, bytes]):
@@ -81,3 +84,19 @@ def test_iter_projects_lists_everything() -> None:
     assert sorted(e.name for e in tree.iter_projects(objs.get, root)) == sorted(NAMES[:500])
     depths = [d for _, d in tree.iter_tree_ids(objs.get, root)]
     assert depths.count(0) == 1 and max(depths) == TREE_LEVELS
+
+
+def test_partial_source_resolve_raises_and_held_walk_counts() -> None:
+    objs, root = _build(NAMES[:500])
+    name = NAMES[3]
+    leaf = tree.resolve(objs.get, root, name).path[TREE_LEVELS]
+    partial = {oid: data for oid, data in objs.items() if oid != leaf}
+    with pytest.raises(NotFoundError, match="not held"):
+        tree.resolve(partial.get, root, name)
+    held = tree.held_projects(partial.get, root)
+    assert held.missing == (leaf,) and held.subtrees_missing == 1
+    assert name not in {e.name for e in held.projects}
+    assert len(held.projects) < 500
+    assert held.projects == tuple(
+        e for e in tree.iter_projects(objs.get, root) if e.name in {p.name for p in held.projects}
+    )

@@ -17,8 +17,9 @@ from enum import IntEnum
 from typing import NewType, TypeVar
 
 import zstandard
+from packaging.version import InvalidVersion, Version
 
-from p2pkg.config import LIMITS, Limits
+from p2pkg.config import CHUNK_PARAMS, LIMITS, Limits
 from p2pkg.core.chunking import ChunkId, ChunkRef, b3, offsets
 from p2pkg.core.codec import HASH_LEN, Reader, Writer, check_strictly_sorted
 from p2pkg.errors import DecodeError, IntegrityError
@@ -75,6 +76,23 @@ def check_filename(name: str, limits: Limits = LIMITS) -> None:
         or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
     ):
         raise DecodeError(f"unsafe or invalid filename: {name!r}")
+
+
+def is_normalized_version(text: str) -> bool:
+    """Whether ``text`` is a PEP 440 version in its normalized form (§3.3).
+
+    One release has one spelling, so ``1.0-alpha1`` and ``1.0a1`` cannot be two
+    files' versions with different ids; ``str(Version(...))`` is that spelling.
+    """
+    try:
+        return str(Version(text)) == text
+    except InvalidVersion:
+        return False
+
+
+def check_version(text: str, limits: Limits = LIMITS) -> None:
+    if len(text.encode()) > limits.max_version_len or not is_normalized_version(text):
+        raise DecodeError(f"not a normalized PEP 440 version: {text!r}")
 
 
 def name_hash(name: str) -> bytes:
@@ -224,6 +242,13 @@ def encode(obj: TreeObject) -> bytes:
 
 
 def _encode_file(w: Writer, m: FileManifest) -> None:
+    # Refuse what the decoder refuses (§3.3), so no id is ever minted for a
+    # manifest nobody can read back.
+    if not is_normalized_version(m.version):
+        raise ValueError(f"version is not normalized PEP 440: {m.version!r}")
+    for c in m.chunks:
+        if not 1 <= c.length <= CHUNK_PARAMS.max_size:
+            raise ValueError(f"chunk length {c.length} outside 1..{CHUNK_PARAMS.max_size}")
     _header(w, Kind.FILE)
     w.text(m.filename)
     w.text(m.version)
@@ -298,8 +323,7 @@ def _filename(r: Reader, limits: Limits) -> str:
 def _decode_file(r: Reader, limits: Limits) -> FileManifest:
     filename = _filename(r, limits)
     version = r.text(limits.max_version_len)
-    if not version:
-        raise DecodeError("empty version")
+    check_version(version, limits)  # §3.3: PEP 440 normalized (so never empty)
     size = r.uvarint(limits.max_file_size)
     sha256 = r.hash()
     blake3_ = r.hash()
@@ -314,7 +338,9 @@ def _decode_file(r: Reader, limits: Limits) -> FileManifest:
     total = 0
     for _ in range(n):
         cid = ChunkId(r.hash())
-        length = r.uvarint(limits.max_file_size)
+        # §3.3/§3.7: 1..max chunk size (FastCDC never cuts longer, §2.1); the
+        # bound is checked as the varint is read, before anyone sizes a buffer.
+        length = r.uvarint(CHUNK_PARAMS.max_size)
         if length == 0:
             raise DecodeError("zero-length chunk")
         total += length

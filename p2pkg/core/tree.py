@@ -6,6 +6,9 @@ and those point at leaves listing ``(name, project id)``. Resolving a
 project reads at most 3 objects below the root plus the project itself;
 changing one project rewrites one leaf, two nodes and the root, whatever
 the namespace's size. Empty subtrees are omitted; the top node always exists.
+
+Reading the tree is :mod:`p2pkg.core.walk`'s job (walks as state machines,
+one batch per level); the functions here are its synchronous wrappers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from p2pkg.core.objects import (
     name_hash,
     object_id,
 )
+from p2pkg.core.walk import Listing, ListWalk, ResolveWalk, run_sync
+from p2pkg.errors import NotFoundError
 
 #: Returns the canonical bytes of an object (already checked against its id).
 GetObject = Callable[[ObjectId], bytes]
@@ -61,88 +66,43 @@ class Resolution:
     path: tuple[ObjectId, ...]
 
 
-def resolve(get: GetObject, tree: ObjectId, name: str) -> Resolution:
-    """Find project ``name`` (normalized) under the tree rooted at ``tree``."""
-    h = name_hash(name)
-    path = [tree]
-    node_id = tree
-    for depth in range(TREE_LEVELS):
-        node = decode_as(get(node_id), Node)
-        child = node.child(h[depth])
-        if child is None:
-            return Resolution(None, None, tuple(path))
-        node_id = child
-        path.append(node_id)
-    leaf = decode_as(get(node_id), Leaf)
-    for entry in leaf.projects:
-        if entry.name == name:
-            path.append(entry.project)
-            return Resolution(decode_as(get(entry.project), Project), entry.project, tuple(path))
-    return Resolution(None, None, tuple(path))
+def resolve(get: FindObject, tree: ObjectId, name: str) -> Resolution:
+    """Find project ``name`` (normalized) under the tree rooted at ``tree``.
+
+    A source that lacks an object on the path (``get`` returns None) raises
+    NotFoundError: whether the project exists is unknown there.
+    """
+    walk = ResolveWalk(tree, [name])
+    resolved = run_sync(walk, get)
+    if resolved.unknown:
+        raise NotFoundError(f"object {resolved.missing[0].hex()} on the path to {name!r} not held")
+    # One name: each level read exactly one object, so the levels are the path.
+    path = tuple(oid for level in walk.levels for oid in level)
+    found = resolved.projects[name]
+    if found is None:
+        return Resolution(None, None, path)
+    return Resolution(found.project, found.project_id, path)
 
 
 def iter_projects(get: GetObject, tree: ObjectId) -> Iterator[LeafEntry]:
     """Every project in the tree, in tree order."""
-
-    def walk(oid: ObjectId, depth: int) -> Iterator[LeafEntry]:
-        if depth == TREE_LEVELS:
-            yield from decode_as(get(oid), Leaf).projects
-            return
-        for entry in decode_as(get(oid), Node).children:
-            yield from walk(entry.child, depth + 1)
-
-    yield from walk(tree, 0)
+    return iter(run_sync(ListWalk(tree), get).projects)
 
 
-@dataclass(frozen=True, slots=True)
-class HeldTree:
-    """The part of a tree a source holds (a cache or a subset seed holds only some paths)."""
-
-    #: Every leaf entry of the held leaves, in tree order (the projects themselves
-    #: may or may not be held).
-    projects: tuple[LeafEntry, ...]
-    #: Nodes and leaves that held nodes reference but the source lacks: the
-    #: subtrees it does not hold.
-    missing: tuple[ObjectId, ...]
-
-    @property
-    def subtrees_missing(self) -> int:
-        return len(self.missing)
-
-
-def held_projects(find: FindObject, tree: ObjectId) -> HeldTree:
+def held_projects(find: FindObject, tree: ObjectId) -> Listing:
     """Walk the held part of a tree: the projects it reaches and the subtrees it lacks.
 
     Unlike :func:`iter_projects`, a missing node or leaf is counted, not
     raised: for a partial store that is a fact, not an error.
     """
-    projects: list[LeafEntry] = []
-    missing: list[ObjectId] = []
-
-    def walk(oid: ObjectId, depth: int) -> None:
-        data = find(oid)
-        if data is None:
-            missing.append(oid)
-        elif depth == TREE_LEVELS:
-            projects.extend(decode_as(data, Leaf).projects)
-        else:
-            for entry in decode_as(data, Node).children:
-                walk(entry.child, depth + 1)
-
-    walk(tree, 0)
-    return HeldTree(tuple(projects), tuple(missing))
+    return run_sync(ListWalk(tree), find)
 
 
 def iter_tree_ids(get: GetObject, tree: ObjectId) -> Iterator[tuple[ObjectId, int]]:
     """Every node and leaf id with its depth (leaves have depth TREE_LEVELS)."""
-
-    def walk(oid: ObjectId, depth: int) -> Iterator[tuple[ObjectId, int]]:
-        yield oid, depth
-        if depth < TREE_LEVELS:
-            for entry in decode_as(get(oid), Node).children:
-                yield from walk(entry.child, depth + 1)
-
-    yield from walk(tree, 0)
+    walk = ListWalk(tree)
+    run_sync(walk, get)
+    return ((oid, depth) for depth, level in enumerate(walk.levels) for oid in level)
 
 
 def update(

@@ -59,7 +59,11 @@ class Namespace:
         return self.holds is not None
 
     def project(self, name: str) -> Project | None:
-        return tree.resolve(self.get, self.trusted.root.tree, normalize_name(name)).project
+        """The project ``name`` (any spelling), None if the namespace lacks it.
+
+        Raises NotFoundError when the source lacks an object on the path.
+        """
+        return tree.resolve(self._find, self.trusted.root.tree, normalize_name(name)).project
 
     def require_project(self, name: str) -> Project:
         try:

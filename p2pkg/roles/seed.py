@@ -18,11 +18,9 @@ with exponential back-off; nothing unverified is ever stored.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,19 +28,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from p2pkg.core.objects import (
-    TREE_LEVELS,
-    FileManifest,
-    Leaf,
-    Node,
-    ObjectId,
-    Project,
-    decode_as,
-    name_hash,
-    normalize_name,
-)
+from p2pkg.core.objects import FileManifest, ObjectId, decode_as, normalize_name
 from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot
+from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
 from p2pkg.errors import DecodeError, FetchError, P2pkgError
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
@@ -130,9 +119,7 @@ class Seeder:
         )
         self._wake = anyio.Event()
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
-        self._object_limiter = anyio.CapacityLimiter(4 * config.parallel_files)
-        self._prefetched: dict[ObjectId, bytes] = {}
-        self._batches = _Coalescer(self._fetch_batch)
+        self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
         latest = self.store.latest_root()
         if latest is not None:
             self.fetcher.trusted = self.fetcher._local_trusted()
@@ -220,161 +207,64 @@ class Seeder:
 
     # ------------------------------------------------------------------ syncing
 
-    async def _object(self, oid: ObjectId) -> bytes:
-        data = self._prefetched.pop(oid, None)
-        if data is not None:
-            return data
-        async with self._object_limiter:
-            return await self.fetcher.get_object(oid, keep=False)
-
-    async def _prefetch(self, oids: list[ObjectId]) -> None:
-        """Fetch missing objects in batches (POST /objects), not one request each.
-
-        Sibling tasks ask at nearly the same moment; their ids are coalesced
-        into one batch (see :class:`_Coalescer`). Nothing is committed here:
-        commits stay bottom-up (module docstring).
-        """
-        missing = [o for o in oids if o not in self._prefetched and not self.store.has_object(o)]
-        if missing:
-            self._prefetched.update(await self._batches.get(missing))
-
-    async def _fetch_batch(self, oids: list[ObjectId]) -> dict[ObjectId, bytes]:
-        async with self._object_limiter:
-            return await self.fetcher.get_objects(oids, keep=False)
-
     async def _sync(self, trusted: TrustedRoot) -> None:
-        if not self.projects:
-            await self._sync_node(trusted.root.tree, 0)
-            return
-        await self._sync_subset(trusted)
+        """Fetch what the store lacks under ``trusted``'s tree, then commit it bottom-up.
 
-    async def _sync_node(self, oid: ObjectId, depth: int) -> None:
-        if self.store.has_object(oid):
-            return  # bottom-up commits: held => its subtree is held
-        data = await self._object(oid)
-        child_sync: Callable[[ObjectId], Awaitable[None]]
-        if depth < TREE_LEVELS:
-            children = [e.child for e in decode_as(data, Node).children]
-            child_sync = functools.partial(self._sync_node, depth=depth + 1)
-        else:
-            children = [e.project for e in decode_as(data, Leaf).projects]
-            child_sync = self._sync_project
-        await self._prefetch(children)
+        The walk (:class:`SyncWalk`) asks for each tree level as one batch and
+        skips every subtree the store holds. Archives come next, each committed
+        with its manifest (and core metadata); then projects, leaves and nodes,
+        one transaction per level, deepest first — so a held object always has
+        its whole subtree held, and a sync that fails part-way keeps the files
+        it committed for the next one.
+        """
+        fetched: dict[ObjectId, bytes] = {}
+
+        async def get_level(oids: list[ObjectId]) -> dict[ObjectId, bytes]:
+            got = await self._fetch_level(oids)
+            fetched.update(got)
+            return got
+
+        walk = SyncWalk(trusted.root.tree, self.store.has_object, self.projects or None)
+        plan = await run_async(walk, get_level)
+        if plan.missing:  # get_objects raises first; this keeps the invariant explicit
+            raise FetchError(f"no peer served object {plan.missing[0].hex()}")
+        for name in sorted(plan.absent):
+            log.warning("project %r is not in the namespace", name)
         async with anyio.create_task_group() as tg:
-            for child in children:
-                tg.start_soon(child_sync, child)
-        self.store.commit(objects={oid: data})
+            for oid in plan.level(FILE_DEPTH):
+                tg.start_soon(self._sync_file, oid, fetched, plan.children.get(oid, ()))
+        for depth in reversed(range(FILE_DEPTH)):
+            level = plan.level(depth)
+            if level:
+                self.store.commit(objects={oid: fetched.pop(oid) for oid in level})
 
-    async def _sync_project(self, oid: ObjectId) -> None:
-        if self.store.has_object(oid):
-            return
-        data = await self._object(oid)
-        manifests = [f.manifest for f in decode_as(data, Project).files]
-        await self._prefetch(manifests)
-        blobs = []
-        for m in manifests:
-            raw = self._prefetched.get(m)
-            if raw is not None:
-                core = decode_as(raw, FileManifest).core_metadata
-                if core is not None:
-                    blobs.append(core.blob)
-        await self._prefetch(blobs)
+    async def _fetch_level(self, oids: list[ObjectId]) -> dict[ObjectId, bytes]:
+        """One tree level: ``POST /objects`` batches, several in flight on a wide level."""
+        if len(oids) <= wire.MAX_OBJECT_BATCH:
+            return await self.fetcher.get_objects(oids, keep=False)
+        out: dict[ObjectId, bytes] = {}
+
+        async def group(ids: list[ObjectId]) -> None:
+            async with self._batch_limiter:
+                out.update(await self.fetcher.get_objects(ids, keep=False))
+
         async with anyio.create_task_group() as tg:
-            for m in manifests:
-                tg.start_soon(self._sync_file, m)
-        self.store.commit(objects={oid: data})
+            for start in range(0, len(oids), wire.MAX_OBJECT_BATCH):
+                tg.start_soon(group, oids[start : start + wire.MAX_OBJECT_BATCH])
+        return out
 
-    async def _sync_file(self, oid: ObjectId) -> None:
-        if self.store.has_object(oid):
-            return
-        data = await self._object(oid)
+    async def _sync_file(
+        self, oid: ObjectId, fetched: dict[ObjectId, bytes], blobs: tuple[ObjectId, ...]
+    ) -> None:
+        """One archive, then its manifest and core metadata in one commit."""
+        data = fetched.pop(oid)
         manifest = decode_as(data, FileManifest)
-        objects = {oid: data}
-        if manifest.core_metadata is not None:
-            blob = manifest.core_metadata.blob
-            objects[blob] = await self._object(blob)
         async with self._limiter:
             _, stats = await self.fetcher.fetch_file(manifest, None)
         self.freshness.files_fetched += 1
         self.freshness.bytes_fetched += stats.from_network
-        self.store.commit(objects=objects)
-
-    async def _sync_subset(self, trusted: TrustedRoot) -> None:
-        """The tree path to each wanted project, then its files; path nodes last."""
-        for name in self.projects:
-            h = name_hash(name)
-            path: list[tuple[ObjectId, bytes]] = []
-            oid = trusted.root.tree
-            found = None
-            for depth in range(TREE_LEVELS):
-                data = await self._object(oid)
-                path.append((oid, data))
-                child = decode_as(data, Node).child(h[depth])
-                if child is None:
-                    break
-                oid = child
-            else:
-                data = await self._object(oid)
-                path.append((oid, data))
-                for entry in decode_as(data, Leaf).projects:
-                    if entry.name == name:
-                        found = entry.project
-            if found is None:
-                log.warning("project %r is not in the namespace", name)
-            else:
-                await self._sync_project(found)
-            self.store.commit(objects=dict(path))
-
-
-class _Coalescer:
-    """Merges the object requests that concurrent tasks make within a few ms.
-
-    A sync walks the tree with one task per subtree; at any level the siblings
-    ask for their children at about the same time. Collected for ``delay``
-    seconds, those asks become one batch request instead of one each.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[list[ObjectId]], Awaitable[dict[ObjectId, bytes]]],
-        delay: float = 0.003,
-    ) -> None:
-        self.fetch = fetch
-        self.delay = delay
-        self.waiting: dict[ObjectId, asyncio.Future[bytes]] = {}
-        self.flushing = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def get(self, oids: list[ObjectId]) -> dict[ObjectId, bytes]:
-        loop = asyncio.get_running_loop()
-        futures = {}
-        for oid in oids:
-            fut = self.waiting.get(oid)
-            if fut is None:
-                fut = self.waiting[oid] = loop.create_future()
-            futures[oid] = fut
-        if not self.flushing:
-            self.flushing = True
-            task = loop.create_task(self._flush())
-            self._tasks.add(task)  # a task nobody references may be collected mid-flight
-            task.add_done_callback(self._tasks.discard)
-        return {oid: await fut for oid, fut in futures.items()}
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.delay)
-        batch, self.waiting, self.flushing = self.waiting, {}, False
-        try:
-            got = await self.fetch(list(batch))
-        except BaseException as exc:
-            for fut in batch.values():
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for oid, fut in batch.items():
-            if not fut.done():
-                fut.set_result(got[oid])
+        # A blob may be shared by several manifests (identical METADATA): get, not pop.
+        self.store.commit(objects={oid: data, **{b: fetched[b] for b in blobs}})
 
 
 async def notify(urls: Sequence[str], root_frame: bytes) -> dict[str, str]:

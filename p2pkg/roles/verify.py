@@ -32,6 +32,7 @@ from p2pkg.core.objects import (
 )
 from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import check_expiry, trust_chain
+from p2pkg.core.walk import Listing
 from p2pkg.errors import (
     DecodeError,
     ExpiredRootError,
@@ -133,7 +134,7 @@ def _check_tree(store: Store, archives: int, report: Report) -> None:
     projects = projects_held = files = files_held = 0
     listed: set[bytes] = set()  # held archives the held part of the tree lists
     absent: list[str] = []  # what the tree references and the store lacks
-    walk = tree.HeldTree((), ())
+    walk = Listing((), ())
     try:
         walk = tree.held_projects(find, root.tree)
         absent += [f"tree object {oid.hex()} not in store" for oid in walk.missing]

@@ -15,10 +15,16 @@ from enum import Enum
 
 import h11
 
+from p2pkg.core.codec import MAX_UVARINT
+
 PREFIX = "/p2pkg/v1"
 MAX_HEAD = 16 * 1024
 MAX_BATCH = 1024  # chunk ids per batch request
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Patterns are used with fullmatch and spell digits [0-9]: '$' also matches
+# before a final newline and '\d' matches every script's digits, either of
+# which gives one resource two spellings (or crashes int(), see parse_target).
+HEX64 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")  # §6.1: decimal, no leading zero
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MUTABLE = "no-cache"
@@ -72,7 +78,10 @@ NOTIFY_PATH = f"{PREFIX}/notify"
 
 
 def parse_target(target: str) -> Route | None:
-    """Map a request target to a route; None for anything else (404)."""
+    """Map a request target to a route; None for anything else (404). Never raises.
+
+    Each route has exactly one spelling (the ``*_path`` functions above).
+    """
     path = target.split("?", 1)[0]
     if not path.startswith(PREFIX + "/"):
         return None
@@ -88,9 +97,11 @@ def parse_target(target: str) -> Route | None:
             return Route(Kind.CHUNK_BATCH)
         case ["objects"]:
             return Route(Kind.OBJECT_BATCH)
-        case ["roots", v] if v.isdigit() and len(v) <= 19 and v[0] != "0":
+        case ["roots", v] if _VERSION.fullmatch(v) and int(v) <= MAX_UVARINT:
+            # A root version is a uvarint (§4.1, §3.1): a larger one names no
+            # root, and would overflow the store's SQLite INTEGER lookup.
             return Route(Kind.ROOT_VERSION, version=int(v))
-        case [("objects" | "chunks" | "files") as kind, h] if HEX64.match(h):
+        case [("objects" | "chunks" | "files") as kind, h] if HEX64.fullmatch(h):
             return Route(Kind(kind), id=bytes.fromhex(h))
     return None
 
@@ -99,7 +110,7 @@ class Unsatisfiable(Exception):
     """A Range the file cannot satisfy (416)."""
 
 
-_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 
 
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
@@ -107,11 +118,12 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
 
     None means "serve the whole representation": no header, a malformed one, or
     several ranges (RFC 9110 §14.2 lets a server ignore Range). Raises
-    :class:`Unsatisfiable` for a range that starts past the end.
+    :class:`Unsatisfiable` for a range that starts past the end (§6.1), and
+    nothing else. A returned span is never empty: ``0 <= start < end <= size``.
     """
     if not value:
         return None
-    m = _RANGE.match(value.strip())
+    m = _RANGE.fullmatch(value.strip())
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)
@@ -126,6 +138,10 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     suffix = int(last)
     if suffix == 0:
         raise Unsatisfiable
+    if size == 0:
+        # The last n bytes of an empty file are no bytes, which no Content-Range
+        # can state ("bytes 0--1/0"): serve the whole (empty) file instead.
+        return None
     return max(0, size - suffix), size
 
 
@@ -223,18 +239,25 @@ class ResponseHead:
     keep_alive: bool
 
     def retry_after(self, default: float = 1.0, cap: float = 60.0) -> float:
-        value = self.headers.get("retry-after", "")
-        try:
-            return min(max(float(value), 0.0), cap)
-        except ValueError:
+        """The 503's ``Retry-After`` in seconds, capped (§6.4); ``default`` if unusable.
+
+        Only delay-seconds (RFC 9110 §10.2.3: digits; a decimal fraction is
+        tolerated) count. ``float()`` would also take ``nan``, ``inf``, ``-5``,
+        ``1e3`` and ``1_0``, and a NaN pause compares false with every clock
+        reading. An HTTP-date gets the default: peers send seconds.
+        """
+        m = _DELAY.fullmatch(self.headers.get("retry-after", "").strip())
+        if m is None:
             return default
+        return min(float(m.group()), cap)
 
 
 class BadResponse(Exception):
     """A response head the client refuses."""
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d{1,19})-(\d{1,19})/(\d{1,19})$")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
+_DELAY = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_response_head(data: bytes, method: str = "GET") -> ResponseHead:
@@ -264,7 +287,7 @@ def parse_response_head(data: bytes, method: str = "GET") -> ResponseHead:
             raise BadResponse("bad Content-Length") from None
     crange = None
     if event.status_code == 206:
-        m = _CONTENT_RANGE.match(headers.get("content-range", ""))
+        m = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
         if not m:
             raise BadResponse("206 without a valid Content-Range")
         start, last, total = (int(g) for g in m.groups())
