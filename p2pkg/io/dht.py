@@ -17,6 +17,9 @@ What the subclass changes (docs/security.md, "DHT"):
   highest valid version), both bounded (:mod:`p2pkg.core.dht_records`).
 * Node identity comes from :mod:`secrets` and is saved with the contacts as
   JSON (no pickle).
+* Lookups are :class:`p2pkg.core.lookup.Lookup` (a pure state machine) driven
+  here: this module sends the queries it asks for and feeds it replies,
+  failures and the loop's clock; every decision is the machine's.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from p2pkg.core.dht_records import KEY_LEN, ProviderStore, RootStore, content_key, root_key
+from p2pkg.core.lookup import Address, Contact, Lookup, LookupResult, distance
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +65,52 @@ def _valid_contact(item: Any) -> bool:
 
 
 def _sanitize(payload: Any) -> Any:
-    """Keep only well-formed contacts in a node list (a malformed one must not break lookups)."""
-    if isinstance(payload, list) and payload and isinstance(payload[0], (list, tuple)):
+    """Keep only well-formed contacts in a node list (a malformed one must not break lookups).
+
+    Every list reply is a node list (no other RPC answers with a list), so every
+    list is filtered, whatever its first item.
+    """
+    if isinstance(payload, list):
         return [tuple(c) for c in payload if _valid_contact(c)]
     if isinstance(payload, dict) and "nodes" in payload:
         nodes = payload["nodes"]
         return {**payload, "nodes": _sanitize(nodes) if isinstance(nodes, list) else []}
     return payload
+
+
+def _reply(payload: Any, want: int | None) -> tuple[list[Contact], list[Address]] | None:
+    """A lookup reply as (closer nodes, providers); None if it carries no node list.
+
+    The contacts were checked by :func:`_sanitize` as the datagram arrived.
+    """
+    contacts = payload.get("nodes") if isinstance(payload, dict) else payload
+    if not isinstance(contacts, list):
+        return None
+    nodes = [Contact(c[0], (c[1], c[2])) for c in contacts]
+    providers: list[Address] = []
+    raw = payload.get("providers") if isinstance(payload, dict) else None
+    if want is not None and isinstance(raw, list):
+        # We asked for `want`: read no more than that from one reply.
+        for p in raw[:want]:
+            if isinstance(p, (list, tuple)) and _valid_contact((bytes(KEY_LEN), *p)):
+                providers.append((p[0], p[1]))
+    return nodes, providers
+
+
+def _nearest(router: Any, key: bytes, k: int) -> list[Contact]:
+    """The ``k`` contacts of the routing table closest to ``key``, where a lookup starts.
+
+    Not ``router.find_neighbors``: its traversal (kademlia 2.2.3) stops one
+    bucket to the left once the buckets to the right run out, so for a key in
+    the last buckets it can return few contacts, or none, from a full table
+    (bmuller/kademlia#28, #52) and the lookup would end before it began.
+    """
+    index = router.get_bucket_for(Node(key))
+    if index is not None:  # like find_neighbors: the hourly refresh skips buckets in use
+        router.buckets[index].touch_last_updated()
+    nodes = [n for bucket in router.buckets for n in bucket.get_nodes()]
+    nodes.sort(key=lambda n: distance(n.id, key))
+    return [Contact(n.id, (n.ip, n.port)) for n in nodes[:k]]
 
 
 def _fit(msg_id: bytes, response: Any) -> bytes | None:
@@ -368,81 +411,86 @@ class DhtNode(Server):  # type: ignore[misc]
     ) -> list[Node]:
         """The ``ksize`` live nodes closest to ``key``: an iterative, non-lockstep lookup.
 
-        Up to ``alpha`` queries are in flight; each reply is used as soon as it
-        arrives, and a query silent for ``soft_timeout`` no longer holds back the
-        next one (it stays in flight until its hard timeout). The lookup ends when
-        the ``ksize`` closest nodes known have all answered or failed, or as soon as
-        ``on_reply(payload)`` returns True (e.g. enough providers were found).
+        See :mod:`p2pkg.core.lookup` for the rules (alpha queries in flight, the
+        soft and hard timeouts, when it stops). ``on_reply(payload)`` sees each
+        answer; returning True ends the lookup there.
         """
-        target = Node(key)
-        candidates: dict[bytes, Node] = {
-            n.id: n for n in self.protocol.router.find_neighbors(target, self.ksize)
-        }
-        answered: dict[bytes, Node] = {}
-        failed: set[bytes] = set()
-        in_flight: dict[asyncio.Future[Any], tuple[Node, float]] = {}
+        result = await self.run_lookup(key, rpc, args, on_reply=on_reply)
+        return [Node(c.id, c.address[0], c.address[1]) for c in result.nodes]
+
+    async def run_lookup(
+        self,
+        key: bytes,
+        rpc: str = "find_node",
+        args: tuple[Any, ...] = (),
+        *,
+        want: int | None = None,
+        on_reply: Callable[[Any], bool] | None = None,
+    ) -> LookupResult:
+        """Drive a :class:`~p2pkg.core.lookup.Lookup` of ``key`` with RPC ``rpc``.
+
+        Sends the queries the machine asks for, then sleeps until its next
+        deadline or the next reply and feeds it what happened, with the loop's
+        clock. ``want`` makes it a provider lookup (GET_PROVIDERS replies).
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 4 * self.wait_timeout + 2.0
-
-        def settled(now: float) -> tuple[bool, list[Node]]:
-            """Whether the k closest responsive nodes are known; else who to ask next.
-
-            Walking candidates by distance, a query silent past the soft timeout
-            counts as failed here (it may still answer and be used), so dead
-            nodes delay a lookup by the soft timeout, not the hard one.
-            """
-            slow = {n.id for n, t in in_flight.values() if now - t > self.soft_timeout}
-            busy = {n.id for n, _ in in_flight.values()}
-            count = 0
-            to_ask = []
-            for n in sorted(candidates.values(), key=lambda n: n.distance_to(target)):
-                if n.id in failed or n.id in slow:
-                    continue
-                if n.id in answered:
-                    count += 1
-                    if count >= self.ksize:
-                        break
-                    continue
-                if n.id not in busy:
-                    to_ask.append(n)
-                if len(to_ask) + count >= self.ksize:
+        machine = Lookup(
+            key,
+            _nearest(self.protocol.router, key, self.ksize),
+            loop.time(),
+            k=self.ksize,
+            alpha=self.alpha,
+            soft_timeout=self.soft_timeout,
+            hard_timeout=self.wait_timeout,
+            want=want,
+            exclude=(self.node.id,),
+        )
+        calls: dict[asyncio.Future[Any], Contact] = {}
+        try:
+            while not machine.done:
+                for contact in machine.next_requests(loop.time()):
+                    call = self.protocol.call(contact.address, rpc, self.node.id, key, *args)
+                    calls[call] = contact
+                deadline = machine.next_deadline()
+                if deadline is None:
                     break
-            done = not to_ask and not (busy - slow)
-            return done, to_ask
-
-        stop = False
-        while loop.time() < deadline and not stop:
-            now = loop.time()
-            done, pending = settled(now)
-            if done:
-                break
-            slow = sum(1 for _, t in in_flight.values() if now - t > self.soft_timeout)
-            while pending and len(in_flight) - slow < self.alpha:
-                n = pending.pop(0)
-                fut = self.protocol.call((n.ip, n.port), rpc, self.node.id, key, *args)
-                in_flight[fut] = (n, now)
-            if not in_flight:
-                break
-            finished, _ = await asyncio.wait(
-                in_flight, timeout=self.soft_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for fut in finished:
-                node, _ = in_flight.pop(fut)
-                ok, payload = fut.result()
-                self.protocol.handle_call_response((ok, payload), node)
-                contacts = payload.get("nodes") if isinstance(payload, dict) else payload
-                if not ok or not isinstance(contacts, list):
-                    failed.add(node.id)
+                timeout = max(0.0, deadline - loop.time())
+                if not calls:  # only the budget left to wait for
+                    await asyncio.sleep(timeout)
                     continue
-                answered[node.id] = node
-                if on_reply is not None and on_reply(payload):
-                    stop = True
-                for node_id, ip, port in contacts:
-                    if node_id != self.node.id and node_id not in candidates:
-                        candidates[node_id] = Node(node_id, ip, port)
-        for fut in in_flight:
-            fut.cancel()
-        return sorted(answered.values(), key=lambda n: n.distance_to(target))[: self.ksize]
+                finished, _ = await asyncio.wait(
+                    calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for call in finished:
+                    contact = calls.pop(call)
+                    ok, payload = call.result()
+                    now = loop.time()
+                    node = Node(contact.id, contact.address[0], contact.address[1])
+                    self.protocol.handle_call_response((ok, payload), node)
+                    reply = _reply(payload, want) if ok else None
+                    if reply is None:
+                        machine.on_failure(contact, now)
+                    elif (
+                        machine.on_response(contact, *reply, now)
+                        and on_reply is not None
+                        and on_reply(payload)
+                    ):
+                        machine.stop(now)
+        finally:
+            for call in calls:  # queries the lookup no longer waits for
+                call.cancel()
+        result = machine.result
+        log.debug(
+            "lookup %s via %s: %s after %.3f s, %d queried, %d answered, %d failed",
+            key.hex(),
+            rpc,
+            result.reason.value,
+            result.elapsed,
+            result.queried,
+            result.answered,
+            result.failed,
+        )
+        return result
 
     async def _closest(self, key: bytes) -> list[Node]:
         return await self.lookup(key)
@@ -484,17 +532,8 @@ class DhtNode(Server):  # type: ignore[misc]
         One lookup with GET_PROVIDERS (which also returns closer nodes); it stops
         once ``want`` providers are known, or after the closest nodes answered.
         """
-        found: dict[tuple[str, int], None] = {}
-
-        def collect(payload: Any) -> bool:
-            providers = payload.get("providers", []) if isinstance(payload, dict) else []
-            for p in providers[:want]:
-                if isinstance(p, list) and len(p) == 2 and _valid_contact((b"\x00" * 20, *p)):
-                    found[(p[0], p[1])] = None
-            return len(found) >= want
-
-        await self.lookup(key, "get_providers", (want,), collect)
-        return list(found)[:want]
+        result = await self.run_lookup(key, "get_providers", (want,), want=want)
+        return list(result.providers)
 
     async def put_root(self, data: bytes, first_key: bytes) -> int:
         key = root_key(first_key)
