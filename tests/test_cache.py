@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -438,6 +439,14 @@ def _start_cache(bed: Testbed, store: Path, pub: str, peers: list[str], *extra: 
     return url
 
 
+def _base_2_wheel(cache: str) -> tuple[dict[str, Any], str]:
+    """base 2.0's wheel entry on the cache's PEP 691 page, and its absolute URL."""
+    code, body, _ = _get(f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"})
+    assert code == 200
+    wheel = next(f for f in json.loads(body)["files"] if f["filename"].startswith("base-2.0"))
+    return wheel, urllib.parse.urljoin(f"{cache}/simple/base/", wheel["url"])
+
+
 def _wait_root(cache: str, version: int, timeout: float = 20) -> None:
     import time as _time
 
@@ -457,12 +466,7 @@ def test_missing_archive_with_every_peer_gone_is_an_http_error_not_a_hash_mismat
         master_proc, master = bed.serve(store)
         cache = _start_cache(bed, tmp_path / "cache", pub, [master])
         # The cache learns the pages and the metadata, but not the archive...
-        code, body, _ = _get(
-            f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"}
-        )
-        assert code == 200
-        wheel = next(f for f in json.loads(body)["files"] if f["filename"].startswith("base-2.0"))
-        url = urllib.parse.urljoin(f"{cache}/simple/base/", wheel["url"])
+        _, url = _base_2_wheel(cache)
         assert _get(url + ".metadata")[0] == 200
         # ...then every peer goes away.
         master_proc.terminate()
@@ -548,11 +552,7 @@ def test_range_requests_count_the_bytes_sent_not_whole_files(
     with Testbed() as bed:
         _, master = bed.serve(store)
         cache = _start_cache(bed, tmp_path / "cache", pub, [master])
-        _, body, _ = _get(
-            f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"}
-        )
-        wheel = next(f for f in json.loads(body)["files"] if f["filename"].startswith("base-2.0"))
-        url = urllib.parse.urljoin(f"{cache}/simple/base/", wheel["url"])
+        wheel, url = _base_2_wheel(cache)
         assert _get(url)[0] == 200  # a miss: fetched from the master
         import time as _time
 

@@ -27,6 +27,7 @@ from p2pkg.core.objects import (
     normalize_name,
     object_id,
     open_object,
+    write_manifest_fields,
 )
 from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import DecodeError, IntegrityError
@@ -173,27 +174,7 @@ def test_normalize_name() -> None:
 def _unchecked(m: FileManifest) -> bytes:
     """``m``'s kind-2 encoding written field by field (§3.3), bypassing encode()'s checks."""
     w = Writer()
-    w.u8(Kind.FILE)
-    w.u8(1)
-    w.text(m.filename)
-    w.text(m.version)
-    w.uvarint(m.size)
-    w.hash(m.sha256)
-    w.hash(m.blake3)
-    w.text(m.requires_python)
-    w.flag(m.yanked is not None)
-    if m.yanked is not None:
-        w.text(m.yanked)
-    w.uvarint(m.upload_time)
-    w.flag(m.core_metadata is not None)
-    if m.core_metadata is not None:
-        w.hash(m.core_metadata.sha256)
-        w.hash(m.core_metadata.blob)
-        w.uvarint(m.core_metadata.size)
-    w.uvarint(len(m.chunks))
-    for c in m.chunks:
-        w.hash(c.id)
-        w.uvarint(c.length)
+    write_manifest_fields(w, m)
     return w.getvalue()
 
 

@@ -249,6 +249,11 @@ def _encode_file(w: Writer, m: FileManifest) -> None:
     for c in m.chunks:
         if not 1 <= c.length <= CHUNK_PARAMS.max_size:
             raise ValueError(f"chunk length {c.length} outside 1..{CHUNK_PARAMS.max_size}")
+    write_manifest_fields(w, m)
+
+
+def write_manifest_fields(w: Writer, m: FileManifest) -> None:
+    """A manifest's kind-2 bytes field by field (§3.3), without the format checks."""
     _header(w, Kind.FILE)
     w.text(m.filename)
     w.text(m.version)
