@@ -257,14 +257,16 @@ async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_
     from p2pkg.core.objects import ObjectId
 
     good = (await _servers(master, 1))[0]
-    oid = ObjectId(b"\x01" * 32)
+    oids = [ObjectId(b"\x01" * 32), ObjectId(b"\x02" * 32)]
     frame = compress(b"\x01\x01\x00")
-    fake = FakePeer({"/p2pkg/v1/objects": http_response(200, encode_uvarint(len(frame)) + frame)})
+    body = (encode_uvarint(len(frame)) + frame) * 2
+    fake = FakePeer({"/p2pkg/v1/objects": http_response(200, body)})
     url = await fake.start()
     fetcher = Fetcher(master.pins, [url, good.url], client_config=FAST)
     try:
         with pytest.raises(FetchError):
-            await fetcher.get_objects([oid])  # nobody holds it; the liar is banned
+            # A batch (one id alone goes by GET); nobody holds them; the liar is banned.
+            await fetcher.get_objects(oids)
         assert url in fetcher.banned
     finally:
         fetcher.close()

@@ -37,7 +37,9 @@ from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
-from p2pkg.roles.fetch import Fetcher, Peer, open_root
+from p2pkg.roles.follow import FollowState, open_root
+from p2pkg.roles.links import Peer
+from p2pkg.roles.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +53,23 @@ class SeedConfig:
 
 @dataclass
 class Freshness:
+    """What a seed has synced; :meth:`report` adds how following upstream goes."""
+
     synced_version: int | None = None
     synced_root_created: int | None = None
     upstream_version: int | None = None
-    last_sync: float | None = None
-    last_attempt: float | None = None
-    last_error: str | None = None
     files_fetched: int = 0
     bytes_fetched: int = 0
-    failures_in_a_row: int = 0
     projects: list[str] = field(default_factory=list)
 
-    def report(self, now: float) -> dict[str, Any]:
+    def report(self, now: float, follow: FollowState) -> dict[str, Any]:
         lag = None
         if self.upstream_version is not None and self.synced_version is not None:
             lag = max(0, self.upstream_version - self.synced_version)
+
+        def age(t: float | None) -> float | None:
+            return None if t is None else round(now - t, 1)
+
         return {
             "role": "seed",
             "synced_version": self.synced_version,
@@ -74,13 +78,10 @@ class Freshness:
             "root_age_seconds": (
                 None if self.synced_root_created is None else int(now - self.synced_root_created)
             ),
-            "last_sync_age_seconds": (
-                None if self.last_sync is None else round(now - self.last_sync, 1)
-            ),
-            "last_attempt_age_seconds": (
-                None if self.last_attempt is None else round(now - self.last_attempt, 1)
-            ),
-            "last_error": self.last_error,
+            "last_sync_age_seconds": age(follow.last_success),
+            "last_attempt_age_seconds": age(follow.last_attempt),
+            "last_error": follow.last_error,
+            "failures_in_a_row": follow.failures_in_a_row,
             "files_fetched": self.files_fetched,
             "bytes_fetched": self.bytes_fetched,
             "mirrors": self.projects or "all",
@@ -107,29 +108,38 @@ class Seeder:
         self.pinned = pinned
         self.projects = [normalize_name(p) for p in projects]
         self.config = config
-        self.fetcher = Fetcher(
-            pinned, [Peer(u) for u in upstreams], self.store, persist_roots=False
+        # A seed records a root, and the objects under it, only bottom-up once
+        # everything under the root is synced: both parts leave the store to it.
+        self.session = Session(
+            pinned,
+            [Peer(u) for u in upstreams],
+            self.store,
+            persist_roots=False,
+            commit_objects=False,
         )
+        self.follower = self.session.follower
         self.freshness = Freshness(projects=self.projects)
         self.server = PeerServer(
             store_path,
             server_config,
             on_notify=self._notified,
-            status_extra=lambda: self.freshness.report(time.time()),
+            status_extra=lambda: self.freshness.report(time.time(), self.follower.state),
         )
-        self._wake = anyio.Event()
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
-        latest = self.store.latest_root()
-        if latest is not None:
-            self.fetcher.trusted = self.fetcher._local_trusted()
-            if self.fetcher.trusted is not None:
-                self.freshness.synced_version = self.fetcher.trusted.version
-                self.freshness.synced_root_created = self.fetcher.trusted.root.created
+        synced = self.follower.trusted  # the store's chain: what this seed serves
+        if synced is not None:
+            self.freshness.synced_version = synced.version
+            self.freshness.synced_root_created = synced.root.created
+
+    @property
+    def fetcher(self) -> Session:
+        """The session (peers, root follower, objects, downloader) the seed syncs with."""
+        return self.session
 
     async def close(self) -> None:
         await self.server.close()
-        self.fetcher.close()
+        self.session.close()
         self.store.close()
 
     # ------------------------------------------------------------------ running
@@ -145,22 +155,9 @@ class Seeder:
         await self.server.start(host, port)
         task_status.started(self.server.url)
         log.info("seed serving %s on %s", self.store_path, self.server.url)
-        while True:
-            delay = self.config.interval
-            try:
-                await self.sync_once()
-            except P2pkgError as exc:
-                f = self.freshness
-                f.failures_in_a_row += 1
-                f.last_error = str(exc)
-                # Back off from the poll interval up to max_backoff; a push still
-                # wakes the seed at once.
-                exponent = min(f.failures_in_a_row - 1, 16)
-                delay = min(self.config.max_backoff, self.config.interval * 2**exponent)
-                log.warning("seed sync failed (retry in %.0fs): %s", delay, exc)
-            self._wake = anyio.Event()
-            with anyio.move_on_after(delay):
-                await self._wake.wait()
+        await self.follower.follow(
+            self._catch_up, interval=self.config.interval, max_backoff=self.config.max_backoff
+        )
 
     async def _notified(self, body: bytes, peer: str) -> None:
         """A push: a root (zstd frame) or an empty body meaning "poll now"."""
@@ -175,21 +172,21 @@ class Seeder:
                 return
             self.freshness.upstream_version = max(self.freshness.upstream_version or 0, version)
         log.info("push from %s: syncing now", peer)
-        self._wake.set()
+        self.follower.poke()
 
     async def sync_once(self) -> bool:
         """Catch up with the newest root upstream; True if a new root was synced."""
+        trusted = await self.follower.refresh()
+        if self.follower.unreachable:
+            # Still serving what we hold; say so (the follow loop backs off).
+            raise FetchError("no upstream reachable: " + "; ".join(self.follower.unreachable))
+        return await self._catch_up(trusted)
+
+    async def _catch_up(self, trusted: TrustedRoot) -> bool:
+        """Sync everything under ``trusted`` unless it is what the store already serves."""
         f = self.freshness
-        f.last_attempt = time.time()
-        trusted = await self.fetcher.refresh_root()
-        if self.fetcher.unreachable:
-            # Still serving what we hold; say so and back off.
-            raise FetchError("no upstream reachable: " + "; ".join(self.fetcher.unreachable))
         f.upstream_version = max(f.upstream_version or 0, trusted.version)
         if f.synced_version is not None and trusted.version <= f.synced_version:
-            f.failures_in_a_row = 0
-            f.last_error = None
-            f.last_sync = time.time()
             return False
         await self._sync(trusted)
         # A full mirror holds everything under its root (verify holds it to that);
@@ -197,9 +194,6 @@ class Seeder:
         self.store.commit(root=trusted.signed.encode(), full=not self.projects)
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
-        f.last_sync = time.time()
-        f.failures_in_a_row = 0
-        f.last_error = None
         log.info("seed synced root version %d", trusted.version)
         if self.on_synced is not None:
             self.on_synced()
@@ -241,12 +235,12 @@ class Seeder:
     async def _fetch_level(self, oids: list[ObjectId]) -> dict[ObjectId, bytes]:
         """One tree level: ``POST /objects`` batches, several in flight on a wide level."""
         if len(oids) <= wire.MAX_OBJECT_BATCH:
-            return await self.fetcher.get_objects(oids, keep=False)
+            return await self.session.get_objects(oids)
         out: dict[ObjectId, bytes] = {}
 
         async def group(ids: list[ObjectId]) -> None:
             async with self._batch_limiter:
-                out.update(await self.fetcher.get_objects(ids, keep=False))
+                out.update(await self.session.get_objects(ids))
 
         async with anyio.create_task_group() as tg:
             for start in range(0, len(oids), wire.MAX_OBJECT_BATCH):
@@ -260,7 +254,7 @@ class Seeder:
         data = fetched.pop(oid)
         manifest = decode_as(data, FileManifest)
         async with self._limiter:
-            _, stats = await self.fetcher.fetch_file(manifest, None)
+            _, stats = await self.session.fetch_file(manifest, None)
         self.freshness.files_fetched += 1
         self.freshness.bytes_fetched += stats.from_network
         # A blob may be shared by several manifests (identical METADATA): get, not pop.

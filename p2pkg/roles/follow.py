@@ -1,0 +1,276 @@
+"""The root follower: the trusted root a node holds, and how it moves forward.
+
+One part, used by the client, the seed and the cache alike:
+
+* **Local chain** — at start the follower trusts the newest root of its
+  store's chain that the pinned keys lead to
+  (:func:`p2pkg.core.trust.trust_chain`, the one chain rule; expiry is
+  checked when the root is *used*, not when it is loaded, so a node with
+  an expired root still learns the newer one from its peers).
+* **Refresh** — ask every live peer for its latest root, try offers newest
+  first under the acceptance rules (threshold signatures by the trusted
+  keys, no rollback, no fork, not expired; a key rotation is walked root by
+  root), and trust the first one that passes. A peer whose root fails is
+  logged, not banned: an old root is what a stale seed legitimately serves.
+* **Persistence policy** — ``persist=True`` records every accepted root in
+  the store at once (client, cache: rollback protection across runs);
+  ``persist=False`` leaves that to the caller (a seed records a root only
+  once everything under it is synced, so the root it serves is complete).
+* **Following** — :meth:`follow` refreshes every ``interval`` (at once when
+  :meth:`poke`\\ d, e.g. by a push), hands each root to a callback, and backs
+  off exponentially while peers fail; :meth:`current` is the on-demand
+  form (refresh when older than ``max_age``, one refresh at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+
+from p2pkg.config import LIMITS
+from p2pkg.core.objects import decompress
+from p2pkg.core.root import decode_signed_root
+from p2pkg.core.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
+from p2pkg.errors import (
+    DecodeError,
+    FetchError,
+    P2pkgError,
+    PeerError,
+    ProtocolError,
+    SignatureError,
+    TrustError,
+)
+from p2pkg.io.store import Store
+from p2pkg.roles.links import PeerLinks
+
+log = logging.getLogger(__name__)
+
+#: A key rotation is walked root by root; no chain is walked further than this.
+MAX_CHAIN_WALK = 1000
+
+
+def open_root(wire_bytes: bytes) -> bytes:
+    """Canonical bytes of a root served as a zstd frame (bounded by the root limit)."""
+    data = decompress(wire_bytes, LIMITS.max_root_size)
+    decode_signed_root(data)
+    return data
+
+
+def store_chain(store: Store) -> list[bytes]:
+    """Every root a store holds, oldest first."""
+    return [store.root_at(v) for v in store.root_versions()]
+
+
+@dataclass
+class FollowState:
+    """What the follow loop last saw (a seed's and a cache's status report it)."""
+
+    last_attempt: float | None = None  # wall-clock time of the last refresh
+    last_success: float | None = None
+    last_error: str | None = None
+    failures_in_a_row: int = 0
+
+
+class RootFollower:
+    """The trusted root of one namespace, refreshed from peers."""
+
+    def __init__(
+        self,
+        pinned: frozenset[bytes],
+        links: PeerLinks,
+        store: Store | None = None,
+        *,
+        persist: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not pinned:
+            raise TrustError("at least one trusted key (--trust) is needed")
+        self.pinned = pinned
+        self.links = links
+        self.store = store
+        self.persist = persist
+        self.clock = clock  # wall clock: root expiry is a date
+        self.state = FollowState()
+        #: Why the last refresh got no root at all (empty when some peer answered).
+        self.unreachable: list[str] = []
+        self._trusted: TrustedRoot | None = self._load()
+        self._refreshed: float | None = None  # monotonic time of the last refresh
+        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+
+    @property
+    def trusted(self) -> TrustedRoot | None:
+        """The newest root accepted (None before the first one)."""
+        return self._trusted
+
+    def _load(self) -> TrustedRoot | None:
+        if self.store is None:
+            return None
+        chain = store_chain(self.store)
+        if not chain:
+            return None
+        try:
+            # Expiry is checked where the root is used: a node whose last root
+            # expired while it was off must still be able to move forward.
+            return trust_chain(self.pinned, chain, float("-inf"))
+        except TrustError as exc:
+            log.warning("local store's roots are not trusted by the pinned keys: %s", exc)
+            return None
+
+    # ------------------------------------------------------------------ refresh
+
+    async def refresh(self) -> TrustedRoot:
+        """Ask every live peer for its latest root; trust the newest the rules accept.
+
+        With no newer root anywhere, the current one is returned if it has not
+        expired. Raises :class:`FetchError` when no peer served an acceptable
+        root and none is held, :class:`~p2pkg.errors.ExpiredRootError` when
+        the only root left is expired.
+        """
+        base = self._trusted
+        peers = [r.url for r in self.links.live()]
+        offers: list[tuple[int, bytes, str]] = []
+        problems: list[str] = []
+
+        async def ask(url: str) -> None:
+            try:
+                data = await self._root_bytes(url)
+            except PeerError as exc:
+                log.info("no root from %s: %s", url, exc)
+                problems.append(str(exc))
+                return
+            offers.append((decode_signed_root(data)[1].version, data, url))
+
+        async with anyio.create_task_group() as tg:
+            for url in peers:
+                tg.start_soon(ask, url)
+        self._refreshed = self.links.monotonic()
+        offers.sort(key=lambda o: (-o[0], peers.index(o[2])))
+        self.unreachable = [] if offers else problems
+        now = self.clock()
+        for version, data, url in offers:
+            if base is not None and version <= base.version:
+                if version < base.version:
+                    log.warning("peer %s serves old root version %d (rollback?)", url, version)
+                continue
+            try:
+                accepted = await self._accept(base, data, version, url, now)
+            except (TrustError, PeerError, FetchError) as exc:
+                log.warning("peer %s: root version %d rejected: %s", url, version, exc)
+                problems.append(f"peer {url}: root version {version} rejected: {exc}")
+                continue
+            self.adopt(accepted)
+            return accepted
+        if base is not None:
+            return check_expiry(base, now)
+        detail = "; ".join(problems) or "no peers"
+        raise FetchError(f"no peer served a root signed by the trusted key(s): {detail}")
+
+    def adopt(self, trusted: TrustedRoot) -> None:
+        """Make ``trusted`` current (recorded in the store when ``persist``)."""
+        self._trusted = trusted
+        if self.store is not None and self.persist:
+            self.store.commit(root=trusted.signed.encode())
+
+    async def current(self, max_age: float) -> TrustedRoot:
+        """The trusted root, refreshed first when the last refresh is older than ``max_age``.
+
+        One refresh at a time: concurrent callers wait for it and share its
+        result. When peers fail, the root held is kept (until it expires).
+        """
+        async with self._lock:
+            stale = self._refreshed is None or self.links.monotonic() - self._refreshed > max_age
+            if self._trusted is None or stale:
+                try:
+                    await self.refresh()
+                except P2pkgError:
+                    if self._trusted is None:
+                        raise
+                    self._refreshed = self.links.monotonic()
+        assert self._trusted is not None
+        return check_expiry(self._trusted, self.clock())
+
+    # ------------------------------------------------------------------ follow
+
+    def poke(self) -> None:
+        """Wake :meth:`follow` now (a push said there is a new root)."""
+        self._wake.set()
+
+    async def follow(
+        self,
+        on_root: Callable[[TrustedRoot], Awaitable[object]] | None = None,
+        *,
+        interval: float,
+        max_backoff: float = 300.0,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Refresh every ``interval`` seconds until cancelled; ``on_root`` after each.
+
+        A failed round (no peer reachable, ``on_root`` raised a p2pkg error)
+        backs off from ``interval`` doubling up to ``max_backoff``; a
+        :meth:`poke` still wakes the loop at once. :attr:`state` tells how
+        it went.
+        """
+        task_status.started()
+        st = self.state
+        while True:
+            delay = interval
+            st.last_attempt = self.clock()
+            try:
+                trusted = await self.refresh()
+                if self.unreachable:
+                    # Still serving what we hold; say so and back off.
+                    raise FetchError("no peer reachable: " + "; ".join(self.unreachable))
+                if on_root is not None:
+                    await on_root(trusted)
+            except P2pkgError as exc:
+                st.failures_in_a_row += 1
+                st.last_error = str(exc)
+                exponent = min(st.failures_in_a_row - 1, 16)
+                delay = min(max_backoff, interval * 2**exponent)
+                log.warning("root refresh failed (retry in %.0fs): %s", delay, exc)
+            else:
+                st.failures_in_a_row = 0
+                st.last_error = None
+                st.last_success = self.clock()
+            self._wake = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _root_bytes(self, url: str, version: int | None = None) -> bytes:
+        frame = await self.links.link(url).root(version)
+        try:
+            return open_root(frame)
+        except DecodeError as exc:
+            raise ProtocolError(url, f"malformed root: {exc}") from None
+
+    async def _walk_chain(self, url: str, first: int, last: int) -> list[bytes]:
+        if last - first > MAX_CHAIN_WALK:
+            raise FetchError(f"root chain {first}..{last} is longer than {MAX_CHAIN_WALK}")
+        return [await self._root_bytes(url, v) for v in range(first, last)]
+
+    async def _accept(
+        self, base: TrustedRoot | None, data: bytes, version: int, url: str, now: float
+    ) -> TrustedRoot:
+        if base is None:
+            try:
+                return bootstrap(self.pinned, data, now)
+            except SignatureError:
+                # The pinned key may have been rotated away: walk from version 1.
+                chain = [*await self._walk_chain(url, 1, version), data]
+                return trust_chain(self.pinned, chain, now)
+        try:
+            return update(base, data, now)
+        except SignatureError:
+            chain = [*await self._walk_chain(url, base.version + 1, version), data]
+            return update_chain(base, chain, now)
+
+
+__all__ = ["MAX_CHAIN_WALK", "FollowState", "RootFollower", "open_root", "store_chain"]
