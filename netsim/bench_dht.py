@@ -6,6 +6,10 @@ latency (median / p95) and RPCs per lookup, state per node — with all nodes
 alive and with 20% of them killed. For p2pkg the lookup is GET_PROVIDERS
 (providers announced beforehand); for the package, which has no provider
 records, it is ``get`` of a stored value (FIND_VALUE), the closest thing.
+
+p2pkg's nodes run on one task group (``DhtNode.run``); a killed node is
+``stop()``-ped, which ends its ``run``. The package's nodes use its own
+``listen``/``stop``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import statistics
 import time
 from typing import Any
 
+import anyio
+from anyio.abc import TaskGroup
 from kademlia.network import Server
 from rpcudp.protocol import RPCProtocol
 
@@ -66,15 +72,16 @@ class Counter:
         RPCProtocol.__getattr__ = getattr_  # type: ignore[method-assign]
 
 
-async def network(kind: str) -> tuple[list[Any], float]:
+async def network(kind: str, tg: TaskGroup) -> tuple[list[Any], float]:
     nodes: list[Any] = []
     start = time.perf_counter()
     for _ in range(N):
         if kind == "p2pkg":
             node: Any = DhtNode(providers=ProviderStore(ProviderLimits(per_source=N)))
+            await tg.start(node.run, "127.0.0.1", 0)
         else:
             node = Server()
-        await node.listen(0, "127.0.0.1")
+            await node.listen(0, "127.0.0.1")
         nodes.append(node)
     ports = [n.transport.get_extra_info("sockname")[1] for n in nodes]
     for i, node in enumerate(nodes[1:], 1):
@@ -83,10 +90,9 @@ async def network(kind: str) -> tuple[list[Any], float]:
 
 
 async def measure(
-    kind: str, nodes: list[Any], keys: list[bytes], count: int, counter: Counter
+    kind: str, alive: list[Any], keys: list[bytes], count: int, counter: Counter
 ) -> dict[str, float]:
     times, rpcs = [], []
-    alive = [n for n in nodes if n.transport is not None and not n.transport.is_closing()]
     for i in range(count):
         asker = alive[(i * 13 + 5) % len(alive)]
         key = keys[i % len(keys)]
@@ -108,7 +114,14 @@ async def measure(
 
 
 async def run(kind: str, counter: Counter) -> dict[str, Any]:
-    nodes, boot = await network(kind)
+    async with anyio.create_task_group() as tg:
+        result = await run_on(kind, counter, tg)
+        tg.cancel_scope.cancel()  # every p2pkg node still running
+    return result
+
+
+async def run_on(kind: str, counter: Counter, tg: TaskGroup) -> dict[str, Any]:
+    nodes, boot = await network(kind, tg)
     keys = [rng.randbytes(32) for _ in range(10)]
     for k in keys:
         announcer = nodes[rng.randrange(N)]
@@ -118,9 +131,10 @@ async def run(kind: str, counter: Counter) -> dict[str, Any]:
             await announcer.set(k.hex(), "provider:8000")
     contacts = [sum(len(b.get_nodes()) for b in n.protocol.router.buckets) for n in nodes]
     alive = await measure(kind, nodes, keys, LOOKUPS, counter)
-    for n in rng.sample(nodes[1:], N // 5):  # 20% dead
+    killed = rng.sample(nodes[1:], N // 5)  # 20% dead
+    for n in killed:
         n.stop()
-    dead = await measure(kind, nodes, keys, DEAD_LOOKUPS, counter)
+    dead = await measure(kind, [n for n in nodes if n not in killed], keys, DEAD_LOOKUPS, counter)
     out = {
         "nodes": N,
         "bootstrap_total_s": round(boot, 2),
@@ -149,4 +163,4 @@ if __name__ == "__main__":
     import logging
 
     logging.disable(logging.WARNING)  # the package logs every timeout at ERROR
-    asyncio.run(main())
+    anyio.run(main)

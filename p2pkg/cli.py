@@ -1,9 +1,11 @@
 """The ``p2pkg`` command line (click).
 
-Errors are one line on stderr and an exit code from :data:`EXIT_CODES`;
-``--json`` prints one JSON document on stdout for scripts. Defaults can come
-from a TOML config file (``--config``, or ``p2pkg/config.toml`` in the user
-config dir) whose tables are named after commands; flags override it::
+Errors are one line on stderr and an exit code from :data:`EXIT_CODES`; a
+usage error (a malformed URL, HOST:PORT or key in an option) is one line and
+exit code 2. ``--json`` prints one JSON document on stdout for scripts.
+Defaults can come from a TOML config file (``--config``, or
+``p2pkg/config.toml`` in the user config dir) whose tables are named after
+commands; flags override it::
 
     [publish]
     store = "/srv/p2pkg/store"
@@ -22,22 +24,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
 from p2pkg import __version__
 from p2pkg.errors import (
+    LOCAL_ERRNOS,
     ArchiveError,
     DecodeError,
     FetchError,
     IntegrityError,
     KeyFileError,
+    LocalError,
     NotFoundError,
     P2pkgError,
     PeerError,
     PublishError,
     StoreError,
     TrustError,
+    local_error,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,12 +60,13 @@ EXIT_CODES: dict[type[P2pkgError], int] = {
     NotFoundError: 7,
     FetchError: 8,
     PeerError: 8,
+    LocalError: 9,
 }
 EXIT_HELP = """\b
 Exit codes: 0 ok, 1 verify found problems, 2 usage error, 3 trust failure
 (signature, rollback, expiry), 4 corrupt or malformed data, 5 bad input
 (archive, key, publish rule), 6 store error, 7 not found, 8 network (no peer
-could deliver)."""
+could deliver), 9 local failure (disk full, permission, I/O error)."""
 
 log = logging.getLogger("p2pkg")
 
@@ -72,7 +79,9 @@ def exit_code_for(exc: P2pkgError) -> int:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"p2pkg: error: {message}", err=True)
+    """Print ``p2pkg: error: <message>`` (its first line: errors are one line) and exit."""
+    first = next((line for line in message.splitlines() if line.strip()), message)
+    click.echo(f"p2pkg: error: {first.rstrip()}", err=True)
     sys.exit(code)
 
 
@@ -86,8 +95,51 @@ def errors_as_exit() -> Iterator[None]:
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except OSError as exc:
+        # Local calls map their own errors (p2pkg.errors.local_io); one that
+        # slipped through still means this machine, not bad input.
+        if exc.errno in LOCAL_ERRNOS:
+            fail(str(local_error(exc, None, "using")), EXIT_CODES[LocalError])
         where = f" {exc.filename}" if exc.filename else ""
         fail(f"{exc.strerror or exc}{where}", 1)
+
+
+class OneLineUsageGroup(click.Group):
+    """A group whose usage errors are one line on stderr (exit 2), like p2pkg's other errors.
+
+    click prints a usage error as a Usage line, a "Try --help" line and the
+    error; p2pkg prints only ``Error: ...``. ``--help`` (and ``p2pkg`` alone,
+    which shows the help) are unchanged.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+class UsageLine(click.ClickException):
+    """A usage error shown as one line: ``Error: <message>`` and exit code 2."""
+
+    exit_code = 2
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc  # its "message" is the help text
+    return UsageLine(" ".join(exc.format_message().split()))
 
 
 def default_store() -> Path:
@@ -135,6 +187,27 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
 
 
+def _check_listen(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Option callback: ``HOST:PORT`` to bind (port 0 picks a free one)."""
+    if value is not None:
+        parse_listen(value)
+    return value
+
+
+def _check_bootstrap(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Option callback: each ``HOST:PORT`` is a node to reach (port 1-65535)."""
+    for value in values:
+        try:
+            port = parse_listen(value)[1]
+        except click.BadParameter:
+            port = 0
+        if port == 0:
+            raise click.BadParameter(f"expected HOST:PORT with a port of 1-65535, got {value!r}")
+    return values
+
+
 def store_option(f: F) -> F:
     return click.option(
         "--store",
@@ -151,6 +224,7 @@ def trust_option(f: F) -> F:
         "trust",
         multiple=True,
         metavar="PUBKEY",
+        callback=check_trust,
         help="Pin the master's public key (ed25519:<hex>, as printed by keygen). Repeatable.",
     )(f)
 
@@ -159,6 +233,55 @@ def parse_trust(values: tuple[str, ...]) -> frozenset[bytes] | None:
     from p2pkg.core.root import parse_pubkey
 
     return frozenset(parse_pubkey(v) for v in values) if values else None
+
+
+def check_trust(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Option callback: every ``--trust`` value is a well-formed key (else a usage error)."""
+    from p2pkg.core.root import parse_pubkey
+
+    for value in values:
+        try:
+            parse_pubkey(value)
+        except KeyFileError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return values
+
+
+def parse_url(text: str) -> str:
+    """A peer's base URL, ``http://HOST[:PORT][/PATH]``; raises click.BadParameter.
+
+    Only plain HTTP: peers are not trusted for anything, every byte is
+    verified against the signed root (docs/security.md).
+    """
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        raise click.BadParameter(f"{text!r} has a bad port (expected 1-65535)") from None
+    if parts.scheme == "https":
+        raise click.BadParameter(
+            f"{text!r}: https is not supported (peers speak plain HTTP; "
+            "every byte is verified against the signed root)"
+        )
+    if parts.scheme != "http" or not parts.hostname:
+        raise click.BadParameter(f"{text!r} is not an http URL (http://HOST[:PORT][/PATH])")
+    if port == 0 or "@" in parts.netloc or parts.query or parts.fragment:
+        raise click.BadParameter(
+            f"{text!r} is not a peer base URL (http://HOST[:PORT][/PATH], "
+            "no user, query or fragment)"
+        )
+    return text
+
+
+def check_urls(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Option callback for ``--peer`` / ``--upstream`` / ``--notify``: each value a peer URL."""
+    for value in values:
+        parse_url(value)
+    return values
 
 
 def parse_duration(text: str) -> int:
@@ -177,7 +300,7 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text)
 
 
-@click.group(epilog=EXIT_HELP)
+@click.group(cls=OneLineUsageGroup, epilog=EXIT_HELP)
 @click.version_option(__version__, prog_name="p2pkg")
 @click.option(
     "--config",
@@ -258,7 +381,11 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @click.option("--yank-reason", default="", help="Reason shown for --yank.")
 @click.option("--unyank", multiple=True, metavar="FILENAME", help="Clear a file's yank.")
 @click.option(
-    "--notify", multiple=True, metavar="URL", help="Push the new root to this seed. Repeatable."
+    "--notify",
+    multiple=True,
+    metavar="URL",
+    callback=check_urls,
+    help="Push the new root to this seed. Repeatable.",
 )
 @click.option(
     "--upload-time",
@@ -500,10 +627,14 @@ def verify(store: Path, trust: tuple[str, ...], as_json: bool) -> None:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8000`` for IPv6); port 0-65535. Raises click.BadParameter."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT with a port of 0-65535, got {text!r}")
+    host = host.strip("[]")
+    if not host:
+        raise click.BadParameter(f"expected HOST:PORT, got {text!r} (no host)")
+    return host, int(port)
 
 
 def parse_size(text: str) -> int:
@@ -522,6 +653,7 @@ def listen_option(f: F) -> F:
         default="127.0.0.1:8000",
         show_default=True,
         metavar="HOST:PORT",
+        callback=_check_listen,
         help="Address to serve on (port 0 picks a free port).",
     )(f)
 
@@ -558,11 +690,13 @@ def dht_options(f: F) -> F:
         "dht_bootstrap",
         multiple=True,
         metavar="HOST:PORT",
+        callback=_check_bootstrap,
         help="Join the DHT through this node (repeatable).",
     )(f)
     return click.option(
         "--dht-listen",
         metavar="HOST:PORT",
+        callback=_check_listen,
         help="Run a DHT node on this UDP address (default with --dht-bootstrap: 0.0.0.0:0).",
     )(f)
 
@@ -577,22 +711,24 @@ def _dht_service(listen: str | None, bootstrap: tuple[str, ...], state: Path | N
     return DhtService(where, [parse_hostport(b) for b in bootstrap], state)
 
 
-async def _with_dht(dht: Any, main: Callable[[], Any], announce: Callable[[], Any] | None) -> None:
-    """Run ``main()`` with the DHT node started (and ``announce()`` looping) around it."""
-    import anyio
+async def _with_dht(
+    tg: Any,
+    dht: Any,
+    keys: Callable[[], Any],
+    port: int,
+    latest_root: Callable[[], bytes | None] | None = None,
+) -> None:
+    """Run the DHT node (if configured) on ``tg`` and keep announcing ``keys()`` for ``port``.
 
+    Returns once the node has joined; both run until ``tg`` is cancelled (the
+    node saves its state then).
+    """
     if dht is None:
-        await main()
         return
-    await dht.start()
-    try:
-        async with anyio.create_task_group() as tg:
-            if announce is not None:
-                tg.start_soon(announce)
-            await main()
-            tg.cancel_scope.cancel()
-    finally:
-        await dht.close()
+    from functools import partial
+
+    await tg.start(dht.run)
+    tg.start_soon(partial(dht.keep_announcing, keys, port, latest_root))
 
 
 def _server_config(max_connections: int, rate: str | None) -> Any:
@@ -654,21 +790,16 @@ def serve(
     async def run() -> None:
         import anyio
 
-        Store.open(store).close()  # a clear error if there is no store
-        server = PeerServer(store, config)
-        try:
-            _, bound = await server.start(host, port)
-            click.echo(f"serving {store} on {server.url}", err=True)
-
-            async def announce() -> None:
+        with Store.open(store) as st:  # a clear error if there is no store
+            server = PeerServer(st, config)
+            async with anyio.create_task_group() as tg:
+                await tg.start(server.run, host, port)
+                bound = server.port
+                click.echo(f"serving {store} on {server.url}", err=True)
                 # A full store: one record per non-empty bin, and the latest root.
-                await dht.keep_announcing(
-                    lambda: full_store_keys(server.store), bound, server.store.latest_root
+                await _with_dht(
+                    tg, dht, lambda: full_store_keys(server.store), bound, server.store.latest_root
                 )
-
-            await _with_dht(dht, anyio.sleep_forever, announce)
-        finally:
-            await server.close()
 
     _run_forever(run)
 
@@ -683,6 +814,7 @@ def serve(
     multiple=True,
     required=True,
     metavar="URL",
+    callback=check_urls,
     help="Peer to follow (the master, other seeds). Repeatable; fetched in parallel.",
 )
 @click.option(
@@ -735,25 +867,16 @@ def seed(
             server_config=_server_config(max_connections, rate),
             on_synced=dht.poke if dht is not None else None,
         )
-        started: dict[str, int] = {}
-
-        async def serve_and_sync() -> None:
+        try:
             async with anyio.create_task_group() as tg:
                 url = await tg.start(seeder.run, host, port)
-                started["port"] = int(url.rsplit(":", 1)[1])
                 click.echo(f"seed serving {store} on {url}", err=True)
-
-        async def announce() -> None:
-            # Whole bins for a full mirror, archive by archive for a subset.
-            keys = held_file_keys if projects else full_store_keys
-            while "port" not in started:
-                await anyio.sleep(0.05)
-            await dht.keep_announcing(
-                lambda: keys(seeder.store), started["port"], seeder.store.latest_root
-            )
-
-        try:
-            await _with_dht(dht, serve_and_sync, announce)
+                # Whole bins for a full mirror, archive by archive for a subset.
+                keys = held_file_keys if projects else full_store_keys
+                bound = int(url.rsplit(":", 1)[1])
+                await _with_dht(
+                    tg, dht, lambda: keys(seeder.store), bound, seeder.store.latest_root
+                )
         finally:
             await seeder.close()
 
@@ -771,6 +894,7 @@ def seed(
     multiple=True,
     required=True,
     metavar="URL",
+    callback=check_urls,
     help="Peer base URL. Repeatable.",
 )
 @click.option(
@@ -839,19 +963,14 @@ def cache(
             config=config,
             server_config=_server_config(max_connections, rate),
         )
-        try:
-            url = await c.start(host, port)
+        async with anyio.create_task_group() as tg:  # c.run closes the store when it ends
+            url = await tg.start(c.run, host, port)
             click.echo(f"cache serving {url}/simple/ on {url}", err=True)
             if dht is not None:
                 c.on_new_file = dht.poke
             bound = int(url.rsplit(":", 1)[1])
-
-            async def announce() -> None:  # the archives it holds whole
-                await dht.keep_announcing(lambda: held_file_keys(c.store), bound)
-
-            await _with_dht(dht, anyio.sleep_forever, announce)
-        finally:
-            await c.close()
+            # The archives it holds whole.
+            await _with_dht(tg, dht, lambda: held_file_keys(c.store), bound)
 
     _run_forever(run)
 
@@ -859,7 +978,14 @@ def cache(
 @main.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 @trust_option
-@click.option("--peer", "peers", multiple=True, metavar="URL", help="Peer base URL. Repeatable.")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="URL",
+    callback=check_urls,
+    help="Peer base URL. Repeatable.",
+)
 @click.option(
     "--dest",
     default=".",
@@ -979,20 +1105,15 @@ def fetch(
 async def _discover_dht(
     fetcher: Any, dht: Any, pins: frozenset[bytes], specs: tuple[str, ...]
 ) -> None:
-    """Add the providers of each spec's namespace bin, found through the DHT, as tier-2 peers."""
-    from p2pkg.core.dht_records import bin_key
-    from p2pkg.core.objects import name_hash
-    from p2pkg.core.select import parse_spec
-    from p2pkg.roles.fetch import Peer
+    """Add the providers of each spec's namespace bin, found through the DHT, as tier-2 peers.
 
-    node = await dht.start()
-    try:
-        slots = {name_hash(parse_spec(s).name)[0] for s in specs}
-        for slot in slots:
-            for host, port in await node.find_key(bin_key(min(pins), slot)):
-                fetcher.add_peer(Peer(f"http://{host}:{port}", tier=2))
-    finally:
-        await dht.close()
+    The node runs only for the lookups (:meth:`DhtService.running`).
+    """
+    from p2pkg.core.select import parse_spec
+    from p2pkg.roles.discover import dht_peers
+
+    for peer in await dht_peers(dht, pins, {parse_spec(s).name for s in specs}):
+        fetcher.add_peer(peer)
     if not fetcher.peers:
         raise FetchError("no peer found through the DHT")
 
@@ -1001,16 +1122,10 @@ async def _discover_lan(
     fetcher: Any, pins: frozenset[bytes], interfaces: tuple[str, ...], required: bool = True
 ) -> None:
     """Add caches announced on the LAN (DNS-SD) as preferred peers."""
-    from p2pkg.io.discovery import Lan
-    from p2pkg.roles.fetch import Peer
+    from p2pkg.roles.discover import lan_peers
 
-    lan = Lan(interfaces or None)
-    try:
-        for found in await lan.browse(LAN_WAIT, key=min(pins).hex()):
-            log.info("found LAN cache %s", found.url)
-            fetcher.add_peer(Peer(found.url, tier=0))
-    finally:
-        await lan.close()
+    for peer in await lan_peers(pins, interfaces or None, LAN_WAIT):
+        fetcher.add_peer(peer)
     if required and not fetcher.peers:
         raise click.UsageError("no --peer given and no cache found on the LAN")
 

@@ -16,6 +16,8 @@
     ├── StoreError             a missing, locked or inconsistent store
     ├── KeyFileError           an unreadable or malformed key file
     ├── NotFoundError          a project / file / object the namespace does not hold
+    ├── SpecError              a SPEC that is not a valid requirement (``name>=1,<2``)
+    ├── LocalError             this machine's disk or database failed (full, permission, I/O)
     ├── PeerError              one peer misbehaved or failed (carries ``peer``)
     │   ├── ProtocolError          malformed or out-of-limit HTTP from a peer
     │   ├── TransportError         connect failure, reset, timeout, stall
@@ -27,9 +29,19 @@
 Every error carries the data a caller needs to act on it (object id,
 expected, actual); the CLI maps each class to one readable line and an exit
 code (``p2pkg.cli.EXIT_CODES``).
+
+Errors are mapped once, at the boundary where they arise: socket failures
+become :class:`TransportError` in ``p2pkg.io.http`` and nowhere else; a
+failing local file or database call becomes :class:`LocalError` where it is
+made (:func:`local_io`), so a full disk is never mistaken for a failing peer.
 """
 
 from __future__ import annotations
+
+import errno as _errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class P2pkgError(Exception):
@@ -116,6 +128,88 @@ class KeyFileError(P2pkgError):
 
 class NotFoundError(P2pkgError):
     """The namespace holds no such project, file or object."""
+
+
+class SpecError(P2pkgError):
+    """A spec that is not a valid requirement (bad syntax, markers, URLs)."""
+
+
+#: errno values that mean "this machine cannot do it" rather than "bad input":
+#: what :func:`local_io` turns into :class:`LocalError`.
+LOCAL_ERRNOS = frozenset(
+    {
+        _errno.ENOSPC,
+        _errno.EDQUOT,
+        _errno.EIO,
+        _errno.EACCES,
+        _errno.EPERM,
+        _errno.EROFS,
+        _errno.EFBIG,
+    }
+)
+
+# errno -> (condition, what to do about it); the message is one line.
+_CONDITIONS: dict[int, tuple[str, str]] = {
+    _errno.ENOSPC: ("no space left on device", "free some space and retry"),
+    _errno.EDQUOT: ("disk quota exceeded", "free some space and retry"),
+    _errno.EFBIG: ("file too large", "over the file system's file size limit"),
+    _errno.EACCES: ("permission denied", "check the owner and mode of the path"),
+    _errno.EPERM: ("operation not permitted", "check the owner and mode of the path"),
+    _errno.EROFS: ("read-only file system", "use a writable directory"),
+    _errno.EIO: ("I/O error", "check the disk"),
+}
+
+
+class LocalError(P2pkgError):
+    """A local file or database operation failed: disk full, permission, I/O error.
+
+    This machine's fault, never a peer's: it aborts the whole operation at
+    once (no retry on other peers, no peer is penalised or banned) and the
+    CLI exits with its own code. ``path`` is the file or directory involved,
+    ``errno`` the OS error number (None when SQLite reported it without
+    one), ``doing`` what was being done ("writing", "reading", "syncing"...).
+    """
+
+    def __init__(self, path: str, errno: int | None, doing: str, detail: str = "") -> None:
+        condition, advice = _CONDITIONS.get(errno or 0, (detail or "local failure", ""))
+        message = f"{condition} {doing} {path}"
+        if advice:
+            message += f" ({advice})"
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+        self.doing = doing
+
+
+def local_error(exc: OSError, path: str | os.PathLike[str] | None, doing: str) -> LocalError:
+    """The :class:`LocalError` for ``exc``, raised while ``doing`` ``path``.
+
+    ``path`` None takes the OS error's own file name. The caller raises it
+    (``raise local_error(exc, path, "writing") from exc``).
+    """
+    where = path if path is not None else exc.filename
+    return LocalError(
+        os.fsdecode(where) if where is not None else "?",
+        exc.errno,
+        doing,
+        detail=exc.strerror or str(exc),
+    )
+
+
+@contextmanager
+def local_io(path: str | os.PathLike[str] | None, doing: str) -> Iterator[None]:
+    """Map an OSError meaning a local failure (:data:`LOCAL_ERRNOS`) to :class:`LocalError`.
+
+    Use it only around local file and database calls, never around sockets:
+    a peer's connection failing is a :class:`TransportError`, mapped in
+    ``p2pkg.io.http``. Other OSErrors (ENOENT, ...) pass through unchanged.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in LOCAL_ERRNOS:
+            raise
+        raise local_error(exc, path, doing) from exc
 
 
 class PeerError(P2pkgError):

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netsim import testbed
 from p2pkg.core.root import format_pubkey, public_bytes
+from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
-from p2pkg.io.http.server import PeerServer, ServerConfig
+from p2pkg.io.http.server import Exchange, PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_sdist, build_wheel
@@ -54,35 +60,88 @@ def make_master(tmp: Path, big_size: int = 6 * MiB) -> Master:
 
 
 class FaultyServer(PeerServer):
-    """A peer that misbehaves when serving archive bytes."""
+    """A peer that misbehaves when serving archive bytes.
 
-    def __init__(self, store: Path, mode: str, config: ServerConfig | None = None) -> None:
+    ``absent`` and ``busy`` answer every file request through a route of their
+    own; ``corrupt``, ``stall`` and ``reset`` break the bodies sent with sendfile.
+    """
+
+    def __init__(self, store: Store, mode: str, config: ServerConfig | None = None) -> None:
         super().__init__(store, config or ServerConfig())
         self.mode = mode
+        if mode in ("absent", "busy"):
+            self.route(wire.PREFIX + "/files/", self._faulty_file)
 
     async def _sendfile(
-        self, writer: asyncio.StreamWriter, path: Path, offset: int, count: int
+        self, writer: asyncio.StreamWriter, fh: IO[bytes], offset: int, count: int
     ) -> None:
         if self.mode == "corrupt":
-            data = bytearray(path.read_bytes()[offset : offset + count])
+            data = bytearray(os.pread(fh.fileno(), count, offset))
             data[len(data) // 2] ^= 0xFF
             writer.write(bytes(data))
             await writer.drain()
             return
         half = count // 2
-        await super()._sendfile(writer, path, offset, half)
+        await super()._sendfile(writer, fh, offset, half)
         if self.mode == "stall":
             await asyncio.sleep(3600)
         elif self.mode == "reset":
             writer.transport.abort()
             raise ConnectionResetError
 
-    async def _file(self, writer, blake3, req, head_only):  # type: ignore[no-untyped-def]
+    async def _faulty_file(self, ex: Exchange) -> bool:
         if self.mode == "absent":
-            return await self._simple(writer, 404, b"not here")
-        if self.mode == "busy":
-            return await self._simple(writer, 503, b"busy", headers=[("Retry-After", "30")])
-        return await super()._file(writer, blake3, req, head_only)
+            return await ex.reply(404, b"not here")
+        return await ex.reply(503, b"busy", headers=[("Retry-After", "30")])
+
+
+class Services:
+    """Roles running for one test, each a child of the test's task group.
+
+    :meth:`start` runs anything with ``run(*, task_status)`` and returns the
+    URL it started with; :meth:`server` opens a store and serves it (the
+    store is closed once every role has stopped); :meth:`stop` cancels one
+    role early (a peer going away mid-test). Use through :func:`services`.
+    """
+
+    def __init__(self, tg: TaskGroup, stores: contextlib.ExitStack) -> None:
+        self._tg = tg
+        self._stores = stores
+        self._scopes: dict[str, anyio.CancelScope] = {}
+
+    async def start(self, run: Callable[..., Awaitable[None]]) -> str:
+        scope = anyio.CancelScope()
+
+        async def runner(*, task_status: TaskStatus[str]) -> None:
+            with scope:
+                await run(task_status=task_status)
+
+        url: str = await self._tg.start(runner)
+        self._scopes[url] = scope
+        return url
+
+    async def server(
+        self, store: Path, config: ServerConfig | None = None, *, mode: str | None = None
+    ) -> PeerServer:
+        """A peer server (a :class:`FaultyServer` when ``mode`` is given) on ``store``."""
+        st = self._stores.enter_context(Store.open(store))
+        cfg = config or ServerConfig()
+        server = PeerServer(st, cfg) if mode is None else FaultyServer(st, mode, cfg)
+        await self.start(server.run)
+        return server
+
+    def stop(self, url: str) -> None:
+        """Cancel the role serving ``url`` (it stops at its next checkpoint)."""
+        self._scopes.pop(url).cancel()
+
+
+@contextlib.asynccontextmanager
+async def services() -> AsyncIterator[Services]:
+    """Roles for the block's duration: all stopped (and their stores closed) on the way out."""
+    with contextlib.ExitStack() as stores:
+        async with anyio.create_task_group() as tg:
+            yield Services(tg, stores)
+            tg.cancel_scope.cancel()
 
 
 class FakePeer:

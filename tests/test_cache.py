@@ -276,18 +276,15 @@ async def test_install_succeeds_when_a_seed_serves_corrupt_bytes(
     import anyio
 
     from p2pkg.roles.cache import Cache
-    from tests.netutil import FaultyServer
+    from tests.netutil import services
 
     store, key, dist = namespace
-    corrupt = FaultyServer(store, "corrupt")
-    await corrupt.start()
-    from p2pkg.io.http.server import PeerServer
-
-    honest = PeerServer(store)
-    await honest.start()
-    cache = Cache(tmp_path / "cache", frozenset({public_bytes(key)}), [corrupt.url, honest.url])
-    url = await cache.start()
-    try:
+    async with services() as svc:
+        corrupt = await svc.server(store, mode="corrupt")
+        honest = await svc.server(store)
+        pins = frozenset({public_bytes(key)})
+        cache = Cache(tmp_path / "cache", pins, [corrupt.url, honest.url])
+        url = await svc.start(cache.run)
         python = await anyio.to_thread.run_sync(_venv, tmp_path / "venv")
         res = await anyio.run_process(
             [
@@ -313,10 +310,6 @@ async def test_install_succeeds_when_a_seed_serves_corrupt_bytes(
             assert f.read_bytes() == (dist / f.name).read_bytes()
         assert corrupt.url in cache.fetcher.banned
         assert cache.status()["banned_peers"] == [corrupt.url]
-    finally:
-        await cache.close()
-        await corrupt.close()
-        await honest.close()
 
 
 @pytest.mark.anyio
@@ -327,59 +320,57 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
     import time as _time
 
     from p2pkg.io.http.client import BytesSink, PeerClient
-    from p2pkg.io.http.server import PeerServer, ServerConfig
+    from p2pkg.io.http.server import ServerConfig
     from p2pkg.roles.cache import Cache
+    from tests.netutil import services
 
     store, key, dist = namespace
-    slow = PeerServer(store, ServerConfig(rate=1_000_000, burst=64 * 1024))  # 1 MB/s
-    await slow.start()
-    cache = Cache(tmp_path / "cache", frozenset({public_bytes(key)}), [slow.url])
-    url = await cache.start()
-    client = PeerClient(url)
-    try:
-        href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")  # 2.5 MB
-        first: list[float] = []
-        start = _time.monotonic()
+    async with services() as svc:
+        slow = await svc.server(store, ServerConfig(rate=1_000_000, burst=64 * 1024))  # 1 MB/s
+        cache = Cache(tmp_path / "cache", frozenset({public_bytes(key)}), [slow.url])
+        url = await svc.start(cache.run)
+        client = PeerClient(url)
+        try:
+            href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")  # 2.5 MB
+            first: list[float] = []
+            start = _time.monotonic()
 
-        class Timed(BytesSink):
-            def advance(self, n: int) -> None:
-                if not first:
-                    first.append(_time.monotonic() - start)
-                super().advance(n)
+            class Timed(BytesSink):
+                def advance(self, n: int) -> None:
+                    if not first:
+                        first.append(_time.monotonic() - start)
+                    super().advance(n)
 
-        sinks: list[Timed] = []
+            sinks: list[Timed] = []
 
-        def factory(head):  # type: ignore[no-untyped-def]
-            sinks.append(Timed(head.content_length or 0))
-            return sinks[0]
+            def factory(head):  # type: ignore[no-untyped-def]
+                sinks.append(Timed(head.content_length or 0))
+                return sinks[0]
 
-        await client.request("GET", href, factory)
-        total = _time.monotonic() - start
-        assert bytes(sinks[0].data) == (dist / "base-2.0-py3-none-any.whl").read_bytes()
-        assert first[0] < total / 4, (first[0], total)
-    finally:
-        client.close()
-        await cache.close()
-        await slow.close()
+            await client.request("GET", href, factory)
+            total = _time.monotonic() - start
+            assert bytes(sinks[0].data) == (dist / "base-2.0-py3-none-any.whl").read_bytes()
+            assert first[0] < total / 4, (first[0], total)
+        finally:
+            client.close()
 
     # A download that breaks midway (the only peer dies) leaves nothing in the store.
-    flaky = PeerServer(store, ServerConfig(rate=500_000, burst=64 * 1024))
-    await flaky.start()
-    cache = Cache(tmp_path / "cache2", frozenset({public_bytes(key)}), [flaky.url])
-    url = await cache.start()
-    client = PeerClient(url)
-    try:
-        href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")
-        request = asyncio.ensure_future(client.get_bytes(href, 10 << 20))
-        await asyncio.sleep(1.0)
-        await flaky.close()
-        with pytest.raises(TransportError):  # cut short: never completed with unverified bytes
-            await asyncio.wait_for(request, 60)
-        files, _ = cache.store.stats()
-        assert files == 0 and not cache.store.has_file(bytes(32))
-    finally:
-        client.close()
-        await cache.close()
+    async with services() as svc:
+        flaky = await svc.server(store, ServerConfig(rate=500_000, burst=64 * 1024))
+        cache = Cache(tmp_path / "cache2", frozenset({public_bytes(key)}), [flaky.url])
+        url = await svc.start(cache.run)
+        client = PeerClient(url)
+        try:
+            href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")
+            request = asyncio.ensure_future(client.get_bytes(href, 10 << 20))
+            await asyncio.sleep(1.0)
+            svc.stop(flaky.url)
+            with pytest.raises(TransportError):  # cut short: never completed with unverified bytes
+                await asyncio.wait_for(request, 60)
+            files, _ = cache.store.stats()
+            assert files == 0 and not cache.store.has_file(bytes(32))
+        finally:
+            client.close()
 
 
 @pytest.mark.anyio
@@ -387,45 +378,43 @@ async def test_size_cap_evicts_least_recently_used(
     namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
 ) -> None:
     from p2pkg.io.http.client import PeerClient
-    from p2pkg.io.http.server import PeerServer
     from p2pkg.roles.cache import Cache, CacheConfig
+    from tests.netutil import services
 
     store, key, dist = namespace
-    peer = PeerServer(store)
-    await peer.start()
-    # Room for base-2.0 alone: fetching it must evict the small files fetched before.
-    cap = (dist / "base-2.0-py3-none-any.whl").stat().st_size + 10
-    cache = Cache(
-        tmp_path / "cache",
-        frozenset({public_bytes(key)}),
-        [peer.url],
-        config=CacheConfig(max_size=cap),
-    )
-    url = await cache.start()
-    client = PeerClient(url)
-    try:
+    async with services() as svc:
+        peer = await svc.server(store)
+        # Room for base-2.0 alone: fetching it must evict the small files fetched before.
+        cap = (dist / "base-2.0-py3-none-any.whl").stat().st_size + 10
+        cache = Cache(
+            tmp_path / "cache",
+            frozenset({public_bytes(key)}),
+            [peer.url],
+            config=CacheConfig(max_size=cap),
+        )
+        url = await svc.start(cache.run)
+        client = PeerClient(url)
+        try:
 
-        async def fetch(project: str, filename: str) -> None:
-            href = await archive_path(client, project, filename)
-            status, _, _ = await client.get_bytes(href, 10 << 20)
-            assert status == 200
+            async def fetch(project: str, filename: str) -> None:
+                href = await archive_path(client, project, filename)
+                status, _, _ = await client.get_bytes(href, 10 << 20)
+                assert status == 200
 
-        await fetch("top", "top-1.0-py3-none-any.whl")
-        await fetch("middle", "middle-1.0-py3-none-any.whl")
-        await fetch("base", "base-2.0-py3-none-any.whl")  # 2.5 MB: the oldest files must go
-        for _ in range(200):  # the download task commits (and evicts) just after streaming
-            if not cache.live:
-                break
-            await asyncio.sleep(0.02)
-        _, held = cache.store.stats()
-        assert held <= cap
-        assert cache.stats.evicted == 2  # top and middle, least recently used
-        wheel = (dist / "base-2.0-py3-none-any.whl").read_bytes()
-        assert cache.store.has_file(blake3.blake3(wheel).digest())
-    finally:
-        client.close()
-        await cache.close()
-        await peer.close()
+            await fetch("top", "top-1.0-py3-none-any.whl")
+            await fetch("middle", "middle-1.0-py3-none-any.whl")
+            await fetch("base", "base-2.0-py3-none-any.whl")  # 2.5 MB: the oldest files must go
+            for _ in range(200):  # the download task commits (and evicts) just after streaming
+                if not cache.live:
+                    break
+                await asyncio.sleep(0.02)
+            _, held = cache.store.stats()
+            assert held <= cap
+            assert cache.stats.evicted == 2  # top and middle, least recently used
+            wheel = (dist / "base-2.0-py3-none-any.whl").read_bytes()
+            assert cache.store.has_file(blake3.blake3(wheel).digest())
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------------- real-user regressions

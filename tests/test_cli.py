@@ -69,7 +69,8 @@ def test_errors_are_one_line_with_exit_codes(
     assert "pinned" in run("show", "--store", store, "--trust", other_pub, code=3)
     assert run("show", "--store", store, "nope", code=7).startswith("p2pkg: error:")
     assert "no store" in run("show", "--store", str(tmp_path / "absent"), code=6)
-    assert "ed25519" in run("show", "--store", store, "--trust", "garbage", code=5)
+    # A malformed key in an option is a usage error: exit 2, one line.
+    assert "ed25519" in run("show", "--store", store, "--trust", "garbage", code=2)
     (tmp_path / "notakey").write_text("hello")
     run("publish", "--store", store, "--key", str(tmp_path / "notakey"), code=5)
 
@@ -108,7 +109,44 @@ def test_config_file_supplies_defaults(
 def test_help_teaches() -> None:
     out = run("--help")
     assert "Exit codes" in out and "keygen" in out
+    assert "9 local failure (disk full, permission, I/O error)" in " ".join(out.split())
     assert "--trust" in run("show", "--help")
+    assert run("fetch", "--help").startswith("Usage:")  # help is not an error: unchanged
+
+
+KEY = "ed25519:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["fetch", "x", "--trust", KEY, "--peer", "htp:/x"], "'--peer'"),
+        (["fetch", "x", "--trust", KEY, "--peer", "http://h:99999"], "'--peer'"),
+        (["fetch", "x", "--trust", KEY, "--peer", "http://h:port"], "'--peer'"),
+        (["fetch", "x", "--trust", KEY, "--peer", "https://h"], "'--peer'"),
+        (["cache", "--trust", KEY, "--peer", "ftp://x"], "'--peer'"),
+        (["seed", "--trust", KEY, "--upstream", "http://"], "'--upstream'"),
+        (["publish", "--key", "k", "--notify", "seed:8000"], "'--notify'"),
+        (["serve", "--listen", "127.0.0.1"], "'--listen'"),  # no port
+        (["serve", "--listen", ":8000"], "'--listen'"),  # no host
+        (["serve", "--listen", "h:65536"], "'--listen'"),  # port out of range
+        (["serve", "--dht-listen", "h:x"], "'--dht-listen'"),
+        (["fetch", "x", "--trust", KEY, "--dht-bootstrap", "h"], "'--dht-bootstrap'"),
+        (["fetch", "x", "--trust", KEY, "--dht-bootstrap", "h:0"], "'--dht-bootstrap'"),
+        (["show", "--trust", "ed25519:zz"], "'--trust'"),
+        (["fetch", "x", "--trust", "garbage", "--peer", "http://h:1"], "'--trust'"),
+        (["fetch", "x", "--peer", "http://h:1"], "--trust"),  # required, checked in the body
+        (["fetch", "--no-such-flag"], "--no-such-flag"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str], names: str) -> None:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and names in lines[0]
+    assert result.stdout == ""
 
 
 def test_serve_export_fetch_cli(tmp_path: Path, dist: Path, master: tuple[Path, str]) -> None:
@@ -140,6 +178,14 @@ def test_serve_export_fetch_cli(tmp_path: Path, dist: Path, master: tuple[Path, 
             check=False,
         )
         assert missing.returncode == 7 and missing.stderr.decode().count("\n") == 1
+        # SpecError is in the tree now; a bad SPEC still exits 1 with one line.
+        bad_spec = subprocess.run(
+            [*fetch[:4], "foo>>>", *fetch[5:], "--dest", str(tmp_path)],
+            capture_output=True,
+            check=False,
+        )
+        assert bad_spec.returncode == 1 and bad_spec.stderr.decode().count("\n") == 1
+        assert b"invalid spec" in bad_spec.stderr
     dead = subprocess.run(fetch, capture_output=True, check=False)  # the peer is gone now
     assert dead.returncode == 8 and b"Traceback" not in dead.stderr
     assert run("fetch", "demo", "--peer", "http://127.0.0.1:9", code=2)  # --trust is required

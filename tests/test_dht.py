@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 import umsgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from kademlia.node import Node
 
 from p2pkg.core.dht_records import ProviderLimits, ProviderStore, content_key
 from p2pkg.core.root import public_bytes
 from p2pkg.io.dht import MAX_DATAGRAM, DhtNode
+from p2pkg.io.dht_service import DhtService
 from p2pkg.testing.signer import make_root, signed_bytes, tamper_signature
 
 pytestmark = pytest.mark.anyio
@@ -24,28 +30,31 @@ pytestmark = pytest.mark.anyio
 LOOPBACK_LIMITS = ProviderLimits(per_source=64)
 
 
-async def start_network(n: int, limits: ProviderLimits = LOOPBACK_LIMITS) -> list[DhtNode]:
-    nodes = []
-    for _ in range(n):
-        node = DhtNode(providers=ProviderStore(limits))
-        await node.listen(0, "127.0.0.1")
-        nodes.append(node)
-    seed = ("127.0.0.1", nodes[0].port)
-    for node in nodes[1:]:
-        await node.bootstrap([seed])
-    for node in nodes[1:]:  # a second pass so that early nodes learn about later ones
-        await node.bootstrap([seed, ("127.0.0.1", random.choice(nodes).port)])
-    return nodes
+@asynccontextmanager
+async def network(n: int, limits: ProviderLimits = LOOPBACK_LIMITS) -> AsyncIterator[list[DhtNode]]:
+    """``n`` joined nodes on 127.0.0.1 for the block, all stopped (sockets closed) after it."""
+    async with anyio.create_task_group() as tg:
+        nodes = []
+        for _ in range(n):
+            node = DhtNode(providers=ProviderStore(limits))
+            await tg.start(node.run, "127.0.0.1", 0)
+            nodes.append(node)
+        seed = ("127.0.0.1", nodes[0].port)
+        for node in nodes[1:]:
+            await node.bootstrap([seed])
+        for node in nodes[1:]:  # a second pass so that early nodes learn about later ones
+            await node.bootstrap([seed, ("127.0.0.1", random.choice(nodes).port)])
+        yield nodes
+        tg.cancel_scope.cancel()
 
 
-def stop(nodes: list[DhtNode]) -> None:
-    for node in nodes:
-        node.stop()
+def our_tasks(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
+    """Tasks alive now that were not before, other than the test's own."""
+    return {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()}
 
 
 async def test_fifty_nodes_every_provider_is_found() -> None:
-    nodes = await start_network(50)
-    try:
+    async with network(50) as nodes:
         objects = [bytes([i]) * 32 for i in range(10)]
         providers = {}
         for i, obj in enumerate(objects):
@@ -66,15 +75,12 @@ async def test_fifty_nodes_every_provider_is_found() -> None:
         await nodes[12].put_root(tamper_signature(signed_bytes(make_root(7, [key]), [key])), first)
         for asker in nodes[20:30]:
             assert await asker.get_root(first) == v3
-    finally:
-        stop(nodes)
 
 
 async def test_roots_highest_valid_version_and_no_forgery() -> None:
-    nodes = await start_network(20)
     key = Ed25519PrivateKey.generate()
     first = public_bytes(key)
-    try:
+    async with network(20) as nodes:
         v1 = signed_bytes(make_root(1, [key]), [key])
         v2 = signed_bytes(make_root(2, [key]), [key])
         assert await nodes[3].put_root(v2, first) > 0
@@ -85,41 +91,38 @@ async def test_roots_highest_valid_version_and_no_forgery() -> None:
         evil = signed_bytes(make_root(10, [mallory]), [mallory])
         assert await nodes[8].put_root(evil, first) == 0  # not the namespace's key
         assert await nodes[12].get_root(first) == v2
-    finally:
-        stop(nodes)
 
 
 async def test_hostile_node_cannot_break_the_others() -> None:
     limits = ProviderLimits(per_key=16, per_source=16, keys=200)
-    nodes = await start_network(12, limits)
-    target = nodes[4]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    addr = ("127.0.0.1", target.port)
     rng = random.Random(5)
-    try:
-        for i in range(300):
-            sock.sendto(rng.randbytes(rng.randint(0, 100)), addr)  # garbage
-            sock.sendto(
-                b"\x00" + rng.randbytes(20) + b"\xff" * (MAX_DATAGRAM + 10), addr
-            )  # oversized
-            sock.sendto(
-                b"\x00" + rng.randbytes(20) + umsgpack.packb(["ping", [1, 2, 3, 4, 5]]), addr
-            )
-            sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(["__init__", []]), addr)
-            sock.sendto(
-                b"\x01" + rng.randbytes(20) + umsgpack.packb([[b"x", "not-an-ip", -1]]), addr
-            )
-            key = content_key(i.to_bytes(4, "big"))
-            flood = ["add_provider", [rng.randbytes(20), key, 1000 + i % 100, 10**9]]
-            sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(flood), addr)
-            if i % 10 == 9:
-                await asyncio.sleep(0.005)  # same event loop: let the target read
-        await asyncio.sleep(0.5)
-        assert target.protocol.dropped >= 300 * 4 * 0.9  # garbage, oversized, bad calls
-        assert len(target.providers.records) <= limits.keys
-        # 300 made-up node ids from one address: none got into the routing table.
-        hostile_port = sock.getsockname()[1]
+    async with network(12, limits) as nodes:
+        target = nodes[4]
+        addr = ("127.0.0.1", target.port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            for i in range(300):
+                sock.sendto(rng.randbytes(rng.randint(0, 100)), addr)  # garbage
+                sock.sendto(
+                    b"\x00" + rng.randbytes(20) + b"\xff" * (MAX_DATAGRAM + 10), addr
+                )  # oversized
+                sock.sendto(
+                    b"\x00" + rng.randbytes(20) + umsgpack.packb(["ping", [1, 2, 3, 4, 5]]), addr
+                )
+                sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(["__init__", []]), addr)
+                sock.sendto(
+                    b"\x01" + rng.randbytes(20) + umsgpack.packb([[b"x", "not-an-ip", -1]]), addr
+                )
+                key = content_key(i.to_bytes(4, "big"))
+                flood = ["add_provider", [rng.randbytes(20), key, 1000 + i % 100, 10**9]]
+                sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(flood), addr)
+                if i % 10 == 9:
+                    await asyncio.sleep(0.005)  # same event loop: let the target read
+            await asyncio.sleep(0.5)
+            assert target.protocol.dropped >= 300 * 4 * 0.9  # garbage, oversized, bad calls
+            assert len(target.providers.records) <= limits.keys
+            # 300 made-up node ids from one address: none got into the routing table.
+            hostile_port = sock.getsockname()[1]
         contacts = [n for b in target.protocol.router.buckets for n in b.get_nodes()]
         assert not [n for n in contacts if n.port == hostile_port]
         assert all(len(e) <= limits.per_key for e in target.providers.records.values())
@@ -128,13 +131,9 @@ async def test_hostile_node_cannot_break_the_others() -> None:
         await nodes[1].announce(obj, 7777)
         assert ("127.0.0.1", 7777) in await nodes[9].find_providers(obj)
         assert await target.find_providers(obj) == [("127.0.0.1", 7777)]
-    finally:
-        sock.close()
-        stop(nodes)
 
 
 async def test_malformed_contacts_do_not_break_lookups() -> None:
-    nodes = await start_network(6)
     liar = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     liar.bind(("127.0.0.1", 0))
     liar.setblocking(False)
@@ -151,25 +150,21 @@ async def test_malformed_contacts_do_not_break_lookups() -> None:
             ]
             liar.sendto(b"\x01" + data[1:21] + umsgpack.packb(junk), addr)
 
-    task = asyncio.create_task(answer_with_junk())
-    try:
-        probe = DhtNode(wait_timeout=0.5)
-        await probe.listen(0, "127.0.0.1")
-        found = await probe.bootstrap([liar.getsockname(), ("127.0.0.1", nodes[0].port)])
-        assert all(len(n.id) == 20 and n.port > 0 for n in found)
-        obj = b"\x07" * 32
-        await nodes[2].announce(obj, 8123)
-        assert ("127.0.0.1", 8123) in await probe.find_providers(obj)
-        probe.stop()
-    finally:
-        task.cancel()
-        liar.close()
-        stop(nodes)
+    with liar:
+        async with network(6) as nodes, anyio.create_task_group() as tg:
+            tg.start_soon(answer_with_junk)
+            probe = DhtNode(wait_timeout=0.5)
+            await tg.start(probe.run, "127.0.0.1", 0)
+            found = await probe.bootstrap([liar.getsockname(), ("127.0.0.1", nodes[0].port)])
+            assert all(len(n.id) == 20 and n.port > 0 for n in found)
+            obj = b"\x07" * 32
+            await nodes[2].announce(obj, 8123)
+            assert ("127.0.0.1", 8123) in await probe.find_providers(obj)
+            tg.cancel_scope.cancel()
 
 
 async def test_lookups_survive_dead_nodes() -> None:
-    nodes = await start_network(40)
-    try:
+    async with network(40) as nodes:
         obj = b"\x33" * 32
         await nodes[1].announce(obj, 6000)
         await nodes[2].announce(obj, 6001)
@@ -185,8 +180,7 @@ async def test_lookups_survive_dead_nodes() -> None:
             assert {("127.0.0.1", 6000), ("127.0.0.1", 6001)} & set(found)
         times.sort()
         assert times[len(times) // 2] < 2.0, times
-    finally:
-        stop(nodes)
+        assert all(d.transport is None for d in dead)  # stopped: their sockets are closed
 
 
 def test_identity_is_saved_as_json(tmp_path: Path) -> None:
@@ -265,42 +259,128 @@ def test_replies_always_fit_one_datagram() -> None:
 
 async def test_cancelled_rpcs_leave_no_state() -> None:
     """Cancelling a pending call (a cancel scope) forgets it; its timer firing later is harmless."""
-    import anyio
-
     node = DhtNode(wait_timeout=0.3)
-    await node.listen(0, "127.0.0.1")
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))  # never answers
-    try:
-        with anyio.move_on_after(0.05):
-            await node.protocol.call(silent.getsockname(), "ping", node.node.id)
-        assert not node.protocol._outstanding and not node.protocol._sent_to
-        await asyncio.sleep(0.4)  # past the hard timeout: nothing fires, nothing leaks
-        ok, _ = await node.protocol.call(silent.getsockname(), "ping", node.node.id)
-        assert ok is False and not node.protocol._outstanding
-    finally:
-        silent.close()
-        node.stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # never answers
+        async with anyio.create_task_group() as tg:
+            await tg.start(node.run, "127.0.0.1", 0)
+            with anyio.move_on_after(0.05):
+                await node.protocol.call(silent.getsockname(), "ping", node.node.id)
+            assert not node.protocol._outstanding and not node.protocol._sent_to
+            await asyncio.sleep(0.4)  # past the hard timeout: nothing fires, nothing leaks
+            ok, _ = await node.protocol.call(silent.getsockname(), "ping", node.node.id)
+            assert ok is False and not node.protocol._outstanding
+            # a lookup cancelled while its queries wait: they are forgotten too
+            node.protocol.router.add_contact(Node(b"\x09" * 20, *silent.getsockname()))
+            with anyio.move_on_after(0.05) as scope:
+                await node.find_providers(b"\x01" * 32)
+            assert scope.cancelled_caught
+            assert not node.protocol._outstanding and not node.protocol._sent_to
+            tg.cancel_scope.cancel()
 
 
 async def test_restarted_node_rejoins_from_saved_contacts(tmp_path: Path) -> None:
-    from p2pkg.io.dht_service import DhtService
-
-    nodes = await start_network(8)
     state = tmp_path / "dht.json"
-    try:
+    async with network(8) as nodes:
         first = DhtService(("127.0.0.1", 0), [("127.0.0.1", nodes[0].port)], state)
-        node = await first.start()
-        node_id = node.node.id
-        await first.close()  # saves id + contacts
+        async with first.running() as node:
+            node_id = node.node.id
+        assert state.exists()  # saved on the way out: id + contacts
         again = DhtService(("127.0.0.1", 0), [], state)  # no bootstrap address given
-        node = await again.start()
-        try:
+        async with again.running() as node:
             assert node.node.id == node_id
             obj = b"\x55" * 32
             await nodes[3].announce(obj, 5555)
             assert ("127.0.0.1", 5555) in await node.find_providers(obj)
-        finally:
-            await again.close()
-    finally:
-        stop(nodes)
+
+
+def ping_from(node_id: bytes) -> bytes:
+    """A PING request datagram claiming ``node_id``."""
+    data: bytes = b"\x00" + bytes(20) + umsgpack.packb(["ping", [node_id]])
+    return data
+
+
+async def test_service_run_stops_everything_it_started(tmp_path: Path) -> None:
+    """Cancelling DhtService.run: no task of its left, the UDP socket closed, the state saved."""
+    state = tmp_path / "dht.json"
+    loop = asyncio.get_running_loop()
+    before = set(asyncio.all_tasks())
+    svc = DhtService(("127.0.0.1", 0), [], state)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer, anyio.fail_after(10):
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)
+        async with anyio.create_task_group() as tg:
+            node = await tg.start(svc.run)
+            tg.start_soon(svc.keep_announcing, lambda: [content_key(b"x")], 9999)
+            assert node.transport is not None
+            sock = node.transport.get_extra_info("socket")
+            # A request from an unknown node: answered at once, and its id checked by a
+            # ping back — a child task that is still waiting when the service is cancelled.
+            peer.sendto(ping_from(b"\x07" * 20), ("127.0.0.1", node.port))
+            kinds: set[bytes] = set()
+            while kinds != {b"\x00", b"\x01"}:  # our answer, and the node's own ping
+                data, _ = await loop.sock_recvfrom(peer, 2048)
+                kinds.add(data[:1])
+            assert node.protocol._verifying
+            assert our_tasks(before)
+            tg.cancel_scope.cancel()
+    assert not our_tasks(before)
+    assert sock.fileno() == -1 and node.transport is None and svc.node is None
+    assert not node.protocol._verifying
+    assert json.loads(state.read_text())["id"] == node.node.id.hex()
+
+
+async def test_a_request_after_shutdown_starts_nothing() -> None:
+    node = DhtNode()
+    async with anyio.create_task_group() as tg:
+        await tg.start(node.run, "127.0.0.1", 0)
+        tg.cancel_scope.cancel()
+    before = set(asyncio.all_tasks())
+    dropped = node.protocol.dropped
+    node.protocol.datagram_received(ping_from(b"\x07" * 20), ("127.0.0.1", 9))
+    assert not our_tasks(before) and not node.protocol._verifying
+    assert node.protocol.dropped == dropped + 1  # not answered: the socket is closed
+    ok, _ = await node.protocol.call(("127.0.0.1", 9), "ping", node.node.id)
+    assert ok is False and not node.protocol._outstanding  # at once, nothing sent
+
+
+async def test_cancelling_a_join_propagates_and_stops_at_once(tmp_path: Path) -> None:
+    before = set(asyncio.all_tasks())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # a bootstrap node that never answers (2 s ping timeout)
+        svc = DhtService(("127.0.0.1", 0), [silent.getsockname()], tmp_path / "dht.json")
+        start = time.monotonic()
+        with anyio.move_on_after(0.2) as scope:
+            async with svc.running():
+                pytest.fail("joined through a node that never answers")
+        assert scope.cancelled_caught  # the cancellation reached the scope that asked for it
+        assert time.monotonic() - start < 1.5
+    assert not our_tasks(before) and svc.node is None
+
+
+async def test_keep_announcing_waits_for_the_node_and_goes_again_when_poked() -> None:
+    key = content_key(b"announced")
+    async with network(5) as nodes:
+        svc = DhtService(("127.0.0.1", 0), [("127.0.0.1", nodes[0].port)])
+        rounds = 0
+        done = anyio.Event()
+
+        def latest_root() -> None:  # called once per round, after the keys were announced
+            nonlocal rounds
+            rounds += 1
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            # Started before the node: it waits for run(), it does not poll for it.
+            tg.start_soon(svc.keep_announcing, lambda: [key], 7000, latest_root)
+            await tg.start(svc.run)
+            with anyio.fail_after(10):
+                await done.wait()
+            assert rounds == 1 and svc.announced > 0
+            assert ("127.0.0.1", 7000) in await nodes[3].find_key(key)
+            done = anyio.Event()
+            svc.poke()  # the next round now, not in ttl/2
+            with anyio.fail_after(10):
+                await done.wait()
+            assert rounds == 2
+            tg.cancel_scope.cancel()

@@ -6,16 +6,22 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
-from p2pkg.io.discovery import Lan, announce_addresses
+from p2pkg.io import discovery
+from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer, announce_addresses
 from p2pkg.io.http.client import PeerClient
-from p2pkg.io.http.server import PeerServer
 from p2pkg.roles.cache import Cache, CacheConfig
 
-from .netutil import Master, archive_path, make_master
+from .netutil import Master, archive_path, make_master, services
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 LOOPBACK = ("127.0.0.1",)
@@ -26,32 +32,102 @@ def master(tmp_path: Path) -> Master:
     return make_master(tmp_path, big_size=300_000)
 
 
+def our_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Tasks alive now that were not before, other than the test's own."""
+    return {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()}
+
+
+@asynccontextmanager
+async def announced(*announcements: LanAnnouncement) -> AsyncIterator[None]:
+    """Each announcement on its own running Lan (loopback) for the block."""
+    async with anyio.create_task_group() as tg:
+        for a in announcements:
+            await tg.start(partial(Lan(LOOPBACK).run, announce=a))
+        yield
+        tg.cancel_scope.cancel()
+
+
 async def test_announce_and_browse_on_loopback() -> None:
-    a, b = Lan(LOOPBACK), Lan(LOOPBACK)
-    try:
-        await a.announce(4321, "cache", "aa" * 32)
-        await a.announce(4322, "cache", "bb" * 32)  # trusts another namespace's key
-        found = []
-        for _ in range(20):
-            found = await b.browse(0.3, key="aa" * 32)
+    ours = LanAnnouncement(4321, "cache", "aa" * 32)
+    other = LanAnnouncement(4322, "cache", "bb" * 32)  # trusts another namespace's key
+    async with announced(ours, other):
+        found: list[LanPeer] = []
+        for _ in range(5):
+            # 1.5 s: two queries a second apart, so one is answered even when the
+            # responder multicast its records within the last second (RFC 6762 §6).
+            found = await Lan(LOOPBACK).browse(1.5, key="aa" * 32)
             if found:
                 break
         assert [p.url for p in found] == ["http://127.0.0.1:4321"]
         assert found[0].role == "cache"
-    finally:
-        await a.close()
-        await b.close()
+
+
+async def test_run_reports_peers_and_stops_everything_it_started() -> None:
+    """on_peer sees the others (not its own announcement); cancelled, no task is left."""
+    before = set(asyncio.all_tasks())
+    seen: list[LanPeer] = []
+    found = anyio.Event()
+
+    def on_peer(peer: LanPeer) -> None:
+        seen.append(peer)
+        if peer.url == "http://127.0.0.1:4401":
+            found.set()
+
+    watcher = Lan(LOOPBACK)
+    own = LanAnnouncement(4402, "cache", "aa" * 32)
+    with anyio.fail_after(20):
+        async with (
+            announced(LanAnnouncement(4401, "cache", "aa" * 32)),
+            anyio.create_task_group() as tg,
+        ):
+            await tg.start(partial(watcher.run, announce=own, on_peer=on_peer))
+            await found.wait()
+            tg.cancel_scope.cancel()
+    assert "http://127.0.0.1:4402" not in {p.url for p in seen}
+    assert "http://127.0.0.1:4401" in {p.url for p in watcher.peers.values()}
+    assert not our_tasks(before)
+
+
+async def test_cancelling_run_propagates_and_cleans_up() -> None:
+    before = set(asyncio.all_tasks())
+    lan = Lan(LOOPBACK)
+    start = time.monotonic()
+    with anyio.move_on_after(0.5) as scope:
+        await lan.run(announce=LanAnnouncement(4403, "cache", "aa" * 32), on_peer=lambda p: None)
+    assert scope.cancelled_caught  # run re-raised the cancellation; the scope caught it
+    assert time.monotonic() - start < 0.5 + discovery.CLOSE_TIMEOUT * 2  # cleanup is bounded
+    assert not our_tasks(before)
+    with anyio.move_on_after(0.1):  # and it can run again
+        await lan.run()
+
+
+async def test_browse_returns_after_wait_without_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps = 0
+    real_sleep = anyio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        await real_sleep(delay)
+
+    monkeypatch.setattr(anyio, "sleep", counting_sleep)
+    before = set(asyncio.all_tasks())
+    start = time.monotonic()
+    assert await Lan(LOOPBACK).browse(1.0, key="dd" * 32) == []
+    elapsed = time.monotonic() - start
+    assert 1.0 <= elapsed < 2.0, elapsed
+    assert sleeps <= 1  # one timed wait, not a loop of short sleeps
+    assert not our_tasks(before)
 
 
 async def test_fetch_and_caches_find_a_lan_cache(master: Master, tmp_path: Path) -> None:
-    origin = PeerServer(master.store)
-    await origin.start()
-    lan_config = CacheConfig(lan=True, lan_interfaces=LOOPBACK)
-    first = Cache(tmp_path / "c1", master.pins, [origin.url], config=lan_config)
-    url1 = await first.start()
-    second = Cache(tmp_path / "c2", master.pins, [origin.url], config=lan_config)
-    url2 = await second.start()
-    try:
+    async with services() as svc:
+        origin = await svc.server(master.store)
+        lan_config = CacheConfig(lan=True, lan_interfaces=LOOPBACK)
+        first = Cache(tmp_path / "c1", master.pins, [origin.url], config=lan_config)
+        url1 = await svc.start(first.run)
+        second = Cache(tmp_path / "c2", master.pins, [origin.url], config=lan_config)
+        url2 = await svc.start(second.run)
         # `p2pkg fetch` with no --peer finds the caches on the LAN and fetches through one.
         cmd = [
             sys.executable,
@@ -96,10 +172,6 @@ async def test_fetch_and_caches_find_a_lan_cache(master: Master, tmp_path: Path)
         before = origin.stats.bytes_sent
         assert await get_big(url2) == master.big.read_bytes()
         assert origin.stats.bytes_sent - before < 100_000  # pages' objects at most
-    finally:
-        await second.close()
-        await first.close()
-        await origin.close()
 
 
 @pytest.mark.parametrize(
@@ -126,10 +198,10 @@ def test_announces_only_addresses_it_can_be_reached_on(
 
 
 async def test_nothing_is_announced_when_no_reachable_address_is_left() -> None:
-    a, b = Lan(LOOPBACK), Lan(LOOPBACK)
-    try:
-        assert not await a.announce(4000, "cache", "cc" * 32, listening_on="::1")
-        assert await b.browse(0.5, key="cc" * 32) == []
-    finally:
-        await a.close()
-        await b.close()
+    async with announced(LanAnnouncement(4000, "cache", "cc" * 32, listening_on="::1")):
+        assert await Lan(LOOPBACK).browse(0.5, key="cc" * 32) == []
+
+
+def test_hostile_txt_values_do_not_raise() -> None:
+    assert discovery._text(b"\xff\xfe") == "\ufffd\ufffd"
+    assert discovery._text(None) == ""

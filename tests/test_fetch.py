@@ -18,7 +18,7 @@ from p2pkg.roles.export import export_store
 from p2pkg.roles.fetch import Fetcher
 
 from .helpers import snapshot
-from .netutil import FakePeer, FaultyServer, Master, http_response, make_master
+from .netutil import FakePeer, Master, Services, http_response, make_master, services
 
 pytestmark = pytest.mark.anyio
 FAST = ClientConfig(stall_timeout=0.5, head_timeout=2.0, connect_timeout=2.0)
@@ -29,31 +29,25 @@ def master(tmp_path: Path) -> Master:
     return make_master(tmp_path)
 
 
-async def _servers(master: Master, n: int) -> list[PeerServer]:
-    out = []
-    for _ in range(n):
-        s = PeerServer(master.store)
-        await s.start()
-        out.append(s)
-    return out
+async def _servers(svc: Services, master: Master, n: int) -> list[PeerServer]:
+    return [await svc.server(master.store) for _ in range(n)]
 
 
 async def test_three_peers_share_a_file(master: Master, tmp_path: Path) -> None:
-    servers = await _servers(master, 3)
-    fetcher = Fetcher(master.pins, [s.url for s in servers])
-    try:
-        path, stats = await fetcher.fetch("big", tmp_path / "out")
-        assert path.read_bytes() == master.big.read_bytes()
-        assert stats.from_network == master.big.stat().st_size
-        small, _ = await fetcher.fetch("small", tmp_path / "out")
-        assert small.read_bytes() == master.small.read_bytes()
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-            [path.name, small.name]
-        )
-    finally:
-        fetcher.close()
-        for s in servers:
-            await s.close()
+    async with services() as svc:
+        servers = await _servers(svc, master, 3)
+        fetcher = Fetcher(master.pins, [s.url for s in servers])
+        try:
+            path, stats = await fetcher.fetch("big", tmp_path / "out")
+            assert path.read_bytes() == master.big.read_bytes()
+            assert stats.from_network == master.big.stat().st_size
+            small, _ = await fetcher.fetch("small", tmp_path / "out")
+            assert small.read_bytes() == master.small.read_bytes()
+            assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+                [path.name, small.name]
+            )
+        finally:
+            fetcher.close()
 
 
 @pytest.mark.parametrize("mode", ["corrupt", "absent", "stall", "reset", "busy"])
@@ -61,40 +55,36 @@ async def test_bad_peer_is_routed_around(
     master: Master, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="p2pkg")
-    bad = FaultyServer(master.store, mode)
-    await bad.start()
-    good = await _servers(master, 2)
-    # The bad peer first: it gets the first span of every file.
-    fetcher = Fetcher(master.pins, [bad.url, *(s.url for s in good)], client_config=FAST)
-    out = tmp_path / "out"
-    try:
-        for spec, original in (("big", master.big), ("small", master.small)):
-            path, _stats = await fetcher.fetch(spec, out)
-            assert path.read_bytes() == original.read_bytes(), f"mode={mode}"
-        assert bad.url in caplog.text, f"the bad peer is named in the log (mode={mode})"
-        if mode == "corrupt":
-            assert bad.url in fetcher.banned
-            assert "banning peer" in caplog.text
-        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partials left
-    finally:
-        fetcher.close()
-        await bad.close()
-        for s in good:
-            await s.close()
+    async with services() as svc:
+        bad = await svc.server(master.store, mode=mode)
+        good = await _servers(svc, master, 2)
+        # The bad peer first: it gets the first span of every file.
+        fetcher = Fetcher(master.pins, [bad.url, *(s.url for s in good)], client_config=FAST)
+        out = tmp_path / "out"
+        try:
+            for spec, original in (("big", master.big), ("small", master.small)):
+                path, _stats = await fetcher.fetch(spec, out)
+                assert path.read_bytes() == original.read_bytes(), f"mode={mode}"
+            assert bad.url in caplog.text, f"the bad peer is named in the log (mode={mode})"
+            if mode == "corrupt":
+                assert bad.url in fetcher.banned
+                assert "banning peer" in caplog.text
+            assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partials left
+        finally:
+            fetcher.close()
 
 
 async def test_only_bad_peers_means_nothing_is_written(master: Master, tmp_path: Path) -> None:
-    bad = FaultyServer(master.store, "corrupt")
-    await bad.start()
-    fetcher = Fetcher(master.pins, [bad.url], client_config=FAST)
-    out = tmp_path / "out"
-    try:
-        with pytest.raises(FetchError, match="no peer could deliver"):
-            await fetcher.fetch("big", out)
-        assert not (out / master.big.name).exists()
-    finally:
-        fetcher.close()
-        await bad.close()
+    async with services() as svc:
+        bad = await svc.server(master.store, mode="corrupt")
+        fetcher = Fetcher(master.pins, [bad.url], client_config=FAST)
+        out = tmp_path / "out"
+        try:
+            with pytest.raises(FetchError, match="no peer could deliver"):
+                await fetcher.fetch("big", out)
+            assert not (out / master.big.name).exists()
+        finally:
+            fetcher.close()
 
 
 async def test_static_export_served_by_python_http_server(master: Master, tmp_path: Path) -> None:
@@ -143,31 +133,31 @@ def _small_spans():  # type: ignore[no-untyped-def]
 
 
 async def test_resume_downloads_only_missing_chunks(master: Master, tmp_path: Path) -> None:
-    servers = await _servers(master, 1)
-    out = tmp_path / "out"
-    fetcher = Fetcher(master.pins, [servers[0].url])
-    try:
-        manifest = await fetcher.resolve("big")
-        # Simulate an interrupted download: a partial file holding every other chunk.
-        out.mkdir()
-        partial = out / f".{manifest.blake3.hex()}.p2pkg-partial"
-        data = master.big.read_bytes()
-        buf = bytearray(len(data))
-        kept = 0
-        for i, off in enumerate(manifest.chunk_offsets()):
-            if i % 2 == 0:
-                n = manifest.chunks[i].length
-                buf[off : off + n] = data[off : off + n]
-                kept += n
-        partial.write_bytes(bytes(buf))
-        path, stats = await fetcher.fetch_file(manifest, out)
-        assert path.read_bytes() == data
-        assert stats.from_local == kept
-        assert stats.from_network == len(data) - kept
-        assert not partial.exists()
-    finally:
-        fetcher.close()
-        await servers[0].close()
+    async with services() as svc:
+        servers = await _servers(svc, master, 1)
+        out = tmp_path / "out"
+        fetcher = Fetcher(master.pins, [servers[0].url])
+        try:
+            manifest = await fetcher.resolve("big")
+            # Simulate an interrupted download: a partial file holding every other chunk.
+            out.mkdir()
+            partial = out / f".{manifest.blake3.hex()}.p2pkg-partial"
+            data = master.big.read_bytes()
+            buf = bytearray(len(data))
+            kept = 0
+            for i, off in enumerate(manifest.chunk_offsets()):
+                if i % 2 == 0:
+                    n = manifest.chunks[i].length
+                    buf[off : off + n] = data[off : off + n]
+                    kept += n
+            partial.write_bytes(bytes(buf))
+            path, stats = await fetcher.fetch_file(manifest, out)
+            assert path.read_bytes() == data
+            assert stats.from_local == kept
+            assert stats.from_network == len(data) - kept
+            assert not partial.exists()
+        finally:
+            fetcher.close()
 
 
 async def test_upgrade_reuses_chunks_from_the_store(master: Master, tmp_path: Path) -> None:
@@ -179,17 +169,17 @@ async def test_upgrade_reuses_chunks_from_the_store(master: Master, tmp_path: Pa
     v2 = build_wheel(tmp_path, "lib", "2.0", payload=payload + b"new code")
     with Store.open(master.store) as st:
         publish(st, [master.key], [v1, v2])
-    servers = await _servers(master, 1)
-    with Store.open(tmp_path / "client", create=True) as client_store:
-        fetcher = Fetcher(master.pins, [servers[0].url], client_store)
-        try:
-            await fetcher.fetch("lib==1.0", None)
-            _, stats = await fetcher.fetch("lib==2.0", tmp_path / "out")
-            assert stats.from_local > 0.8 * v2.stat().st_size
-            assert (tmp_path / "out" / v2.name).read_bytes() == v2.read_bytes()
-        finally:
-            fetcher.close()
-            await servers[0].close()
+    async with services() as svc:
+        servers = await _servers(svc, master, 1)
+        with Store.open(tmp_path / "client", create=True) as client_store:
+            fetcher = Fetcher(master.pins, [servers[0].url], client_store)
+            try:
+                await fetcher.fetch("lib==1.0", None)
+                _, stats = await fetcher.fetch("lib==2.0", tmp_path / "out")
+                assert stats.from_local > 0.8 * v2.stat().st_size
+                assert (tmp_path / "out" / v2.name).read_bytes() == v2.read_bytes()
+            finally:
+                fetcher.close()
 
 
 async def test_malformed_and_lying_responses(master: Master, tmp_path: Path) -> None:
@@ -232,46 +222,46 @@ async def test_malformed_and_lying_responses(master: Master, tmp_path: Path) -> 
 
 
 async def test_resolve_many_uses_object_batches(master: Master, tmp_path: Path) -> None:
-    server = (await _servers(master, 1))[0]
-    fetcher = Fetcher(master.pins, [server.url])
-    try:
-        before = server.stats.requests
-        manifests = await fetcher.resolve_many(["big", "small", "small==1.0", "big"])
-        assert [m.filename for m in manifests] == [
-            master.big.name,
-            master.small.name,
-            master.small.name,
-            master.big.name,
-        ]
-        # root, top node, then one batch per level (nodes, leaves, projects, manifests)
-        assert server.stats.requests - before <= 6
-        with pytest.raises(NotFoundError):
-            await fetcher.resolve_many(["big", "no-such-project"])
-    finally:
-        fetcher.close()
-        await server.close()
+    async with services() as svc:
+        server = (await _servers(svc, master, 1))[0]
+        fetcher = Fetcher(master.pins, [server.url])
+        try:
+            before = server.stats.requests
+            manifests = await fetcher.resolve_many(["big", "small", "small==1.0", "big"])
+            assert [m.filename for m in manifests] == [
+                master.big.name,
+                master.small.name,
+                master.small.name,
+                master.big.name,
+            ]
+            # root, top node, then one batch per level (nodes, leaves, projects, manifests)
+            assert server.stats.requests - before <= 6
+            with pytest.raises(NotFoundError):
+                await fetcher.resolve_many(["big", "no-such-project"])
+        finally:
+            fetcher.close()
 
 
 async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_path: Path) -> None:
     from p2pkg.core.codec import encode_uvarint
     from p2pkg.core.objects import ObjectId
 
-    good = (await _servers(master, 1))[0]
-    oids = [ObjectId(b"\x01" * 32), ObjectId(b"\x02" * 32)]
-    frame = compress(b"\x01\x01\x00")
-    body = (encode_uvarint(len(frame)) + frame) * 2
-    fake = FakePeer({"/p2pkg/v1/objects": http_response(200, body)})
-    url = await fake.start()
-    fetcher = Fetcher(master.pins, [url, good.url], client_config=FAST)
-    try:
-        with pytest.raises(FetchError):
-            # A batch (one id alone goes by GET); nobody holds them; the liar is banned.
-            await fetcher.get_objects(oids)
-        assert url in fetcher.banned
-    finally:
-        fetcher.close()
-        await fake.close()
-        await good.close()
+    async with services() as svc:
+        good = (await _servers(svc, master, 1))[0]
+        oids = [ObjectId(b"\x01" * 32), ObjectId(b"\x02" * 32)]
+        frame = compress(b"\x01\x01\x00")
+        body = (encode_uvarint(len(frame)) + frame) * 2
+        fake = FakePeer({"/p2pkg/v1/objects": http_response(200, body)})
+        url = await fake.start()
+        fetcher = Fetcher(master.pins, [url, good.url], client_config=FAST)
+        try:
+            with pytest.raises(FetchError):
+                # A batch (one id alone goes by GET); nobody holds them; the liar is banned.
+                await fetcher.get_objects(oids)
+            assert url in fetcher.banned
+        finally:
+            fetcher.close()
+            await fake.close()
 
 
 async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path) -> None:
@@ -321,30 +311,30 @@ async def test_chunk_endpoints(master: Master) -> None:
     from p2pkg.io.http import wire
     from p2pkg.io.http.client import PeerClient
 
-    server = (await _servers(master, 1))[0]
-    client = PeerClient(server.url)
-    data = master.big.read_bytes()
-    try:
-        with Store.open(master.store) as st:
-            f = next(f for f in st.iter_files() if f.size == len(data))
-            chunks = st.file_chunks(f.blake3)
-        cid, off, n = chunks[1]
-        status, body, head = await client.get_bytes(wire.chunk_path(cid), 1 << 20)
-        assert status == 200 and body == data[off : off + n]
-        assert "immutable" in head.headers["cache-control"]
-        picked = [chunks[0], chunks[2], chunks[1]]
-        status, body = await client.post(
-            wire.BATCH_PATH, b"".join(c for c, _, _ in picked), 8 << 20
-        )
-        assert status == 200
-        assert body == b"".join(data[o : o + n] for _, o, n in picked)
-        status, _ = await client.post(wire.BATCH_PATH, b"\x00" * 32)
-        assert status == 404  # one chunk not held: the whole batch is refused
-        status, _ = await client.post(wire.BATCH_PATH, b"short")
-        assert status == 400
-    finally:
-        client.close()
-        await server.close()
+    async with services() as svc:
+        server = (await _servers(svc, master, 1))[0]
+        client = PeerClient(server.url)
+        data = master.big.read_bytes()
+        try:
+            with Store.open(master.store) as st:
+                f = next(f for f in st.iter_files() if f.size == len(data))
+                chunks = st.file_chunks(f.blake3)
+            cid, off, n = chunks[1]
+            status, body, head = await client.get_bytes(wire.chunk_path(cid), 1 << 20)
+            assert status == 200 and body == data[off : off + n]
+            assert "immutable" in head.headers["cache-control"]
+            picked = [chunks[0], chunks[2], chunks[1]]
+            status, body = await client.post(
+                wire.BATCH_PATH, b"".join(c for c, _, _ in picked), 8 << 20
+            )
+            assert status == 200
+            assert body == b"".join(data[o : o + n] for _, o, n in picked)
+            status, _ = await client.post(wire.BATCH_PATH, b"\x00" * 32)
+            assert status == 404  # one chunk not held: the whole batch is refused
+            status, _ = await client.post(wire.BATCH_PATH, b"short")
+            assert status == 400
+        finally:
+            client.close()
 
 
 async def test_seed_syncs_with_object_batches(tmp_path: Path) -> None:
@@ -363,15 +353,15 @@ async def test_seed_syncs_with_object_batches(tmp_path: Path) -> None:
     with Store.open(master.store) as st:
         publish(st, [master.key], [extra])
         objects = sum(1 for _ in st.iter_objects())
-    upstream = (await _servers(master, 1))[0]
-    seeder = Seeder(tmp_path / "seed", master.pins, [upstream.url])
-    try:
-        assert await seeder.sync_once()
-        files, _ = seeder.store.stats()
-        assert files == 43  # every archive
-        assert seeder.store.is_full  # a full mirror: verify holds it to the whole tree
-        object_requests = upstream.stats.requests - files
-        assert object_requests < objects // 4, (object_requests, objects)
-    finally:
-        await seeder.close()
-        await upstream.close()
+    async with services() as svc:
+        upstream = (await _servers(svc, master, 1))[0]
+        seeder = Seeder(tmp_path / "seed", master.pins, [upstream.url])
+        try:
+            assert await seeder.sync_once()
+            files, _ = seeder.store.stats()
+            assert files == 43  # every archive
+            assert seeder.store.is_full  # a full mirror: verify holds it to the whole tree
+            object_requests = upstream.stats.requests - files
+            assert object_requests < objects // 4, (object_requests, objects)
+        finally:
+            await seeder.close()

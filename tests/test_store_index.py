@@ -20,13 +20,13 @@ from p2pkg.core.chunking import offsets
 from p2pkg.core.objects import TREE_LEVELS, FileManifest, ObjectId, decode_as
 from p2pkg.core.root import decode_signed_root, public_bytes
 from p2pkg.errors import StoreError
-from p2pkg.io.http.server import PeerServer
 from p2pkg.io.ingest import hash_file, hash_path
 from p2pkg.io.store import Store
 from p2pkg.roles.fetch import Fetcher
 from p2pkg.roles.publish import publish
 from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_wheel
+from tests.netutil import services
 
 # FastCDC (16/64/256 KiB) cuts the same chunks inside both copies of a block
 # this size once it has synchronized; fixed seeds keep the cut points fixed.
@@ -107,10 +107,9 @@ async def test_fetch_reuses_repeated_chunks(
     v1 = _repeating_wheel(dist, version="1.0")
     v2 = _repeating_wheel(dist, version="2.0")
     _publish(store_dir, key, v1, v2)
-    server = PeerServer(store_dir)
-    await server.start()
     client = tmp_path / "client"
-    try:
+    async with services() as svc:
+        server = await svc.server(store_dir)
         with Store.open(client, create=True) as st:
             fetcher = Fetcher(frozenset({public_bytes(key)}), [server.url], st)
             try:
@@ -123,8 +122,6 @@ async def test_fetch_reuses_repeated_chunks(
             assert st.file_chunks(_blake3(v2)) == _expected_rows(v2)
             report = verify_store(st)
             assert report.ok, report.problems
-    finally:
-        await server.close()
 
 
 # ------------------------------------------------------------------ migration from schema 1

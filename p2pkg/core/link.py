@@ -8,8 +8,10 @@ links (and fake time), and the product drives it over HTTP
 :class:`~p2pkg.errors.AbsentError` (the peer does not hold it),
 :class:`~p2pkg.errors.PeerBusyError` (503 + Retry-After),
 :class:`~p2pkg.errors.ProtocolError`, :class:`~p2pkg.errors.TransportError`;
-a sink may raise :class:`~p2pkg.errors.BadDataError` (the peer is banned)
-or :class:`SinkDone` (the rest is not needed).
+a sink may raise :class:`~p2pkg.errors.BadDataError` (the peer is banned),
+:class:`SinkDone` (the rest is not needed) or
+:class:`~p2pkg.errors.LocalError` (the receiver's disk failed: the link
+passes it through unchanged, and no peer is blamed).
 """
 
 from __future__ import annotations

@@ -26,11 +26,7 @@ from packaging.utils import (
 )
 from packaging.version import Version
 
-from p2pkg.errors import P2pkgError
-
-
-class SpecError(P2pkgError):
-    """A spec that is not a valid requirement."""
+from p2pkg.errors import SpecError
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +119,16 @@ def project_of(filename: str) -> str | None:
         return str(parse_sdist_filename(filename)[0])
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
+
+
+# SpecError lives in the exception tree (p2pkg.errors); re-exported for callers
+# that import it from here.
+__all__ = [
+    "Candidate",
+    "Spec",
+    "SpecError",
+    "candidates",
+    "parse_spec",
+    "project_of",
+    "python_allows",
+]

@@ -20,6 +20,14 @@ What the subclass changes (docs/security.md, "DHT"):
 * Lookups are :class:`p2pkg.core.lookup.Lookup` (a pure state machine) driven
   here: this module sends the queries it asks for and feeds it replies,
   failures and the loop's clock; every decision is the machine's.
+
+Structured concurrency: a node runs as ``await tg.start(node.run, host, port)``.
+Requests are answered in ``datagram_received`` itself (every handler is
+synchronous and bounded), and the only work that outlives a datagram —
+checking a new contact's id, the hourly bucket refresh — runs as children of
+``run``'s task group. Cancelling ``run`` stops them and closes the socket;
+a datagram arriving after that starts nothing. kademlia's own ``listen``
+(which schedules free tasks) is not used.
 """
 
 from __future__ import annotations
@@ -30,11 +38,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import umsgpack
+from anyio.abc import TaskGroup, TaskStatus
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
@@ -113,6 +123,40 @@ def _nearest(router: Any, key: bytes, k: int) -> list[Contact]:
     return [Contact(n.id, (n.ip, n.port)) for n in nodes[:k]]
 
 
+class _Replies:
+    """A lookup's calls in flight; their futures' callbacks wake the driver."""
+
+    def __init__(self) -> None:
+        self.pending: dict[asyncio.Future[Any], Contact] = {}
+        self._done: list[asyncio.Future[Any]] = []
+        self._wake = anyio.Event()
+
+    def add(self, call: asyncio.Future[Any], contact: Contact) -> None:
+        self.pending[call] = contact
+        call.add_done_callback(self._finished)
+
+    def _finished(self, call: asyncio.Future[Any]) -> None:
+        if call in self.pending and not call.cancelled():
+            self._done.append(call)
+            self._wake.set()
+
+    async def wait(self, timeout: float) -> list[tuple[asyncio.Future[Any], Contact]]:
+        """The calls answered (or timed out) so far, waiting up to ``timeout`` for one."""
+        if not self._done:
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+        # The callbacks run in this loop: nothing finishes between these lines.
+        self._wake = anyio.Event()
+        done, self._done = self._done, []
+        return [(call, self.pending.pop(call)) for call in done]
+
+    def drain(self) -> list[asyncio.Future[Any]]:
+        """The calls still in flight, no longer waited for."""
+        calls = list(self.pending)
+        self.pending.clear()
+        return calls
+
+
 def _fit(msg_id: bytes, response: Any) -> bytes | None:
     """Encode a reply within MAX_DATAGRAM, dropping the farthest contacts if needed."""
     while True:
@@ -147,10 +191,25 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.clock = clock
         self.dropped = 0
         self.misses: dict[bytes, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The running node's task group (DhtNode.run attaches it): contact checks
+        # are its children. None before run and after it: nothing is started then.
+        self._tg: TaskGroup | None = None
+        self.closed = anyio.Event()  # set once the socket is closed
         self._sent_to: dict[bytes, tuple[str, int]] = {}
         self._addr_ids: dict[tuple[str, int], bytes] = {}
         self._verifying: set[tuple[str, int]] = set()
+
+    def attach(self, tg: TaskGroup) -> None:
+        """Start background work (contact checks) as children of ``tg`` from now on."""
+        self._tg = tg
+
+    def detach(self) -> None:
+        """Start nothing more: the node is stopping."""
+        self._tg = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tg = None
+        self.closed.set()
 
     # ------------------------------------------------------------------ datagrams
 
@@ -174,9 +233,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             ):
                 self.dropped += 1
                 return
-            task = asyncio.get_running_loop().create_task(self._request(msg_id, payload, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._request(msg_id, payload, addr)
         elif kind == b"\x01":
             if msg_id not in self._outstanding or self._sent_to.get(msg_id) != addr:
                 self.dropped += 1
@@ -189,21 +246,23 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         else:
             self.dropped += 1
 
-    async def _request(self, msg_id: bytes, payload: list[Any], addr: tuple[str, int]) -> None:
+    def _request(self, msg_id: bytes, payload: list[Any], addr: tuple[str, int]) -> None:
+        """Answer a request at once: every ``rpc_*`` handler is synchronous and bounded.
+
+        (rpcudp makes a task per datagram; answering in the callback starts
+        none, so a flood of requests cannot pile up tasks.)
+        """
         name, args = payload
         handler = getattr(self, f"rpc_{name}", None) if name.isidentifier() else None
-        if handler is None:
+        if handler is None or self.transport is None or self.transport.is_closing():
             self.dropped += 1
             return
         try:
-            response = handler(addr, *args)
-            if asyncio.iscoroutine(response):
-                response = await response
-            data = _fit(msg_id, response)
+            data = _fit(msg_id, handler(addr, *args))
         except Exception:  # wrong arity or types from a remote: drop, never crash
             self.dropped += 1
             return
-        if data is not None and self.transport is not None:
+        if data is not None:
             self.transport.sendto(data, addr)
 
     def call(self, address: tuple[str, int], name: str, *args: Any) -> asyncio.Future[Any]:
@@ -212,16 +271,24 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         msg_id = secrets.token_bytes(20)
         data = b"\x00" + msg_id + umsgpack.packb([name, list(args)])
         future: asyncio.Future[Any] = loop.create_future()
-        if len(data) > MAX_DATAGRAM:
-            future.set_result((False, None))
+        if len(data) > MAX_DATAGRAM or self.transport is None or self.transport.is_closing():
+            future.set_result((False, None))  # too big, or the node has stopped: no answer
             return future
         timer = loop.call_later(self._wait_timeout, self._expire, msg_id)
         self._outstanding[msg_id] = (future, timer)
         self._sent_to[msg_id] = (address[0], address[1])
         future.add_done_callback(lambda f: self._forget(msg_id) if f.cancelled() else None)
-        assert self.transport is not None
         self.transport.sendto(data, address)
         return future
+
+    def abandon(self, calls: Iterable[asyncio.Future[Any]]) -> None:
+        """Cancel calls nobody waits for and forget them now (not a loop turn later)."""
+        gone = set(calls)
+        for call in gone:
+            call.cancel()
+        for msg_id, (future, _) in list(self._outstanding.items()):
+            if future in gone:
+                self._forget(msg_id)
 
     def _expire(self, msg_id: bytes) -> None:
         entry = self._outstanding.pop(msg_id, None)
@@ -277,7 +344,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         sender is pinged and added only if it answers with the same id; one id
         per address, and a bounded number of checks in flight.
         """
-        if not isinstance(nodeid, bytes) or len(nodeid) != KEY_LEN:
+        if not isinstance(nodeid, bytes) or len(nodeid) != KEY_LEN or self._tg is None:
             return
         addr = (sender[0], sender[1])
         known = self._addr_ids.get(addr)
@@ -286,9 +353,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not self.router.is_new_node(Node(nodeid, *addr)):
             return
         self._verifying.add(addr)
-        task = asyncio.get_running_loop().create_task(self._verify(addr, nodeid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tg.start_soon(self._verify, addr, nodeid)
 
     async def _verify(self, addr: tuple[str, int], claimed: bytes) -> None:
         try:
@@ -373,6 +438,8 @@ class DhtNode(Server):  # type: ignore[misc]
         self.providers = providers if providers is not None else ProviderStore()
         self.roots = roots if roots is not None else RootStore()
         self.wait_timeout = wait_timeout
+        self.transport: asyncio.DatagramTransport | None = None
+        self._scope: anyio.CancelScope | None = None
 
     def _create_protocol(self) -> DhtProtocol:
         return DhtProtocol(
@@ -386,8 +453,69 @@ class DhtNode(Server):  # type: ignore[misc]
 
     @property
     def port(self) -> int:
-        assert self.transport is not None
+        """The UDP port the node is bound to (while :meth:`run` runs)."""
+        if self.transport is None:
+            raise RuntimeError("the DHT node is not running")
         return int(self.transport.get_extra_info("sockname")[1])
+
+    async def run(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        refresh_every: float = 3600.0,
+        task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Bind UDP ``host:port`` and answer the DHT until cancelled; ``started(port)``.
+
+        Contact checks and the bucket refresh (every ``refresh_every``
+        seconds, what kademlia's ``listen`` schedules as free tasks) are
+        children of this call. On the way out nothing more is started, the
+        socket is closed, and this returns once it is. :meth:`stop` ends it
+        from outside (a node leaving, in tests and netsim).
+        """
+        if self.transport is not None:
+            raise RuntimeError("the DHT node is already running")
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            self._create_protocol, local_addr=(host, port)
+        )
+        self.transport, self.protocol = transport, protocol
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as tg:
+                    protocol.attach(tg)
+                    try:
+                        tg.start_soon(self._refresh_buckets, refresh_every)
+                        task_status.started(self.port)
+                        await anyio.sleep_forever()
+                    finally:
+                        protocol.detach()
+        finally:
+            self._scope = None
+            transport.close()  # the socket closes in connection_lost, one loop turn later
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await protocol.closed.wait()
+            self.transport = None
+
+    async def listen(self, port: int, interface: str = "0.0.0.0") -> None:
+        """Not supported: kademlia's ``listen`` starts free tasks. Use :meth:`run`."""
+        raise NotImplementedError("run the node on a task group: await tg.start(node.run, ...)")
+
+    def stop(self) -> None:
+        """End :meth:`run` (the node leaves the network); no-op when not running."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _refresh_buckets(self, every: float) -> None:
+        """Look up a random id in each bucket idle for an hour (kademlia's table refresh)."""
+        while True:
+            await anyio.sleep(every)
+            for node_id in self.protocol.get_refresh_ids():
+                try:
+                    await self.lookup(node_id)
+                except OSError as exc:
+                    log.info("bucket refresh failed: %s", exc)
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
         ok, node_id = await self.protocol.ping(addr, self.node.id)
@@ -396,8 +524,16 @@ class DhtNode(Server):  # type: ignore[misc]
         return Node(node_id, addr[0], addr[1])
 
     async def bootstrap(self, addrs: list[tuple[str, int]]) -> list[Node]:
-        found = await asyncio.gather(*(self.bootstrap_node(a) for a in addrs))
-        for node in found:
+        """Ping ``addrs`` (at once), add those that answer, then look up our own id."""
+        found: list[Node | None] = [None] * len(addrs)
+
+        async def one(i: int, addr: tuple[str, int]) -> None:
+            found[i] = await self.bootstrap_node(addr)
+
+        async with anyio.create_task_group() as tg:
+            for i, addr in enumerate(addrs):
+                tg.start_soon(one, i, addr)
+        for node in found:  # in the order given
             if node is not None:
                 self.protocol.router.add_contact(node)
         return await self.lookup(self.node.id)
@@ -429,15 +565,15 @@ class DhtNode(Server):  # type: ignore[misc]
     ) -> LookupResult:
         """Drive a :class:`~p2pkg.core.lookup.Lookup` of ``key`` with RPC ``rpc``.
 
-        Sends the queries the machine asks for, then sleeps until its next
-        deadline or the next reply and feeds it what happened, with the loop's
-        clock. ``want`` makes it a provider lookup (GET_PROVIDERS replies).
+        Sends the queries the machine asks for, then waits for the next reply
+        or the machine's next deadline, whichever comes first, and feeds it
+        what happened, with the loop's clock. ``want`` makes it a provider
+        lookup (GET_PROVIDERS replies).
         """
-        loop = asyncio.get_running_loop()
         machine = Lookup(
             key,
             _nearest(self.protocol.router, key, self.ksize),
-            loop.time(),
+            anyio.current_time(),
             k=self.ksize,
             alpha=self.alpha,
             soft_timeout=self.soft_timeout,
@@ -445,26 +581,19 @@ class DhtNode(Server):  # type: ignore[misc]
             want=want,
             exclude=(self.node.id,),
         )
-        calls: dict[asyncio.Future[Any], Contact] = {}
+        calls = _Replies()
         try:
             while not machine.done:
-                for contact in machine.next_requests(loop.time()):
-                    call = self.protocol.call(contact.address, rpc, self.node.id, key, *args)
-                    calls[call] = contact
+                for contact in machine.next_requests(anyio.current_time()):
+                    calls.add(
+                        self.protocol.call(contact.address, rpc, self.node.id, key, *args), contact
+                    )
                 deadline = machine.next_deadline()
                 if deadline is None:
                     break
-                timeout = max(0.0, deadline - loop.time())
-                if not calls:  # only the budget left to wait for
-                    await asyncio.sleep(timeout)
-                    continue
-                finished, _ = await asyncio.wait(
-                    calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for call in finished:
-                    contact = calls.pop(call)
+                for call, contact in await calls.wait(max(0.0, deadline - anyio.current_time())):
                     ok, payload = call.result()
-                    now = loop.time()
+                    now = anyio.current_time()
                     node = Node(contact.id, contact.address[0], contact.address[1])
                     self.protocol.handle_call_response((ok, payload), node)
                     reply = _reply(payload, want) if ok else None
@@ -477,8 +606,7 @@ class DhtNode(Server):  # type: ignore[misc]
                     ):
                         machine.stop(now)
         finally:
-            for call in calls:  # queries the lookup no longer waits for
-                call.cancel()
+            self.protocol.abandon(calls.drain())  # queries the lookup no longer waits for
         result = machine.result
         log.debug(
             "lookup %s via %s: %s after %.3f s, %d queried, %d answered, %d failed",
@@ -502,7 +630,7 @@ class DhtNode(Server):  # type: ignore[misc]
         which the package only does for buckets idle for an hour.
         """
         while True:
-            await asyncio.sleep(every)
+            await anyio.sleep(every)
             try:
                 await self.lookup(self.node.id)
             except OSError as exc:

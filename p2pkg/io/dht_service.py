@@ -15,11 +15,13 @@ store), so a restarted node keeps its id and rejoins through its old contacts.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
 
 from p2pkg.core.dht_records import bin_key, file_key
 from p2pkg.core.objects import Node as TreeNode
@@ -35,79 +37,131 @@ STATE_FILE = "dht.json"
 
 
 class DhtService:
+    """A DHT node for a role: :meth:`run` it on the role's task group.
+
+    ``listen`` is the UDP address to bind, ``bootstrap`` the nodes to join
+    through (with the contacts saved in ``state``, when it exists), ``state``
+    where the node's id and contacts are kept (None: a fresh id each run).
+    """
+
     def __init__(
         self,
         listen: tuple[str, int],
         bootstrap: Sequence[tuple[str, int]] = (),
-        state_path: Path | None = None,
+        state: Path | None = None,
         ttl: float = 3600.0,
     ) -> None:
         self.listen = listen
         self.bootstrap = list(bootstrap)
-        self.state_path = state_path
+        self.state_path = state
         self.ttl = ttl
-        self.node: DhtNode | None = None
+        self.node: DhtNode | None = None  # while run() runs
         self.announced = 0
-        self._poked: asyncio.Event | None = None
-        self._refresher: asyncio.Task[None] | None = None
+        # Made in the loop (anyio events need one), by whichever task gets there first.
+        self._up: anyio.Event | None = None
+        self._poked: anyio.Event | None = None
 
     def poke(self) -> None:
         """Announce again now (something new is held)."""
         if self._poked is not None:
             self._poked.set()
 
-    async def start(self) -> DhtNode:
+    def _up_event(self) -> anyio.Event:
+        if self._up is None:
+            self._up = anyio.Event()
+        return self._up
+
+    async def run(self, *, task_status: TaskStatus[DhtNode] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until cancelled: bind, join, ``started(node)``, refresh.
+
+        The node (its contact checks, its bucket refresh) and the periodic
+        self-lookup are children of this call's task group; when it ends the
+        socket is closed and the id and contacts are saved to ``state``.
+        """
+        if self.node is not None:
+            raise RuntimeError("the DHT service is already running")
         node_id: bytes | None = None
         contacts: list[tuple[str, int]] = []
         if self.state_path is not None and self.state_path.exists():
             node_id, contacts = DhtNode.load_state_json(self.state_path)
         node = DhtNode(node_id)
-        await node.listen(self.listen[1], self.listen[0])
-        self.node = node
-        seeds = list(dict.fromkeys([*self.bootstrap, *contacts]))
-        if seeds:
-            found = await node.bootstrap(seeds)
-            log.info(
-                "DHT node on %s:%d joined (%d contacts)", self.listen[0], node.port, len(found)
-            )
-        self._refresher = asyncio.get_running_loop().create_task(node.self_lookups())
-        return node
+        try:
+            async with anyio.create_task_group() as tg:
+                port = await tg.start(node.run, self.listen[0], self.listen[1])
+                self.node = node
+                seeds = list(dict.fromkeys([*self.bootstrap, *contacts]))
+                if seeds:
+                    found = await node.bootstrap(seeds)
+                    log.info(
+                        "DHT node on %s:%d joined (%d contacts)", self.listen[0], port, len(found)
+                    )
+                tg.start_soon(node.self_lookups)
+                self._up_event().set()
+                task_status.started(node)
+        finally:
+            if self._up is not None and self._up.is_set():
+                self._up = None  # down again (an unset one may have waiters: keep it)
+            if self.node is node:
+                self.node = None
+                self._save(node)
 
-    async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            self._refresher = None
-        if self.node is None:
+    def _save(self, node: DhtNode) -> None:
+        if self.state_path is None:
             return
-        if self.state_path is not None:
-            try:
-                self.node.save_state_json(self.state_path)
-            except OSError as exc:
-                log.warning("could not save DHT state: %s", exc)
-        self.node.stop()
-        self.node = None
+        try:
+            node.save_state_json(self.state_path)
+        except OSError as exc:
+            log.warning("could not save DHT state: %s", exc)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[DhtNode]:
+        """The node, running for the block (one-shot use: a fetch's lookups).
+
+        An error raised in the block comes out as itself, not wrapped in the
+        task group's exception group.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                node = await tg.start(self.run)
+                try:
+                    yield node
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            exc = group.exceptions[0]
+            raise exc from exc.__cause__
 
     async def keep_announcing(
         self,
         keys: Callable[[], Iterable[bytes]],
         port: int,
-        root: Callable[[], bytes | None] | None = None,
+        latest_root: Callable[[], bytes | None] | None = None,
         every: float | None = None,
     ) -> None:
-        """Announce ``keys()`` (and put ``root()``) every ttl/2, until cancelled."""
+        """Announce ``keys()`` (and put ``latest_root()``) every ttl/2, until cancelled.
+
+        Waits for :meth:`run` to have started the node (it does not start it);
+        :meth:`poke` starts the next round at once.
+        """
         while True:
-            if self.node is not None:
+            if self.node is None:
+                await self._up_event().wait()
+            # A poke while this round runs means: go again right after it.
+            self._poked = anyio.Event()
+            node = self.node
+            if node is not None:
                 for key in list(keys()):
                     try:
-                        self.announced += await self.node.announce_key(key, port, self.ttl)
+                        self.announced += await node.announce_key(key, port, self.ttl)
                     except OSError as exc:
                         log.info("DHT announce failed: %s", exc)
-                data = root() if root is not None else None
+                data = latest_root() if latest_root is not None else None
                 if data is not None:
                     await self.put_root(data)
-            self._poked = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), every or self.ttl / 2)
+            with anyio.move_on_after(every or self.ttl / 2):
+                await self._poked.wait()
 
     async def put_root(self, root: bytes) -> None:
         if self.node is None:

@@ -1,10 +1,19 @@
-"""Durable file operations shared by the store, publish and fetch."""
+"""Durable file operations shared by the store, publish and fetch.
+
+A local failure (disk full, permission, read-only, I/O error) surfaces as
+:class:`p2pkg.errors.LocalError` naming the path, mapped here where the
+call is made (:func:`p2pkg.errors.local_io`); :func:`copy_fd` and
+:func:`pwrite_all` take descriptors, so their callers map with the path.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
+
+from p2pkg.errors import local_io
 
 
 def fsync_path(path: Path) -> None:
@@ -12,15 +21,35 @@ def fsync_path(path: Path) -> None:
 
     Any read-only descriptor of the file or directory will do.
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with local_io(path, "syncing"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``; a short write is retried, never ignored.
+
+    A write the kernel accepts only partly (the disk filled mid-write)
+    reports its errno on the retry; a write of nothing is taken as ENOSPC.
+    Raises OSError (callers map it with the file's path).
+    """
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += n
 
 
 def copy_fd(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy ``size`` bytes from offset 0, kernel-side when the OS allows."""
+    """Copy ``size`` bytes from offset 0, kernel-side when the OS allows.
+
+    Raises OSError (callers map it with the paths they know).
+    """
     offset = 0
     try:
         while offset < size:
@@ -31,24 +60,35 @@ def copy_fd(src_fd: int, dst_fd: int, size: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             raise
-        os.lseek(src_fd, offset, os.SEEK_SET)
-        os.lseek(dst_fd, offset, os.SEEK_SET)
-        while chunk := os.read(src_fd, 1 << 20):
-            os.write(dst_fd, chunk)
+        while chunk := os.pread(src_fd, 1 << 20, offset):
+            pwrite_all(dst_fd, chunk, offset)
+            offset += len(chunk)
 
 
 def copy_atomic(src: Path, dest_dir: Path, filename: str) -> Path:
-    """Copy ``src`` to ``dest_dir/filename`` via a temp name, fsync, rename."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    """Copy ``src`` to ``dest_dir/filename`` via a temp name, fsync, rename.
+
+    On failure the temp file is removed and ``dest_dir`` is as it was.
+    """
     final = dest_dir / filename
     tmp = dest_dir / f".{filename}.p2pkg-tmp"
-    with src.open("rb") as fin:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            copy_fd(fin.fileno(), fd, os.fstat(fin.fileno()).st_size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    tmp.replace(final)
+    with local_io(dest_dir, "creating"):
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with local_io(src, "reading"):
+            fin = src.open("rb")
+        with fin, local_io(tmp, "writing"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                copy_fd(fin.fileno(), fd, os.fstat(fin.fileno()).st_size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with local_io(final, "writing"):
+            tmp.replace(final)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            tmp.unlink(missing_ok=True)
+        raise
     fsync_path(dest_dir)
     return final

@@ -6,11 +6,13 @@ mmap: sha256 (what pip checks), BLAKE3 of the
 whole file, FastCDC cut points and a BLAKE3 id per chunk. hashlib, blake3
 and pyfastcdc all release the GIL on large buffers, so two archives ingest
 in parallel on two threads. The store renames the temp file into place only
-when the index transaction commits.
+when the index transaction commits. A local failure (the store's disk full,
+an I/O error) is a :class:`~p2pkg.errors.LocalError` naming the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 import blake3
 
 from p2pkg.core.chunking import ChunkId, ChunkRef, make_chunker
+from p2pkg.errors import local_io
 from p2pkg.io.fsutil import copy_fd
 
 
@@ -53,8 +56,11 @@ def hash_bytes(data: bytes) -> tuple[bytes, bytes, tuple[ChunkRef, ...]]:
 
 
 def hash_path(path: Path) -> Hashed:
-    """sha256, BLAKE3 and chunk list of the file at ``path`` (no copy)."""
-    with path.open("rb") as fh:
+    """sha256, BLAKE3 and chunk list of the file at ``path`` (no copy).
+
+    A local failure reading it (EIO, EACCES) is a :class:`LocalError`.
+    """
+    with local_io(path, "reading"), path.open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             return Hashed(0, *hash_bytes(b""), None)
@@ -78,12 +84,16 @@ def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     """
     if temp_dir is None:
         return hash_path(src)
-    fd_out, name = tempfile.mkstemp(dir=temp_dir, suffix=".part")
+    with local_io(temp_dir, "creating a temp file in"):
+        fd_out, name = tempfile.mkstemp(dir=temp_dir, suffix=".part")
     temp = Path(name)
     try:
-        # Archives are public: readable by a static server running as another user.
-        os.fchmod(fd_out, 0o644)
-        with src.open("rb") as fh:
+        with local_io(src, "reading"):
+            fh = src.open("rb")
+        # A full disk or a failing one shows on the copy's writes: name the copy.
+        with fh, local_io(temp, "writing"):
+            # Archives are public: readable by a static server running as another user.
+            os.fchmod(fd_out, 0o644)
             copy_fd(fh.fileno(), fd_out, os.fstat(fh.fileno()).st_size)
         os.close(fd_out)
         fd_out = -1
@@ -91,6 +101,7 @@ def hash_file(src: Path, temp_dir: Path | None) -> Hashed:
     except BaseException:
         if fd_out >= 0:
             os.close(fd_out)
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            temp.unlink(missing_ok=True)
         raise
     return Hashed(hashed.size, hashed.sha256, hashed.blake3, hashed.chunks, temp)

@@ -5,6 +5,7 @@ Layout of a store directory (docs/architecture.md, "Store")::
     index.sqlite          objects, roots, files, chunk index (WAL, synchronous=FULL)
     files/<hh>/<blake3>   archives, named by the BLAKE3 of their content
     tmp/                  temp files of writes in progress (cleared by the next writer)
+    partial/              downloads in progress (``.<blake3>.p2pkg-partial``, resumable)
     lock                  held (flock) by the one process allowed to write
 
 Writes are atomic: an archive is written to ``tmp/``, fsynced (by the
@@ -12,11 +13,18 @@ caller), renamed into ``files/`` and its directory fsynced *before* the
 transaction that indexes it commits, so the index never claims a file the
 disk does not hold. A crash between rename and commit leaves an unindexed
 file, which ``verify`` reports as an orphan (harmless) and a later writer
-reuses.
+reuses; a commit that fails (a full disk) removes the archives it placed and
+leaves the store as it was.
+
+A local failure — the disk full (ENOSPC, SQLITE_FULL), permission denied,
+a read-only file system, an I/O error — is a :class:`~p2pkg.errors.LocalError`
+naming the path, never a raw ``OSError`` or ``sqlite3.Error``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -32,12 +40,13 @@ from types import TracebackType
 from p2pkg.core.chunking import ChunkId, ChunkRef, offsets
 from p2pkg.core.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
 from p2pkg.core.root import decode_signed_root
-from p2pkg.errors import NotFoundError, StoreError
+from p2pkg.errors import LocalError, NotFoundError, StoreError, local_io
 from p2pkg.io.fsutil import fsync_path
 from p2pkg.io.ingest import Hashed, hash_path
 
 SCHEMA_VERSION = 2
 DB_NAME = "index.sqlite"
+PARTIAL_DIR = "partial"
 
 log = logging.getLogger(__name__)
 
@@ -103,22 +112,31 @@ class Store:
             if not create:
                 raise StoreError(f"no store at {path} (no {DB_NAME})")
             for sub in ("files", "tmp"):
-                (path / sub).mkdir(parents=True, exist_ok=True)
+                with local_io(path / sub, "creating"):
+                    (path / sub).mkdir(parents=True, exist_ok=True)
+        db = None
         try:
-            db = sqlite3.connect(db_path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=10000")
-            version = _schema_version(db)
-            if version == 1:
-                _migrate_v1(db, path)
-            elif version is not None and version != SCHEMA_VERSION:
-                raise StoreError(f"store schema {version} is not {SCHEMA_VERSION}")
-            # Idempotent; creates a new store's tables (and, after a migration, nothing).
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store database {db_path}: {exc}") from None
+            with _local_db(db_path, "opening"):
+                db = sqlite3.connect(db_path, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA busy_timeout=10000")
+                version = _schema_version(db)
+                if version == 1:
+                    _migrate_v1(db, path)
+                elif version is not None and version != SCHEMA_VERSION:
+                    raise StoreError(f"store schema {version} is not {SCHEMA_VERSION}")
+                # Idempotent; creates a new store's tables (and, after a migration, nothing).
+                db.executescript(_SCHEMA)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"cannot open store database {db_path}: {exc}") from None
+            raise
         return cls(path, db)
 
     def close(self) -> None:
@@ -141,16 +159,19 @@ class Store:
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the store's write lock; clears temp files left by a crashed writer."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.path / "lock"
+        with local_io(lock, "opening"):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise StoreError(f"store {self.path} is being written by another process") from None
         try:
-            self.temp_dir.mkdir(exist_ok=True)
-            for stale in self.temp_dir.iterdir():
-                stale.unlink(missing_ok=True)
+            with local_io(self.temp_dir, "clearing"):
+                self.temp_dir.mkdir(exist_ok=True)
+                for stale in self.temp_dir.iterdir():
+                    stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -163,6 +184,19 @@ class Store:
     def file_path(self, blake3: bytes) -> Path:
         h = blake3.hex()
         return self.path / "files" / h[:2] / h
+
+    def partial_path(self, blake3: bytes) -> Path:
+        """Where the download of archive ``blake3`` lives until it is committed.
+
+        ``partial/.<hex>.p2pkg-partial`` in the store (the directory is
+        created on demand). Nothing in it is trusted: a resumed download
+        re-hashes its chunks. Raises :class:`LocalError` if the directory
+        cannot be created.
+        """
+        directory = self.path / PARTIAL_DIR
+        with local_io(directory, "creating"):
+            directory.mkdir(exist_ok=True)
+        return directory / f".{blake3.hex()}.p2pkg-partial"
 
     def quick_check(self) -> str | None:
         """SQLite's own consistency check; None when the database is sound."""
@@ -188,7 +222,12 @@ class Store:
 
     def mark_full(self, full: bool = True) -> None:
         """Set (or with ``full=False`` clear) the full-copy mark."""
-        _set_full(self._db, full)
+        with _local_db(self.db_path, "writing"):
+            _set_full(self._db, full)
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_NAME
 
     # ------------------------------------------------------------------ objects
 
@@ -264,7 +303,8 @@ class Store:
 
     def touch(self, blake3: bytes) -> None:
         """Record a use of an archive (for LRU eviction)."""
-        self._db.execute("UPDATE files SET last_used=? WHERE blake3=?", (time.time(), blake3))
+        with _local_db(self.db_path, "writing"):
+            self._db.execute("UPDATE files SET last_used=? WHERE blake3=?", (time.time(), blake3))
 
     def evict_lru(self, max_bytes: int, keep: frozenset[bytes] = frozenset()) -> list[bytes]:
         """Drop least recently used archives until at most ``max_bytes`` are held.
@@ -282,11 +322,19 @@ class Store:
             if b3 in keep:
                 continue
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM chunks WHERE file=?", (b3,))
-            db.execute("DELETE FROM files WHERE blake3=?", (b3,))
-            db.execute("COMMIT")
-            self.file_path(b3).unlink(missing_ok=True)
+            with _local_db(self.db_path, "writing"):
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("DELETE FROM chunks WHERE file=?", (b3,))
+                    db.execute("DELETE FROM files WHERE blake3=?", (b3,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+            with local_io(self.file_path(b3), "removing"):
+                self.file_path(b3).unlink(missing_ok=True)
             held -= int(size)
             evicted.append(b3)
         return evicted
@@ -324,9 +372,15 @@ class Store:
         signed root's canonical bytes. Either everything becomes visible or nothing
         the index refers to changes. ``full`` sets (True) or clears (False) the
         full-copy mark (:attr:`is_full`) in the same transaction; None leaves it.
+
+        A local failure (disk full, I/O error) raises :class:`LocalError`;
+        the archives this commit placed are removed again (their temp copies
+        are gone), so a failed commit leaves the store as it was.
         """
         files = list(files)
-        self._place_all(files)
+        for f in files:
+            if f.temp is None:
+                raise StoreError("file has no temp copy to commit")
         now = time.time()
         rows = []
         for oid, data in objects.items():
@@ -340,46 +394,134 @@ class Store:
             rows.append((rid, int(Kind.SIGNED_ROOT), compress(root)))
             root_row = (parsed.version, rid, parsed.namespace)
         db = self._db
+        placed: list[Path] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for f in files:
-                db.execute(
-                    "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?)",
-                    (f.blake3, f.size, f.sha256, now, now),
-                )
-                db.executemany(
-                    "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)",
-                    _chunk_rows(f.blake3, f.chunks),
-                )
-            db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", rows)
-            if root_row is not None:
-                # The same root recorded twice (two refreshes racing) is fine;
-                # another root under a version already held is a fork: refuse.
-                db.execute("INSERT OR IGNORE INTO roots VALUES (?, ?)", root_row[:2])
-                held = db.execute("SELECT id FROM roots WHERE version=?", (root_row[0],)).fetchone()
-                if bytes(held[0]) != root_row[1]:
-                    raise StoreError(f"store already holds another root version {root_row[0]}")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('namespace', ?)", root_row[2:])
-            if full is not None:
-                _set_full(db, full)
-            db.execute("COMMIT")
+            with _local_db(self.db_path, "writing"):
+                db.execute("BEGIN IMMEDIATE")
+                # Placed under the write lock: no other writer can index (or
+                # evict) these archives until COMMIT, so a failure can take
+                # back exactly the ones this commit added.
+                placed = self._place_all(files)
+                self._index(files, rows, root_row, full, now)
+                db.execute("COMMIT")
         except BaseException:
+            _unlink_quietly(placed)
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
-    def _place_all(self, files: list[Hashed]) -> None:
-        """Rename fsynced temp copies into ``files/`` durably, before the index names them."""
-        dirs = set()
+    def _index(
+        self,
+        files: list[Hashed],
+        rows: list[tuple[ObjectId, int, bytes]],
+        root_row: tuple[int, ObjectId, str] | None,
+        full: bool | None,
+        now: float,
+    ) -> None:
+        """The rows of one commit (inside its transaction)."""
+        db = self._db
         for f in files:
-            if f.temp is None:
-                raise StoreError("file has no temp copy to commit")
-            final = self.file_path(f.blake3)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            f.temp.replace(final)
-            dirs.add(final.parent)
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(fsync_path, dirs))
+            db.execute(
+                "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?)",
+                (f.blake3, f.size, f.sha256, now, now),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)",
+                _chunk_rows(f.blake3, f.chunks),
+            )
+        db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", rows)
+        if root_row is not None:
+            # The same root recorded twice (two refreshes racing) is fine;
+            # another root under a version already held is a fork: refuse.
+            db.execute("INSERT OR IGNORE INTO roots VALUES (?, ?)", root_row[:2])
+            held = db.execute("SELECT id FROM roots WHERE version=?", (root_row[0],)).fetchone()
+            if bytes(held[0]) != root_row[1]:
+                raise StoreError(f"store already holds another root version {root_row[0]}")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('namespace', ?)", root_row[2:])
+        if full is not None:
+            _set_full(db, full)
+
+    def _place_all(self, files: list[Hashed]) -> list[Path]:
+        """Rename fsynced temp copies into ``files/`` durably, before the index names them.
+
+        Returns the paths of archives the index did not hold before (the ones
+        a failed commit must take back); an archive already indexed is
+        replaced by its identical copy, as before, and is never taken back.
+        """
+        dirs = set()
+        placed: list[Path] = []
+        try:
+            for f in files:
+                assert f.temp is not None  # checked by commit()
+                final = self.file_path(f.blake3)
+                new = not self.has_file(f.blake3)
+                with local_io(final.parent, "creating"):
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                with local_io(final, "writing"):
+                    f.temp.replace(final)
+                if new:
+                    placed.append(final)
+                dirs.add(final.parent)
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(fsync_path, dirs))
+        except BaseException:
+            _unlink_quietly(placed)
+            raise
+        return placed
+
+
+def _unlink_quietly(paths: Iterable[Path]) -> None:
+    """Remove files after a failure; the failure, not a cleanup error, is reported."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+_SQLITE_READONLY = 8
+_SQLITE_PERM = 3
+_NEARLY_FULL = 1 << 20  # free bytes under which an SQLite I/O error means "disk full"
+
+
+def _sqlite_errno(exc: sqlite3.Error, path: Path) -> int | None:
+    """The errno a local SQLite failure stands for; None for other errors (busy, corrupt...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return None
+    primary = code & 0xFF  # extended codes carry the primary code in the low byte
+    if primary == _SQLITE_FULL:
+        return errno.ENOSPC
+    if primary == _SQLITE_IOERR:
+        # SQLite does not say which system call failed; growing its -shm or
+        # WAL file on a full disk shows as an I/O error. Name the likelier cause.
+        with contextlib.suppress(OSError):
+            fs = os.statvfs(path.parent)
+            if fs.f_bavail * fs.f_frsize < _NEARLY_FULL:
+                return errno.ENOSPC
+        return errno.EIO
+    if primary == _SQLITE_PERM:
+        return errno.EACCES
+    if primary == _SQLITE_READONLY:
+        with contextlib.suppress(OSError):
+            if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+                return errno.EROFS
+        return errno.EACCES
+    return None
+
+
+@contextmanager
+def _local_db(path: Path, doing: str) -> Iterator[None]:
+    """Map local failures of database (and file) calls to :class:`LocalError`."""
+    try:
+        with local_io(path, doing):
+            yield
+    except sqlite3.Error as exc:
+        code = _sqlite_errno(exc, path)
+        if code is None:
+            raise
+        raise LocalError(str(path), code, doing, detail=str(exc)) from exc
 
 
 def _chunk_rows(file: bytes, chunks: Sequence[ChunkRef]) -> Iterator[tuple[bytes, bytes, int, int]]:
@@ -463,6 +605,9 @@ def _rechunk(db: sqlite3.Connection, path: Path, files: list[tuple[bytes, int]])
             return hash_path(path / "files" / h[:2] / h)
         except OSError as exc:
             log.warning("store %s: cannot re-index archive %s: %s", path, h, exc.strerror)
+            return None
+        except LocalError as exc:  # unreadable (EIO, EACCES): verify will report it
+            log.warning("store %s: cannot re-index archive %s: %s", path, h, exc)
             return None
 
     done = 0

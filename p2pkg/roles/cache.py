@@ -29,7 +29,6 @@ peer gone the cache keeps serving what it holds under the last trusted root
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import html
@@ -37,29 +36,25 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.core import simple
-from p2pkg.core.objects import (
-    TREE_LEVELS,
-    Blob,
-    FileManifest,
-    Kind,
-    Leaf,
-    Node,
-    ObjectId,
-    decode_as,
-    normalize_name,
-)
+from p2pkg.core.objects import Blob, FileManifest, Kind, ObjectId, decode_as, normalize_name
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.errors import NotFoundError, P2pkgError
-from p2pkg.io.discovery import Lan
+from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
 from p2pkg.io.http import wire
-from p2pkg.io.http.server import PeerServer, ServerConfig
+from p2pkg.io.http.client import ClientConfig
+from p2pkg.io.http.server import Exchange, Handler, PeerServer, ServerConfig
 from p2pkg.io.store import Store
-from p2pkg.roles.fetch import Fetcher, Peer
+from p2pkg.roles.links import Peer
+from p2pkg.roles.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +75,7 @@ class _Live:
         self.prefix = 0
         self.done = False
         self.error: BaseException | None = None
-        self._event = asyncio.Event()
+        self._event = anyio.Event()
 
     def advance(self, n: int) -> None:
         self.prefix = max(self.prefix, n)
@@ -92,7 +87,7 @@ class _Live:
         self._wake()
 
     def _wake(self) -> None:
-        event, self._event = self._event, asyncio.Event()
+        event, self._event = self._event, anyio.Event()
         event.set()
 
     async def wait_beyond(self, sent: int) -> None:
@@ -118,7 +113,11 @@ class CacheStats:
 
 
 class Cache:
-    """A store, a fetcher and an HTTP server that speaks both simple-API and peer."""
+    """A store, a session and a peer server that speaks both simple-API and peer.
+
+    :meth:`run` serves until cancelled; it owns the store (opened here, closed
+    when ``run`` ends) and hands that one store to its server.
+    """
 
     def __init__(
         self,
@@ -132,84 +131,92 @@ class Cache:
         self.store = Store.open(store_path, create=True)
         self.store_path = store_path
         self.config = config
-        self.fetcher = Fetcher(pinned, peers, self.store)
+        # Every request this cache sends says only-if-cached: a sibling cache
+        # answers from what it holds and never pulls through back to us.
+        self.fetcher = Session(
+            pinned,
+            peers,
+            self.store,
+            client_config=ClientConfig(extra_headers=(wire.ONLY_IF_CACHED,)),
+        )
         self.stats = CacheStats()
         self.live: dict[bytes, _Live] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._refreshed = 0.0
         self.started = time.time()
-        self.server = _CacheServer(self, store_path, server_config)
+        self.server = PeerServer(self.store, server_config, status_extra=self.status)
+        self.server.route("/", self._guarded(self._top_page))
+        self.server.route("/simple/", self._guarded(self._simple_page))
+        self.server.route("/files/", self._guarded(self._files_page))
+        self.server.route(wire.PREFIX + "/", self._peer_route)
         self.lan: Lan | None = None
         self.by_blake3: dict[bytes, FileManifest] = {}
         self.on_new_file: Callable[[], None] | None = None  # e.g. re-announce to the DHT
-        self._refresh_lock = asyncio.Lock()
+        self._tg: TaskGroup | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        bound_host, bound = await self.server.start(host, port)
-        self._spawn(self._keep_fresh())
-        if self.config.lan:
-            self.lan = Lan(self.config.lan_interfaces)
-            await self.lan.announce(bound, "cache", self.key, listening_on=bound_host)
-            self.lan.watch()
-            self._spawn(self._adopt_lan_peers())
+    @property
+    def url(self) -> str:
+        """The cache's base URL (once :meth:`run` has started)."""
         return self.server.url
 
-    async def _keep_fresh(self) -> None:
-        """Follow the root in the background: as a peer the cache serves it too."""
-        while True:
-            try:
-                await self.trusted()
-            except P2pkgError as exc:
-                log.warning("cache: no trusted root yet: %s", exc)
-            await asyncio.sleep(min(self.config.refresh_interval, 30.0))
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on ``host:port`` until cancelled; ``started(url)`` once serving.
+
+        One task group holds the server (and so every connection handler),
+        the root-follow loop, LAN discovery when configured, and every live
+        download: a download is a child of ``run``, not of the request that
+        started it, so it completes into the store even when the installer
+        that asked for it goes away. The store is closed on the way out.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                url = await tg.start(self.server.run, host, port)
+                # As a peer the cache serves the root too: follow it in the background.
+                tg.start_soon(
+                    partial(
+                        self.fetcher.follower.follow,
+                        interval=self.config.refresh_interval,
+                        max_backoff=max(self.config.refresh_interval, 300.0),
+                    )
+                )
+                if self.config.lan:
+                    self.lan = Lan(self.config.lan_interfaces)
+                    announcement = LanAnnouncement(
+                        self.server.port, "cache", self.key, listening_on=self.server.host
+                    )
+                    await tg.start(
+                        partial(self.lan.run, announce=announcement, on_peer=self._lan_peer)
+                    )
+                log.info("cache serving %s on %s", self.store_path, url)
+                task_status.started(url)
+        finally:
+            self._tg = None
+            self.fetcher.close()
+            self.store.close()
 
     @property
     def key(self) -> str:
         """The trusted key LAN peers must share (hex of the first pinned key)."""
         return min(self.fetcher.pinned).hex()
 
-    async def _adopt_lan_peers(self) -> None:
+    def _lan_peer(self, peer: LanPeer) -> None:
         """Caches seen on the LAN become preferred (tier 0) peers."""
-        assert self.lan is not None
-        while True:
-            for peer in list(self.lan.peers.values()):
-                if peer.key == self.key and peer.url != self.server.url:
-                    if peer.url not in self.fetcher.book:
-                        log.info("found LAN cache %s", peer.url)
-                    self.fetcher.add_peer(Peer(peer.url, tier=0))
-            await asyncio.sleep(1.0)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.lan is not None:
-            await self.lan.close()
-        await self.server.close()
-        self.fetcher.close()
-        self.store.close()
+        if peer.key != self.key or peer.url == self.server.url:
+            return
+        if peer.url not in self.fetcher.book:
+            log.info("found LAN cache %s", peer.url)
+        self.fetcher.add_peer(Peer(peer.url, tier=0))
 
     # ------------------------------------------------------------------ namespace
 
     async def trusted(self) -> TrustedRoot:
         """The current root, refreshed from peers when older than the interval."""
-        async with self._refresh_lock:  # one refresh at a time; others reuse its result
-            now = time.monotonic()
-            stale = now - self._refreshed > self.config.refresh_interval
-            if self.fetcher.trusted is None or stale:
-                try:
-                    await self.fetcher.refresh_root()
-                except P2pkgError:
-                    if self.fetcher.trusted is None:
-                        raise
-                self._refreshed = now
-        assert self.fetcher.trusted is not None
-        return self.fetcher.trusted
+        return await self.fetcher.follower.current(self.config.refresh_interval)
 
     async def project_manifests(self, name: str) -> list[FileManifest] | None:
         await self.trusted()
@@ -238,25 +245,21 @@ class Cache:
         return manifest
 
     async def project_names(self) -> list[str]:
-        trusted = await self.trusted()
-        level: list[ObjectId] = [trusted.root.tree]
-        for _depth in range(TREE_LEVELS):
-            raw = await self.fetcher.get_objects(level)
-            level = [e.child for oid in level for e in decode_as(raw[oid], Node).children]
-        raw = await self.fetcher.get_objects(level)
-        names = [e.name for oid in level for e in decode_as(raw[oid], Leaf).projects]
-        return names[: self.config.max_index_projects]
+        await self.trusted()
+        return await self.fetcher.project_names(self.config.max_index_projects)
 
     # ------------------------------------------------------------------ files
 
     def download(self, manifest: FileManifest) -> _Live:
-        """The live download of ``manifest`` (started if needed)."""
+        """The live download of ``manifest`` (started if needed, as a child of :meth:`run`)."""
         live = self.live.get(manifest.blake3)
         if live is not None:
             return live
+        if self._tg is None:
+            raise RuntimeError("the cache is not running")
         live = _Live()
         self.live[manifest.blake3] = live
-        self._spawn(self._download(manifest, live))
+        self._tg.start_soon(self._download, manifest, live)
         return live
 
     async def _download(self, manifest: FileManifest, live: _Live) -> None:
@@ -268,15 +271,21 @@ class Cache:
             if self.on_new_file is not None:
                 self.on_new_file()
             self._evict(keep=frozenset({manifest.blake3}))
-        except BaseException as exc:
+        except Exception as exc:
+            # A failed download fails its responses, never the cache: the
+            # installer gets a 502 (or a short body) and may retry.
             live.finish(exc)
-            if not isinstance(exc, P2pkgError):
-                raise
-            log.warning("cache could not fetch %s: %s", manifest.filename, exc)
+            if isinstance(exc, P2pkgError):
+                log.warning("cache could not fetch %s: %s", manifest.filename, exc)
+            else:
+                log.exception("cache: unexpected error fetching %s", manifest.filename)
             self.stats.failed_downloads += 1
             self.stats.recent_errors.append(
                 {"time": int(time.time()), "file": manifest.filename, "error": str(exc)}
             )
+        except BaseException as exc:
+            live.finish(exc)  # cancelled: the cache is stopping
+            raise
         finally:
             self.live.pop(manifest.blake3, None)
 
@@ -293,9 +302,6 @@ class Cache:
             if len(self.by_blake3) > 100_000:
                 self.by_blake3.clear()
             self.by_blake3[manifest.blake3] = manifest
-
-    def partial_path(self, manifest: FileManifest) -> Path:
-        return self.store_path / "partial" / f".{manifest.blake3.hex()}.p2pkg-partial"
 
     def status(self) -> dict[str, Any]:
         trusted = self.fetcher.trusted
@@ -326,224 +332,201 @@ class Cache:
             "recent_errors": list(self.stats.recent_errors),
         }
 
+    # ------------------------------------------------------------------ routes
 
-class _CacheServer(PeerServer):
-    """The peer server plus the simple API, file downloads and a status page."""
+    def _guarded(self, handler: Handler) -> Handler:
+        """A simple-API route: GET/HEAD only; namespace errors become 404 / 502."""
 
-    def __init__(self, cache: Cache, store_path: Path, config: ServerConfig) -> None:
-        super().__init__(store_path, config, status_extra=cache.status)
-        self.cache = cache
+        async def guarded(ex: Exchange) -> bool:
+            if ex.req.method not in ("GET", "HEAD"):
+                return await ex.reply(405, b"method not allowed", keep=False)
+            try:
+                return await handler(ex)
+            except NotFoundError:
+                return await ex.reply(404, b"not found")
+            except P2pkgError as exc:
+                log.warning("cache: %s: %s", ex.path, exc)
+                return await ex.reply(502, f"upstream: {exc}".encode()[:500])
 
-    async def _dispatch(
-        self, req: wire.RequestHead, body: bytes, writer: asyncio.StreamWriter, peer: object
-    ) -> bool:
-        path = req.target.split("?", 1)[0]
-        if path.startswith(wire.PREFIX + "/"):
-            return await self._peer_route(req, body, writer, peer)
-        if req.method not in ("GET", "HEAD"):
-            return await self._simple(writer, 405, b"method not allowed", keep=False)
-        head_only = req.method == "HEAD"
-        try:
-            if path == "/":
-                return await self._status_page(writer, head_only)
-            if path in ("/simple", "/simple/"):
-                return await self._index(writer, req, head_only)
-            parts = path.split("/")
-            if len(parts) in (3, 4) and parts[1] == "simple" and (len(parts) == 3 or not parts[3]):
-                return await self._project(writer, req, parts[2], head_only)
-            if len(parts) == 4 and parts[1] == "files" and wire.HEX64.match(parts[2]):
-                content_id = bytes.fromhex(parts[2])
-                return await self._archive(writer, req, content_id, parts[3], head_only)
-        except NotFoundError:
-            return await self._simple(writer, 404, b"not found")
-        except P2pkgError as exc:
-            log.warning("cache: %s: %s", path, exc)
-            return await self._simple(writer, 502, f"upstream: {exc}".encode()[:500])
-        return await self._simple(writer, 404, b"not found")
+        return guarded
 
-    async def _peer_route(
-        self, req: wire.RequestHead, body: bytes, writer: asyncio.StreamWriter, peer: object
-    ) -> bool:
+    async def _top_page(self, ex: Exchange) -> bool:
+        """``/`` (the status page), ``/simple`` without its slash, else 404."""
+        if ex.path == "/":
+            return await self._status_page(ex)
+        if ex.path == "/simple":
+            return await self._index(ex)
+        return await ex.reply(404, b"not found")
+
+    async def _simple_page(self, ex: Exchange) -> bool:
+        """``/simple/`` (the index) and ``/simple/<project>/``."""
+        if ex.path == "/simple/":
+            return await self._index(ex)
+        parts = ex.path.split("/")
+        if len(parts) in (3, 4) and (len(parts) == 3 or not parts[3]):
+            return await self._project(ex, parts[2])
+        return await ex.reply(404, b"not found")
+
+    async def _files_page(self, ex: Exchange) -> bool:
+        """``/files/<archive blake3>/<filename>`` (and its ``.metadata``)."""
+        parts = ex.path.split("/")
+        if len(parts) == 4 and wire.HEX64.match(parts[2]):
+            return await self._archive(ex, bytes.fromhex(parts[2]), parts[3])
+        return await ex.reply(404, b"not found")
+
+    async def _peer_route(self, ex: Exchange) -> bool:
         """The peer protocol, pulling through what the cache does not hold yet.
 
         A client that found this cache on the LAN may know no other peer: objects
         are fetched (verified) and kept; an archive is fetched once a manifest
         naming it has passed through, and streamed like on the simple API.
+        Another cache's requests (``only-if-cached``) get only what is held.
         """
-        route = wire.parse_target(req.target)
-        if route is not None and req.method == "GET":
+        route = wire.parse_target(ex.req.target)
+        if route is not None and ex.req.method == "GET" and not wire.only_if_cached(ex.req.headers):
+            known = None
             try:
                 if route.kind is wire.Kind.OBJECT and not self.store.has_object(ObjectId(route.id)):
-                    await self.cache.trusted()
-                    data = await self.cache.fetcher.get_object(ObjectId(route.id))
-                    self.cache.remember_manifest(ObjectId(route.id), data)
+                    await self.trusted()
+                    data = await self.fetcher.get_object(ObjectId(route.id))
+                    self.remember_manifest(ObjectId(route.id), data)
                 elif route.kind is wire.Kind.FILE and not self.store.has_file(route.id):
-                    known = self.cache.by_blake3.get(route.id)
-                    if known is not None:
-                        return await self._pull_file(writer, req, known, False)
+                    known = self.by_blake3.get(route.id)
             except P2pkgError as exc:
-                log.info("cache: pull-through of %s failed: %s", req.target, exc)
-        return await super()._dispatch(req, body, writer, peer)
+                log.info("cache: pull-through of %s failed: %s", ex.req.target, exc)
+            if known is not None:
+                return await self._pull_file(ex, known)
+        return await self.server.peer_protocol(ex)
 
-    async def _pull_file(
-        self,
-        writer: asyncio.StreamWriter,
-        req: wire.RequestHead,
-        manifest: FileManifest,
-        head_only: bool,
-    ) -> bool:
+    async def _pull_file(self, ex: Exchange, manifest: FileManifest) -> bool:
         """Serve an archive not held yet: stream it whole, or a range once it is in."""
-        self.cache.stats.misses += 1
-        live = self.cache.download(manifest)
-        if "range" in req.headers:
+        self.stats.misses += 1
+        live = self.download(manifest)
+        if "range" in ex.req.headers:
             while not live.done:
                 await live.wait_beyond(manifest.size)
             if live.error is not None or not self.store.has_file(manifest.blake3):
-                return await self._cannot_fetch(writer, manifest, live.error)
-            return await super()._file(writer, manifest.blake3, req, head_only)
-        return await self._stream(writer, manifest, live, head_only)
+                return await self._cannot_fetch(ex, manifest, live.error)
+            return await ex.send_file(manifest.blake3)
+        return await self._stream(ex, manifest, live)
 
     async def _cannot_fetch(
-        self, writer: asyncio.StreamWriter, manifest: FileManifest, error: BaseException | None
+        self, ex: Exchange, manifest: FileManifest, error: BaseException | None
     ) -> bool:
         """502 Bad Gateway + Retry-After, one line naming why (pip prints the status)."""
         reason = str(error) if error is not None else "the download did not complete"
         line = f"p2pkg cache: cannot fetch {manifest.filename} from any peer: {reason}"
-        return await self._simple(
-            writer,
+        return await ex.reply(
             502,
             (line[:1000] + "\n").encode(),
             headers=[("Retry-After", str(RETRY_AFTER)), ("Cache-Control", "no-store")],
         )
 
-    async def _index(
-        self, writer: asyncio.StreamWriter, req: wire.RequestHead, head_only: bool
-    ) -> bool:
-        media = simple.negotiate(req.headers.get("accept"))
+    async def _index(self, ex: Exchange) -> bool:
+        media = simple.negotiate(ex.req.headers.get("accept"))
         if media is None:
-            return await self._simple(writer, 406, b"not acceptable")
-        names = await self.cache.project_names()
+            return await ex.reply(406, b"not acceptable")
+        names = await self.project_names()
         body = simple.index_json(names) if media == simple.JSON_V1 else simple.index_html(names)
-        return await self._page(writer, body, media, head_only)
+        return await self._page(ex, body, media)
 
-    async def _project(
-        self, writer: asyncio.StreamWriter, req: wire.RequestHead, raw_name: str, head_only: bool
-    ) -> bool:
+    async def _project(self, ex: Exchange, raw_name: str) -> bool:
         name = normalize_name(raw_name)
         if name != raw_name:
-            location = f"/simple/{name}/"
-            return await self._simple(writer, 301, b"", headers=[("Location", location)])
-        media = simple.negotiate(req.headers.get("accept"))
+            return await ex.reply(301, b"", headers=[("Location", f"/simple/{name}/")])
+        media = simple.negotiate(ex.req.headers.get("accept"))
         if media is None:
-            return await self._simple(writer, 406, b"not acceptable")
-        manifests = await self.cache.project_manifests(name)
+            return await ex.reply(406, b"not acceptable")
+        manifests = await self.project_manifests(name)
         if manifests is None:
-            return await self._simple(writer, 404, b"no such project")
+            return await ex.reply(404, b"no such project")
         render = simple.project_json if media == simple.JSON_V1 else simple.project_html
-        return await self._page(writer, render(name, manifests), media, head_only)
+        return await self._page(ex, render(name, manifests), media)
 
-    async def _page(
-        self, writer: asyncio.StreamWriter, body: bytes, media: str, head_only: bool
-    ) -> bool:
+    async def _page(self, ex: Exchange, body: bytes, media: str) -> bool:
         ctype = media if media != simple.HTML else "text/html; charset=utf-8"
         headers = [("Cache-Control", "max-age=60"), ("Vary", "Accept")]
-        return await self._simple(
-            writer, 200, body, headers=headers, head_only=head_only, ctype=ctype
-        )
+        return await ex.reply(200, body, headers=headers, ctype=ctype)
 
-    async def _archive(
-        self,
-        writer: asyncio.StreamWriter,
-        req: wire.RequestHead,
-        content_id: bytes,
-        filename: str,
-        head_only: bool,
-    ) -> bool:
+    async def _archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
         metadata = filename.endswith(".metadata")
         archive = filename[: -len(".metadata")] if metadata else filename
         # Serve only what the signed namespace lists: the filename names the
         # project, and the project must list this filename with this content.
         # (An id alone could name any object some peer holds, signed or not.)
-        manifest = await self.cache.listed_manifest(content_id, archive)
+        manifest = await self.listed_manifest(content_id, archive)
         if manifest is None:
-            return await self._simple(writer, 404, b"no such file in the namespace")
+            return await ex.reply(404, b"no such file in the namespace")
         if metadata:
             if manifest.core_metadata is None:
-                return await self._simple(writer, 404, b"no core metadata")
-            blob = decode_as(await self.cache.fetcher.get_object(manifest.core_metadata.blob), Blob)
-            return await self._simple(
-                writer,
+                return await ex.reply(404, b"no core metadata")
+            blob = decode_as(await self.fetcher.get_object(manifest.core_metadata.blob), Blob)
+            return await ex.reply(
                 200,
                 blob.data,
-                head_only=head_only,
                 ctype="text/plain; charset=utf-8",
                 headers=[("Cache-Control", wire.IMMUTABLE)],
             )
-        store = self.store
-        if store.has_file(manifest.blake3):
-            self.cache.stats.hits += 1
-            store.touch(manifest.blake3)
-            return await super()._file(
-                writer, manifest.blake3, req, head_only, on_sent=self._count_from_cache
-            )
-        return await self._pull_file(writer, req, manifest, head_only)
+        if self.store.has_file(manifest.blake3):
+            self.stats.hits += 1
+            self.store.touch(manifest.blake3)
+            return await ex.send_file(manifest.blake3, on_sent=self._count_from_cache)
+        return await self._pull_file(ex, manifest)
 
     def _count_from_cache(self, n: int) -> None:
         # Per response, not a difference of the server-wide counter: installers
         # send many concurrent (range) requests, and a difference would count
         # every other connection's bytes too.
-        self.cache.stats.bytes_from_cache += n
+        self.stats.bytes_from_cache += n
 
-    async def _stream(
-        self, writer: asyncio.StreamWriter, manifest: FileManifest, live: _Live, head_only: bool
-    ) -> bool:
+    async def _stream(self, ex: Exchange, manifest: FileManifest, live: _Live) -> bool:
         # No status line before a peer is actually delivering verified bytes: a
         # 200 followed by nothing reads as tampering to pip ("do not match the
         # hashes") and as a retryable glitch to uv. A download that dies after
         # this point is cut (the installer sees a short body), as it must be.
         await live.wait_beyond(0)
         if live.error is not None and live.prefix == 0:
-            return await self._cannot_fetch(writer, manifest, live.error)
+            return await self._cannot_fetch(ex, manifest, live.error)
         headers = [
             ("Content-Type", "application/octet-stream"),
             ("Content-Length", str(manifest.size)),
             ("Cache-Control", wire.IMMUTABLE),
         ]
-        writer.write(self._head(200, headers, True))
-        if head_only:
-            await writer.drain()
+        ex.write_head(200, headers)
+        if ex.head_only:
+            await ex.drain()
             return True
-        loop = asyncio.get_running_loop()
         sent = 0
-        fh = None
-        try:
+        with contextlib.ExitStack() as files:
+            fh: IO[bytes] | None = None
             while sent < manifest.size:
                 await live.wait_beyond(sent)
                 if live.error is not None:
-                    writer.transport.abort()  # the installer sees a short body, never bad bytes
+                    ex.abort()  # the installer sees a short body, never bad bytes
                     return False
                 if fh is None:
                     fh = self._open_growing(manifest)
+                    if fh is None:
+                        log.warning("cache: %s vanished while streaming", manifest.filename)
+                        ex.abort()
+                        return False
+                    files.enter_context(fh)
                 end = manifest.size if live.done else live.prefix
-                await writer.drain()
-                await loop.sendfile(writer.transport, fh, sent, end - sent)
-                self.stats.bytes_sent += end - sent
+                await ex.sendfile(fh, sent, end - sent)
                 sent = end
-        finally:
-            if fh is not None:
-                fh.close()
         return True
 
-    def _open_growing(self, manifest: FileManifest) -> Any:
+    def _open_growing(self, manifest: FileManifest) -> IO[bytes] | None:
         # The partial file is renamed into the store when complete; an open
         # descriptor follows the rename, a later open uses the final name.
-        for path in (self.cache.partial_path(manifest), self.store.file_path(manifest.blake3)):
+        paths = (self.store.partial_path(manifest.blake3), self.store.file_path(manifest.blake3))
+        for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 return path.open("rb")
-        raise NotFoundError(f"{manifest.filename} vanished while streaming")
+        return None
 
-    async def _status_page(self, writer: asyncio.StreamWriter, head_only: bool) -> bool:
-        st = self.cache.status()
+    async def _status_page(self, ex: Exchange) -> bool:
+        st = self.status()
         rows = "\n".join(
             f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(str(v))}</td></tr>"
             for k, v in st.items()
@@ -555,11 +538,9 @@ class _CacheServer(PeerServer):
             "http://THIS-HOST/simple/ PACKAGE</code></p>"
             f"<table>{rows}</table></body></html>"
         ).encode()
-        return await self._simple(
-            writer,
+        return await ex.reply(
             200,
             body,
-            head_only=head_only,
             ctype="text/html; charset=utf-8",
             headers=[("Cache-Control", "no-cache")],
         )

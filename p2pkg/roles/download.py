@@ -15,6 +15,12 @@ A download in progress lives in a *partial* file (in the store's
 partial file's chunks and downloads only the ones that do not verify, so an
 interrupted fetch resumes; chunks the local store already holds (an older
 version of the same wheel) are copied instead of downloaded.
+
+A local failure (the disk full, permission denied, an I/O error) is a
+:class:`~p2pkg.errors.LocalError`: not the peers' fault, so it aborts the
+whole download at once — the other spans are cancelled, no peer is
+penalised or banned — removes the partial file (the space comes back) and
+reaches the caller unchanged, never as "no peer could deliver".
 """
 
 from __future__ import annotations
@@ -39,14 +45,18 @@ from p2pkg.core.objects import FileManifest
 from p2pkg.core.peers import PeerBook
 from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
 from p2pkg.errors import (
+    LOCAL_ERRNOS,
     AbsentError,
     BadDataError,
     FetchError,
     IntegrityError,
+    LocalError,
     PeerBusyError,
     PeerError,
+    local_error,
+    local_io,
 )
-from p2pkg.io.fsutil import copy_atomic, fsync_path
+from p2pkg.io.fsutil import copy_atomic, fsync_path, pwrite_all
 from p2pkg.io.ingest import Hashed
 from p2pkg.io.store import Store
 
@@ -106,7 +116,11 @@ class _SpanSink:
                 raise BadDataError(
                     self.peer, f"chunk {index} of {ctx.manifest.filename} failed verification"
                 )
-            os.pwrite(ctx.fd, chunk, ctx.sched.offsets[index])
+            # Raised here, inside the link's read loop: a LocalError is a
+            # P2pkgError, so the link passes it through unchanged (it maps
+            # only its own socket failures) and the downloader aborts.
+            with local_io(ctx.path, "writing"):
+                pwrite_all(ctx.fd, chunk, ctx.sched.offsets[index])
             ctx.chunk_verified(self.peer, index)
         else:
             ctx.sched.chunk_done(self.peer, index)
@@ -124,9 +138,10 @@ class _PrefixHasher:
     last chunks remain to hash at the end.
     """
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, path: Path) -> None:
         self.fd = fd
         self.size = size
+        self.path = path
         self.sha = hashlib.sha256()
         self.b3 = blake3.blake3()
         self.pos = 0
@@ -149,7 +164,12 @@ class _PrefixHasher:
             return
         try:
             # Hash straight from the page cache through a read-only mapping (no copies).
-            with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as mm:
+            # It reads only the verified prefix: every byte of it was written
+            # in full (pwrite_all), so no page of the mapping is a hole that a
+            # full file system could fail to back (SIGBUS on tmpfs).
+            with local_io(self.path, "reading"):
+                mm = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
+            with mm:
                 view = memoryview(mm)
                 try:
                     self._hash(view)
@@ -176,7 +196,8 @@ class _PrefixHasher:
                 if self.pos - self.synced >= SYNC_EVERY:
                     # Flush as we go (off the event loop) so the final fsync that
                     # makes the file durable only has the tail left to write.
-                    os.fdatasync(self.fd)
+                    with local_io(self.path, "syncing"):
+                        os.fdatasync(self.fd)
                     self.synced = self.pos
 
     def finish(self) -> tuple[bytes, bytes]:
@@ -198,6 +219,7 @@ class _PrefixHasher:
 class _Download:
     manifest: FileManifest
     fd: int
+    path: Path  # the partial file fd writes to (named in LocalErrors)
     sched: Scheduler
     stats: FetchStats
     progress: Progress | None
@@ -278,27 +300,56 @@ class FileDownloader:
             stats.seconds = time.monotonic() - started
             return path, stats
         if store is not None:
-            partial_dir = store.path / "partial"
+            partial = store.partial_path(manifest.blake3)
         else:
             assert dest is not None
-            partial_dir = dest
-        partial_dir.mkdir(parents=True, exist_ok=True)
-        partial = partial_dir / f".{manifest.blake3.hex()}.p2pkg-partial"
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+            with local_io(dest, "creating"):
+                dest.mkdir(parents=True, exist_ok=True)
+            partial = dest / f".{manifest.blake3.hex()}.p2pkg-partial"
+        try:
+            path = await self._fetch_into(
+                manifest, partial, dest, stats, progress, sync_dir, watch, store
+            )
+        except LocalError:
+            # This machine failed, not the peers: give the space back. The
+            # destination and the store are as they were (a store commit
+            # that fails takes its own changes back).
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise
+        stats.seconds = time.monotonic() - started
+        return path, stats
+
+    async def _fetch_into(
+        self,
+        manifest: FileManifest,
+        partial: Path,
+        dest: Path | None,
+        stats: FetchStats,
+        progress: Progress | None,
+        sync_dir: bool,
+        watch: Callable[[int], None] | None,
+        store: Store | None,
+    ) -> Path:
+        """Download into ``partial``, verify it, then move it to the store or ``dest``."""
+        with local_io(partial, "opening"):
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             # SQLite stays on this thread; the worker only reads, hashes and copies.
             elsewhere = _store_locations(store, manifest) if store is not None else {}
             small = manifest.size <= SMALL_FILE
             if small:  # microseconds of work: not worth a thread hand-off
-                have = _reusable_chunks(fd, manifest, elsewhere)
+                have = _reusable_chunks(fd, partial, manifest, elsewhere)
             else:
-                have = await anyio.to_thread.run_sync(_reusable_chunks, fd, manifest, elsewhere)
+                have = await anyio.to_thread.run_sync(
+                    _reusable_chunks, fd, partial, manifest, elsewhere
+                )
             stats.from_local = sum(manifest.chunks[i].length for i in have)
-            hasher = None if small else _PrefixHasher(fd, manifest.size)
+            hasher = None if small else _PrefixHasher(fd, manifest.size, partial)
             try:
-                await self._download(manifest, fd, have, stats, progress, hasher, watch)
+                await self._download(manifest, fd, partial, have, stats, progress, hasher, watch)
                 if hasher is None:
-                    sha, b3 = _hash_fd(fd, manifest.size)
+                    sha, b3 = _hash_fd(fd, partial, manifest.size)
                 else:
                     sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
             finally:
@@ -308,29 +359,29 @@ class FileDownloader:
                 raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
             if b3 != manifest.blake3:
                 raise IntegrityError(manifest.filename, manifest.blake3.hex(), b3.hex())
-            await anyio.to_thread.run_sync(os.fsync, fd)
-        except BaseException:
+            with local_io(partial, "syncing"):
+                await anyio.to_thread.run_sync(os.fsync, fd)
+        finally:
             os.close(fd)
-            raise
-        os.close(fd)
         if store is not None:
             store.commit(files=[_as_hashed(manifest, partial)])
             path = store.file_path(manifest.blake3)
             if dest is not None:
                 path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
-        else:
-            assert dest is not None
-            path = dest / manifest.filename
+            return path
+        assert dest is not None
+        path = dest / manifest.filename
+        with local_io(path, "writing"):
             partial.replace(path)
-            if sync_dir:
-                fsync_path(dest)
-        stats.seconds = time.monotonic() - started
-        return path, stats
+        if sync_dir:
+            fsync_path(dest)
+        return path
 
     async def _download(
         self,
         manifest: FileManifest,
         fd: int,
+        partial: Path,
         have: set[int],
         stats: FetchStats,
         progress: Progress | None,
@@ -348,13 +399,14 @@ class FileDownloader:
             self.schedule_config,
             rates=self.book.rates(),
         )
-        ctx = _Download(manifest, fd, sched, stats, progress, hasher, watch)
+        ctx = _Download(manifest, fd, partial, sched, stats, progress, hasher, watch)
         ctx.start()
         wake = anyio.Event()
         clock = self.clock
+        fatal: LocalError | None = None
 
         async def run(peer: str, span: Span) -> None:
-            nonlocal wake
+            nonlocal wake, fatal
             sink = _SpanSink(ctx, peer, span)
             started = clock()
             try:
@@ -377,12 +429,19 @@ class FileDownloader:
                 log.info("span %d-%d from %s failed: %s", span.first, span.end, peer, exc)
                 self.book.observe_failure(peer)
                 sched.span_failed(peer, span, clock(), Failure.ERROR)
+            except LocalError as exc:
+                # Our disk, not this peer: no failure is counted against it, and
+                # the other peers' spans would hit the same disk: stop them all.
+                if fatal is None:
+                    fatal = exc
             finally:
                 wake.set()
 
         failed = False
         async with anyio.create_task_group() as tg:
             while not sched.complete:
+                if fatal is not None:
+                    break
                 if sched.failed():
                     failed = True
                     break
@@ -396,6 +455,8 @@ class FileDownloader:
                 with anyio.move_on_after(timeout):
                     await wake.wait()
             tg.cancel_scope.cancel()  # endgame duplicates still running lost the race
+        if fatal is not None:
+            raise fatal
         stats.peers = sched.peer_summary()
         if failed:
             summary = "; ".join(f"{n}: {s['dropped']}" for n, s in stats.peers.items())
@@ -416,22 +477,27 @@ def _store_locations(store: Store, manifest: FileManifest) -> dict[int, tuple[Pa
 
 
 def _reusable_chunks(
-    fd: int, manifest: FileManifest, elsewhere: dict[int, tuple[Path, int]]
+    fd: int, partial: Path, manifest: FileManifest, elsewhere: dict[int, tuple[Path, int]]
 ) -> set[int]:
-    """Chunks already verified in the partial file, or copied from other local files."""
-    size = os.fstat(fd).st_size
+    """Chunks already verified in the partial file, or copied from other local files.
+
+    Also sizes a new partial file and reserves its blocks, so a disk too
+    full for the file fails here (:class:`LocalError`), before any peer is asked.
+    """
+    with local_io(partial, "reading"):
+        size = os.fstat(fd).st_size
     have: set[int] = set()
     offsets = manifest.chunk_offsets()
     if size == manifest.size and size > 0:
-        for i, c in enumerate(manifest.chunks):
-            if blake3.blake3(os.pread(fd, c.length, offsets[i])).digest() == c.id:
-                have.add(i)
+        with local_io(partial, "reading"):
+            for i, c in enumerate(manifest.chunks):
+                if blake3.blake3(os.pread(fd, c.length, offsets[i])).digest() == c.id:
+                    have.add(i)
     else:
-        os.ftruncate(fd, manifest.size)
+        with local_io(partial, "writing"):
+            os.ftruncate(fd, manifest.size)
         if manifest.size > SMALL_FILE:
-            # Reserve the blocks up front: ENOSPC shows now, not mid-transfer.
-            with contextlib.suppress(OSError):
-                os.posix_fallocate(fd, 0, manifest.size)
+            _reserve(fd, partial, manifest.size)
     for i, (path, offset) in elsewhere.items():
         if i in have:
             continue
@@ -442,14 +508,29 @@ def _reusable_chunks(
         except OSError:
             continue
         if len(data) == c.length and blake3.blake3(data).digest() == c.id:
-            os.pwrite(fd, data, offsets[i])
+            with local_io(partial, "writing"):
+                pwrite_all(fd, data, offsets[i])
             have.add(i)
     return have
 
 
-def _hash_fd(fd: int, size: int) -> tuple[bytes, bytes]:
+def _reserve(fd: int, partial: Path, size: int) -> None:
+    """Allocate the partial file's blocks up front: ENOSPC shows now, not mid-transfer.
+
+    A file system that cannot preallocate (EOPNOTSUPP, EINVAL) is fine: the
+    writes report a full disk then, and :func:`pwrite_all` never ignores it.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in LOCAL_ERRNOS:
+            raise local_error(exc, partial, "reserving space for") from exc
+
+
+def _hash_fd(fd: int, partial: Path, size: int) -> tuple[bytes, bytes]:
     """sha256 and BLAKE3 of a small file, in one read."""
-    data = os.pread(fd, size, 0)
+    with local_io(partial, "reading"):
+        data = os.pread(fd, size, 0)
     return hashlib.sha256(data).digest(), blake3.blake3(data).digest()
 
 

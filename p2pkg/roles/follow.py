@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -47,6 +47,7 @@ from p2pkg.errors import (
 )
 from p2pkg.io.store import Store
 from p2pkg.roles.links import PeerLinks
+from p2pkg.roles.namespace import store_chain
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,6 @@ def open_root(wire_bytes: bytes) -> bytes:
     data = decompress(wire_bytes, LIMITS.max_root_size)
     decode_signed_root(data)
     return data
-
-
-def store_chain(store: Store) -> list[bytes]:
-    """Every root a store holds, oldest first."""
-    return [store.root_at(v) for v in store.root_versions()]
 
 
 @dataclass
@@ -99,6 +95,9 @@ class RootFollower:
         #: Why the last refresh got no root at all (empty when some peer answered).
         self.unreachable: list[str] = []
         self._trusted: TrustedRoot | None = self._load()
+        # Roots walked through to reach the current one (a key rotation): they
+        # are recorded with it, or a restart could not re-walk the chain.
+        self._walked: list[bytes] = []
         self._refreshed: float | None = None  # monotonic time of the last refresh
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
@@ -159,23 +158,40 @@ class RootFollower:
                     log.warning("peer %s serves old root version %d (rollback?)", url, version)
                 continue
             try:
-                accepted = await self._accept(base, data, version, url, now)
+                accepted, walked = await self._accept(base, data, version, url, now)
             except (TrustError, PeerError, FetchError) as exc:
                 log.warning("peer %s: root version %d rejected: %s", url, version, exc)
                 problems.append(f"peer {url}: root version {version} rejected: {exc}")
                 continue
-            self.adopt(accepted)
+            self.adopt(accepted, walked)
             return accepted
         if base is not None:
             return check_expiry(base, now)
         detail = "; ".join(problems) or "no peers"
         raise FetchError(f"no peer served a root signed by the trusted key(s): {detail}")
 
-    def adopt(self, trusted: TrustedRoot) -> None:
-        """Make ``trusted`` current (recorded in the store when ``persist``)."""
+    def adopt(self, trusted: TrustedRoot, walked: Sequence[bytes] = ()) -> None:
+        """Make ``trusted`` current (recorded in the store when ``persist``).
+
+        ``walked``: the roots between the previous one and ``trusted`` that a
+        key rotation was followed through.
+        """
         self._trusted = trusted
+        self._walked = list(walked)
         if self.store is not None and self.persist:
-            self.store.commit(root=trusted.signed.encode())
+            self.record(self.store)
+
+    def record(self, store: Store) -> None:
+        """Commit the current root, then the roots walked to reach it, to ``store``.
+
+        The newest first: the store's latest root never points at a tree
+        older roots' records could be mistaken for (a seed calls this once
+        the tree under the root is synced).
+        """
+        assert self._trusted is not None
+        store.commit(root=self._trusted.signed.encode())
+        for data in self._walked:
+            store.commit(root=data)
 
     async def current(self, max_age: float) -> TrustedRoot:
         """The trusted root, refreshed first when the last refresh is older than ``max_age``.
@@ -219,10 +235,14 @@ class RootFollower:
         task_status.started()
         st = self.state
         while True:
+            # A fresh event before the round: a poke that arrives while the round
+            # runs (a push during a long sync) wakes the next wait at once.
+            self._wake = anyio.Event()
             delay = interval
             st.last_attempt = self.clock()
             try:
-                trusted = await self.refresh()
+                async with self._lock:  # never beside a refresh that current() runs
+                    trusted = await self.refresh()
                 if self.unreachable:
                     # Still serving what we hold; say so and back off.
                     raise FetchError("no peer reachable: " + "; ".join(self.unreachable))
@@ -238,7 +258,6 @@ class RootFollower:
                 st.failures_in_a_row = 0
                 st.last_error = None
                 st.last_success = self.clock()
-            self._wake = anyio.Event()
             with anyio.move_on_after(delay):
                 await self._wake.wait()
 
@@ -258,19 +277,20 @@ class RootFollower:
 
     async def _accept(
         self, base: TrustedRoot | None, data: bytes, version: int, url: str, now: float
-    ) -> TrustedRoot:
+    ) -> tuple[TrustedRoot, list[bytes]]:
+        """The root in ``data`` if the rules accept it, and the roots walked to get there."""
         if base is None:
             try:
-                return bootstrap(self.pinned, data, now)
+                return bootstrap(self.pinned, data, now), []
             except SignatureError:
                 # The pinned key may have been rotated away: walk from version 1.
-                chain = [*await self._walk_chain(url, 1, version), data]
-                return trust_chain(self.pinned, chain, now)
+                walked = await self._walk_chain(url, 1, version)
+                return trust_chain(self.pinned, [*walked, data], now), walked
         try:
-            return update(base, data, now)
+            return update(base, data, now), []
         except SignatureError:
-            chain = [*await self._walk_chain(url, base.version + 1, version), data]
-            return update_chain(base, chain, now)
+            walked = await self._walk_chain(url, base.version + 1, version)
+            return update_chain(base, [*walked, data], now), walked
 
 
-__all__ = ["MAX_CHAIN_WALK", "FollowState", "RootFollower", "open_root", "store_chain"]
+__all__ = ["MAX_CHAIN_WALK", "FollowState", "RootFollower", "open_root"]

@@ -111,6 +111,7 @@ class Namespace:
 
 
 def store_chain(store: Store) -> list[bytes]:
+    """Every root a store holds, oldest first (what :func:`trust_chain` takes)."""
     return [store.root_at(v) for v in store.root_versions()]
 
 

@@ -2,7 +2,9 @@
 
 Everything is prepared (inspected, copied, hashed, encoded, signed) before
 the one store transaction that makes it visible; any error before that
-leaves the store exactly as it was. Only the objects on changed projects'
+leaves the store exactly as it was, and so does a failing commit. A local
+failure (the store's disk or database full, an I/O error) is a
+:class:`~p2pkg.errors.LocalError` naming the path. Only the objects on changed projects'
 paths are new: file manifests, core-metadata blobs, project objects, one
 leaf and two nodes per changed project, and the root.
 
@@ -13,6 +15,7 @@ already published keeps the time it was first published with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -317,7 +320,10 @@ def _publish_locked(
                 if not fut.cancelled() and fut.exception() is None:
                     temp = fut.result().hashed.temp
                     if temp is not None:
-                        temp.unlink(missing_ok=True)
+                        # A cleanup failure (a read-only disk) must not hide
+                        # the error being raised; the next writer clears tmp/.
+                        with contextlib.suppress(OSError):
+                            temp.unlink(missing_ok=True)
 
 
 def _apply(

@@ -120,7 +120,7 @@ class Seeder:
         self.follower = self.session.follower
         self.freshness = Freshness(projects=self.projects)
         self.server = PeerServer(
-            store_path,
+            self.store,
             server_config,
             on_notify=self._notified,
             status_extra=lambda: self.freshness.report(time.time(), self.follower.state),
@@ -138,7 +138,7 @@ class Seeder:
         return self.session
 
     async def close(self) -> None:
-        await self.server.close()
+        # The server stops with run (cancelled); its store is this one, closed here.
         self.session.close()
         self.store.close()
 
@@ -152,12 +152,13 @@ class Seeder:
         task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve and follow upstream until cancelled."""
-        await self.server.start(host, port)
-        task_status.started(self.server.url)
-        log.info("seed serving %s on %s", self.store_path, self.server.url)
-        await self.follower.follow(
-            self._catch_up, interval=self.config.interval, max_backoff=self.config.max_backoff
-        )
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(self.server.run, host, port)
+            task_status.started(url)
+            log.info("seed serving %s on %s", self.store_path, url)
+            await self.follower.follow(
+                self._catch_up, interval=self.config.interval, max_backoff=self.config.max_backoff
+            )
 
     async def _notified(self, body: bytes, peer: str) -> None:
         """A push: a root (zstd frame) or an empty body meaning "poll now"."""
@@ -192,6 +193,8 @@ class Seeder:
         # A full mirror holds everything under its root (verify holds it to that);
         # a --project subset holds the paths to its projects only.
         self.store.commit(root=trusted.signed.encode(), full=not self.projects)
+        if self.follower.trusted is trusted:
+            self.follower.record(self.store)  # and the roots a key rotation walked through
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
         log.info("seed synced root version %d", trusted.version)

@@ -42,6 +42,7 @@ from p2pkg.errors import (
 )
 from p2pkg.io.ingest import hash_path
 from p2pkg.io.store import Store, StoredFile
+from p2pkg.roles.namespace import store_chain
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _check_roots(store: Store, pinned: frozenset[bytes] | None, now: float, repo
         report.warnings.append("no signed root yet")
         return
     try:
-        chain = [store.root_at(v) for v in versions]
+        chain = store_chain(store)
         anchor = pinned or frozenset(decode_signed_root(chain[0])[1].keys)
         trusted = trust_chain(anchor, chain, float("-inf"))
         report.counts["root_version"] = trusted.version

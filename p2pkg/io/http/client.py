@@ -32,6 +32,9 @@ class ClientConfig:
     stall_timeout: float = 5.0  # abort when a body makes no progress for this long
     idle_connections: int = 4  # kept per peer for reuse
     max_error_body: int = 64 * 1024
+    # Sent with every request (a cache sends wire.ONLY_IF_CACHED: peers that
+    # pull through must not do so on its behalf, so two caches never loop).
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
 
 class BytesSink:
@@ -329,7 +332,12 @@ class PeerClient:
         conn = await self._connection()
         try:
             head = await conn.request(
-                method, self.base_path + path, self.host_header, factory, headers=headers, body=body
+                method,
+                self.base_path + path,
+                self.host_header,
+                factory,
+                headers=self.config.extra_headers + headers,
+                body=body,
             )
         except BaseException:
             conn.close()

@@ -6,6 +6,17 @@ that lives in an archive (files, ranges, chunks, batches), so serving costs
 little CPU and no buffer memory. Budgets: a connection cap and an optional
 upload rate (one token bucket shared by all connections); past either the
 server answers 503 with Retry-After rather than slowing everyone down.
+
+Requests go through a route table: the longest registered path prefix
+wins, and the peer protocol is registered under ``/p2pkg/v1/``. A role
+adds its own routes (the cache: ``/``, ``/simple/``, ``/files/``) with
+:meth:`PeerServer.route` and answers through the :class:`Exchange` it is
+handed. The server does not own the store: the role that opened it passes
+it in and closes it (one SQLite connection per store per process).
+
+:meth:`PeerServer.run` is structured: every connection handler is a child
+of its task group, and cancelling ``run`` stops accepting, aborts the open
+connections and returns once every handler has ended.
 """
 
 from __future__ import annotations
@@ -18,8 +29,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import anyio
+from anyio.abc import TaskStatus
 
 from p2pkg.core.chunking import ChunkId
 from p2pkg.core.codec import encode_uvarint
@@ -83,88 +96,224 @@ NotifyHandler = Callable[[bytes, str], Awaitable[None]]
 StatusExtra = Callable[[], dict[str, Any]]
 
 
-class PeerServer:
-    """Serve one store. ``on_notify`` receives pushed roots (seeds)."""
+class Exchange:
+    """One request on one connection, and the public ways to answer it.
+
+    A handler answers with :meth:`reply` (a body in memory), :meth:`send_file`
+    (a held archive), or — for bodies that grow while they are sent —
+    :meth:`write_head`, :meth:`sendfile` and :meth:`abort`. Every method
+    that returns a bool returns whether the connection may be kept alive.
+    """
+
+    __slots__ = ("_writer", "body", "head_only", "path", "peer", "req", "server")
 
     def __init__(
         self,
-        store_path: Path,
+        server: PeerServer,
+        req: wire.RequestHead,
+        body: bytes,
+        peer: str,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.server = server
+        self.req = req
+        self.body = body
+        self.peer = peer
+        self.path = req.target.split("?", 1)[0]
+        self.head_only = req.method == "HEAD"
+        self._writer = writer
+
+    async def reply(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        ctype: str = "text/plain; charset=utf-8",
+        keep: bool = True,
+    ) -> bool:
+        """A whole response with ``body`` (only its head when the request is HEAD)."""
+        return await self.server._simple(
+            self._writer,
+            status,
+            body,
+            keep=keep,
+            headers=headers,
+            head_only=self.head_only,
+            ctype=ctype,
+        )
+
+    async def send_file(
+        self, blake3: bytes, *, on_sent: Callable[[int], None] | None = None
+    ) -> bool:
+        """A held archive, whole or the one byte range asked for.
+
+        404 when the store lacks it, 416 for a range outside it, 503 with
+        Retry-After when the upload budget is queued too far ahead. The body
+        goes out with ``sendfile``; ``on_sent(n)`` is called once it has.
+        """
+        return await self.server._file(self, blake3, on_sent=on_sent)
+
+    def write_head(
+        self, status: int, headers: Sequence[tuple[str, str]], *, keep: bool = True
+    ) -> None:
+        """Queue a response head (the caller sends the body and states its length)."""
+        self._writer.write(self.server._head(status, list(headers), keep))
+
+    async def sendfile(self, fh: IO[bytes], offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``fh`` from ``offset`` (kernel copy, upload budget)."""
+        await self.server._sendfile(self._writer, fh, offset, count)
+
+    async def drain(self) -> None:
+        """Wait until what was written has gone to the socket (flow control)."""
+        await self._writer.drain()
+
+    def abort(self) -> None:
+        """Drop the connection now: a body cut short is all the client sees."""
+        self._writer.transport.abort()
+
+
+Handler = Callable[[Exchange], Awaitable[bool]]
+"""A route's handler: answers the exchange; returns whether to keep the connection."""
+
+
+class PeerServer:
+    """Serve one store over HTTP. ``on_notify`` receives pushed roots (seeds).
+
+    ``store`` belongs to the caller, which closes it after :meth:`run` ended.
+    """
+
+    def __init__(
+        self,
+        store: Store,
         config: ServerConfig = ServerConfig(),
         *,
         on_notify: NotifyHandler | None = None,
         status_extra: StatusExtra | None = None,
     ) -> None:
-        self.store = Store.open(store_path)
+        self.store = store
         self.config = config
         self.on_notify = on_notify
         self.status_extra = status_extra
         self.stats = ServerStats()
         self.bucket = TokenBucket(config.rate, config.burst) if config.rate else None
+        self._routes: dict[str, Handler] = {}
+        self.route(wire.PREFIX + "/", self.peer_protocol)
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._bound: tuple[str, int] | None = None
+        self._writers: set[asyncio.StreamWriter] = set()  # every open connection
         self._overflow = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self._server = await asyncio.start_server(
-            self._connection, host, port, limit=wire.MAX_HEAD, backlog=1024
-        )
-        sock = self._server.sockets[0].getsockname()
-        return str(sock[0]), int(sock[1])
+    # ------------------------------------------------------------------ routes
+
+    def route(self, prefix: str, handler: Handler) -> None:
+        """Answer requests whose path starts with ``prefix`` with ``handler``.
+
+        The longest matching prefix wins; registering a prefix again replaces
+        its handler. A path no prefix matches is answered 404.
+        """
+        self._routes[prefix] = handler
+
+    def handler_for(self, path: str) -> Handler | None:
+        """The handler of the longest registered prefix of ``path`` (None: 404)."""
+        best: str | None = None
+        for prefix in self._routes:
+            if path.startswith(prefix) and (best is None or len(prefix) > len(best)):
+                best = prefix
+        return None if best is None else self._routes[best]
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def host(self) -> str:
+        """The address the listening socket is bound to."""
+        if self._bound is None:
+            raise RuntimeError("the server is not running")
+        return self._bound[0]
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on (the one chosen when 0 was asked)."""
+        if self._bound is None:
+            raise RuntimeError("the server is not running")
+        return self._bound[1]
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.host}:{self.port}"
 
-    async def close(self) -> None:
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and serve until cancelled; ``started(url)`` once bound.
+
+        Each connection is handled by a child task of this call: on
+        cancellation the listener closes, open connections are aborted and
+        this returns (re-raising the cancellation) once every handler ended.
+        """
         if self._server is not None:
-            self._server.close()
-            for w in list(self._conns):
-                w.transport.abort()
-            tasks = list(self._tasks)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
-        self.store.close()
+            raise RuntimeError("the server is already running")
+        async with anyio.create_task_group() as tg:
 
-    async def __aenter__(self) -> PeerServer:
-        return self
+            def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                # A plain callback, not a coroutine: asyncio would make a free task
+                # of a coroutine; this makes the handler a child of run's task group
+                # (and the connection stays an asyncio transport, so sendfile works).
+                if self._server is None:  # accepted just before the listener closed
+                    writer.transport.abort()
+                    return
+                self._writers.add(writer)
+                tg.start_soon(self._connection, reader, writer)
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+            server = await asyncio.start_server(
+                accept, host, port, limit=wire.MAX_HEAD, backlog=1024
+            )
+            self._server = server
+            sock = server.sockets[0].getsockname()
+            self._bound = (str(sock[0]), int(sock[1]))
+            try:
+                task_status.started(self.url)
+                await anyio.sleep_forever()
+            finally:
+                # Stop accepting, then drop every connection: handlers blocked on
+                # a socket end at once instead of waiting out their timeouts.
+                self._server = None
+                server.close()
+                for writer in list(self._writers):
+                    writer.transport.abort()
 
     # ------------------------------------------------------------------ connection
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         try:
-            await self._serve_connection(reader, writer)
-        except asyncio.CancelledError:
-            pass  # server shutting down: the transport was aborted
+            if self.stats.active >= self.config.max_connections:
+                await self._refuse(reader, writer)
+            else:
+                await self._serve_connection(reader, writer)
+        except Exception:
+            log.exception("peer server: unexpected error refusing a connection")
+        except BaseException:
+            writer.transport.abort()  # cancelled (the server is stopping): drop it now
+            raise
         finally:
-            self._tasks.discard(task)
+            self._writers.discard(writer)
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         cfg = self.config
-        if self.stats.active >= cfg.max_connections:
-            await self._refuse(reader, writer)
-            return
         self.stats.active += 1
-        self._conns.add(writer)
-        peer = writer.get_extra_info("peername")
+        peer = str(writer.get_extra_info("peername"))
         try:
             timeout = cfg.head_timeout
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                    with anyio.fail_after(timeout):
+                        head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.LimitOverrunError:
                     await self._simple(writer, 431, b"request head too large", keep=False)
                     return
@@ -182,13 +331,17 @@ class PeerServer:
                         await self._simple(writer, 413, b"body too large", keep=False)
                         return
                     try:
-                        body = await asyncio.wait_for(
-                            reader.readexactly(req.content_length), cfg.body_timeout
-                        )
+                        with anyio.fail_after(cfg.body_timeout):
+                            body = await reader.readexactly(req.content_length)
                     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                         return
                 self.stats.requests += 1
-                keep = await self._dispatch(req, body, writer, peer)
+                ex = Exchange(self, req, body, peer, writer)
+                handler = self.handler_for(ex.path)
+                if handler is None:
+                    keep = await ex.reply(404, b"not found")
+                else:
+                    keep = await handler(ex)
                 if not (keep and req.keep_alive):
                     return
         except ConnectionError:
@@ -197,7 +350,6 @@ class PeerServer:
             log.exception("peer server: unexpected error serving %s", peer)
         finally:
             self.stats.active -= 1
-            self._conns.discard(writer)
             writer.close()
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -214,7 +366,8 @@ class PeerServer:
         self._overflow += 1
         try:
             with contextlib.suppress(asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+                with anyio.fail_after(2.0):
+                    await reader.readuntil(b"\r\n\r\n")
             headers = [("Retry-After", "1"), ("Content-Length", "4")]
             writer.write(self._head(503, headers, False) + b"busy")
             await writer.drain()
@@ -251,7 +404,7 @@ class PeerServer:
         await writer.drain()
         return keep
 
-    async def _busy(self, writer: asyncio.StreamWriter) -> bool:
+    async def _busy(self, ex: Exchange) -> bool:
         """503 when the upload budget is queued too far ahead."""
         if self.bucket is None:
             return False
@@ -260,111 +413,103 @@ class PeerServer:
             return False
         self.stats.busy += 1
         retry = str(max(1, math.ceil(debt)))
-        await self._simple(writer, 503, b"busy", headers=[("Retry-After", retry)])
+        await ex.reply(503, b"busy", headers=[("Retry-After", retry)])
         return True
 
     async def _sendfile(
-        self, writer: asyncio.StreamWriter, path: Path, offset: int, count: int
+        self, writer: asyncio.StreamWriter, fh: IO[bytes], offset: int, count: int
     ) -> None:
+        """``count`` bytes of ``fh`` from ``offset`` with ``loop.sendfile``, within the budget."""
         await writer.drain()
         loop = asyncio.get_running_loop()
-        with path.open("rb") as fh:
-            if self.bucket is None:
-                await loop.sendfile(writer.transport, fh, offset, count)
-                self.stats.bytes_sent += count
-                return
-            while count > 0:
-                n = min(self.config.rate_slice, count)
-                wait = self.bucket.reserve(n, time.monotonic())
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await loop.sendfile(writer.transport, fh, offset, n)
-                self.stats.bytes_sent += n
-                offset += n
-                count -= n
+        if self.bucket is None:
+            await loop.sendfile(writer.transport, fh, offset, count)
+            self.stats.bytes_sent += count
+            return
+        while count > 0:
+            n = min(self.config.rate_slice, count)
+            wait = self.bucket.reserve(n, time.monotonic())
+            if wait > 0:
+                await anyio.sleep(wait)
+            await loop.sendfile(writer.transport, fh, offset, n)
+            self.stats.bytes_sent += n
+            offset += n
+            count -= n
 
-    async def _dispatch(
-        self, req: wire.RequestHead, body: bytes, writer: asyncio.StreamWriter, peer: object
-    ) -> bool:
+    # ------------------------------------------------------------------ peer protocol
+
+    async def peer_protocol(self, ex: Exchange) -> bool:
+        """The built-in ``/p2pkg/v1/`` handler (a role may wrap it, e.g. pull-through)."""
+        req = ex.req
         route = wire.parse_target(req.target)
         if route is None:
-            return await self._simple(writer, 404, b"not found")
-        head_only = req.method == "HEAD"
+            return await ex.reply(404, b"not found")
+        head_only = ex.head_only
         post_routes = (wire.Kind.CHUNK_BATCH, wire.Kind.OBJECT_BATCH, wire.Kind.NOTIFY)
         if (route.kind in post_routes) != (req.method == "POST") or req.method not in (
             "GET",
             "HEAD",
             "POST",
         ):
-            return await self._simple(writer, 405, b"method not allowed", keep=False)
+            return await ex.reply(405, b"method not allowed", keep=False)
         try:
             match route.kind:
                 case wire.Kind.ROOT:
                     latest = self.store.latest_root_stored()
                     if latest is None:
-                        return await self._simple(writer, 404, b"no root yet")
+                        return await ex.reply(404, b"no root yet")
                     _, rid, data = latest
-                    return await self._object(writer, data, rid, wire.MUTABLE, head_only)
+                    return await self._object(ex, data, rid, wire.MUTABLE)
                 case wire.Kind.ROOT_VERSION:
                     data = self.store.root_stored(route.version)
-                    return await self._object(writer, data, None, wire.IMMUTABLE, head_only)
+                    return await self._object(ex, data, None, wire.IMMUTABLE)
                 case wire.Kind.OBJECT:
                     data = self.store.get_stored(ObjectId(route.id))
-                    return await self._object(writer, data, route.id, wire.IMMUTABLE, head_only)
+                    return await self._object(ex, data, route.id, wire.IMMUTABLE)
                 case wire.Kind.FILE:
-                    return await self._file(writer, route.id, req, head_only)
+                    return await self._file(ex, route.id)
                 case wire.Kind.CHUNK:
-                    return await self._chunks(writer, [route.id], head_only)
+                    return await self._chunks(ex, [route.id], head_only)
                 case wire.Kind.OBJECT_BATCH:
-                    if len(body) % 32 or not body or len(body) // 32 > wire.MAX_OBJECT_BATCH:
-                        return await self._simple(writer, 400, b"body must be 1-1024 object ids")
-                    return await self._object_batch(writer, body)
+                    if (
+                        len(ex.body) % 32
+                        or not ex.body
+                        or len(ex.body) // 32 > wire.MAX_OBJECT_BATCH
+                    ):
+                        return await ex.reply(400, b"body must be 1-1024 object ids")
+                    return await self._object_batch(ex)
                 case wire.Kind.CHUNK_BATCH:
+                    body = ex.body
                     if len(body) % 32 or not body or len(body) // 32 > wire.MAX_BATCH:
-                        return await self._simple(writer, 400, b"body must be 1-1024 chunk ids")
+                        return await ex.reply(400, b"body must be 1-1024 chunk ids")
                     ids = [body[i : i + 32] for i in range(0, len(body), 32)]
-                    return await self._chunks(writer, ids, False)
+                    return await self._chunks(ex, ids, False)
                 case wire.Kind.STATUS:
                     data = json.dumps(self.status(), sort_keys=True).encode()
-                    return await self._simple(
-                        writer,
+                    return await ex.reply(
                         200,
                         data,
                         headers=[("Cache-Control", wire.MUTABLE)],
-                        head_only=head_only,
                         ctype="application/json",
                     )
                 case wire.Kind.NOTIFY:
                     if self.on_notify is None:
-                        return await self._simple(writer, 404, b"this peer takes no notifications")
-                    await self.on_notify(body, str(peer))
-                    return await self._simple(writer, 202, b"accepted")
+                        return await ex.reply(404, b"this peer takes no notifications")
+                    await self.on_notify(ex.body, ex.peer)
+                    return await ex.reply(202, b"accepted")
         except NotFoundError:
-            return await self._simple(writer, 404, b"not found")
-        return await self._simple(writer, 404, b"not found")
+            return await ex.reply(404, b"not found")
+        return await ex.reply(404, b"not found")
 
-    async def _object(
-        self,
-        writer: asyncio.StreamWriter,
-        data: bytes,
-        etag: bytes | None,
-        cache: str,
-        head_only: bool,
-    ) -> bool:
+    async def _object(self, ex: Exchange, data: bytes, etag: bytes | None, cache: str) -> bool:
         headers = [("Cache-Control", cache)]
         if etag is not None:
             headers.append(("ETag", f'"{etag.hex()}"'))
-        return await self._simple(
-            writer,
-            200,
-            data,
-            headers=headers,
-            head_only=head_only,
-            ctype="application/vnd.p2pkg.object+zstd",
-        )
+        return await ex.reply(200, data, headers=headers, ctype="application/vnd.p2pkg.object+zstd")
 
-    async def _object_batch(self, writer: asyncio.StreamWriter, body: bytes) -> bool:
+    async def _object_batch(self, ex: Exchange) -> bool:
         """Objects by id, each as ``uvarint length || zstd frame`` (length 0: not held)."""
+        body = ex.body
         out = bytearray()
         for i in range(0, len(body), 32):
             try:
@@ -374,9 +519,8 @@ class PeerServer:
             out += encode_uvarint(len(frame))
             out += frame
             if len(out) > wire.MAX_OBJECT_BATCH_BYTES:
-                return await self._simple(writer, 413, b"batch too large; ask for fewer")
-        return await self._simple(
-            writer,
+                return await ex.reply(413, b"batch too large; ask for fewer")
+        return await ex.reply(
             200,
             bytes(out),
             headers=[("Cache-Control", wire.IMMUTABLE)],
@@ -384,28 +528,21 @@ class PeerServer:
         )
 
     async def _file(
-        self,
-        writer: asyncio.StreamWriter,
-        blake3: bytes,
-        req: wire.RequestHead,
-        head_only: bool,
-        *,
-        on_sent: Callable[[int], None] | None = None,
+        self, ex: Exchange, blake3: bytes, *, on_sent: Callable[[int], None] | None = None
     ) -> bool:
         """A held archive, whole or one byte range; ``on_sent(n)`` after the body went out."""
         size = self.store.file_size(blake3)
         if size is None:
-            return await self._simple(writer, 404, b"file not held")
+            return await ex.reply(404, b"file not held")
         try:
-            rng = wire.parse_range(req.headers.get("range"), size)
+            rng = wire.parse_range(ex.req.headers.get("range"), size)
         except wire.Unsatisfiable:
-            return await self._simple(
-                writer,
+            return await ex.reply(
                 416,
                 b"range not satisfiable",
                 headers=[("Content-Range", f"bytes */{size}")],
             )
-        if await self._busy(writer):
+        if await self._busy(ex):
             return True
         start, end = rng if rng is not None else (0, size)
         headers = [
@@ -419,29 +556,28 @@ class PeerServer:
         if rng is not None:
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
-        writer.write(self._head(status, headers, True))
-        if not head_only:
-            try:
-                await self._sendfile(writer, self.store.file_path(blake3), start, end - start)
-            except FileNotFoundError:
-                writer.transport.abort()  # evicted mid-flight: the client fails over
-                return False
-            if on_sent is not None:
-                on_sent(end - start)
-        else:
-            await writer.drain()
+        ex.write_head(status, headers)
+        if ex.head_only:
+            await ex.drain()
+            return True
+        try:
+            with self.store.file_path(blake3).open("rb") as fh:
+                await ex.sendfile(fh, start, end - start)
+        except FileNotFoundError:
+            ex.abort()  # evicted mid-flight: the client fails over
+            return False
+        if on_sent is not None:
+            on_sent(end - start)
         return True
 
-    async def _chunks(
-        self, writer: asyncio.StreamWriter, ids: list[bytes], head_only: bool
-    ) -> bool:
+    async def _chunks(self, ex: Exchange, ids: list[bytes], head_only: bool) -> bool:
         locations = []
         for cid in ids:
             loc = self.store.chunk_location(ChunkId(cid))
             if loc is None:
-                return await self._simple(writer, 404, b"chunk not held")
+                return await ex.reply(404, b"chunk not held")
             locations.append(loc)
-        if await self._busy(writer):
+        if await self._busy(ex):
             return True
         total = sum(loc.length for loc in locations)
         headers = [
@@ -449,15 +585,16 @@ class PeerServer:
             ("Content-Length", str(total)),
             ("Cache-Control", wire.IMMUTABLE),
         ]
-        writer.write(self._head(200, headers, True))
+        ex.write_head(200, headers)
         if head_only:
-            await writer.drain()
+            await ex.drain()
             return True
         try:
             for loc in locations:
-                await self._sendfile(writer, self.store.file_path(loc.file), loc.offset, loc.length)
+                with self.store.file_path(loc.file).open("rb") as fh:
+                    await ex.sendfile(fh, loc.offset, loc.length)
         except FileNotFoundError:
-            writer.transport.abort()
+            ex.abort()
             return False
         return True
 

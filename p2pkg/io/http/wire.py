@@ -9,7 +9,7 @@ buffers. No I/O here.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -28,6 +28,16 @@ _VERSION = re.compile(r"[1-9][0-9]{0,18}")  # §6.1: decimal, no leading zero
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MUTABLE = "no-cache"
+#: A request header meaning "what you hold, nothing you would have to fetch"
+#: (RFC 9111 §5.2.1.7). Caches send it to every peer and honour it: a cache
+#: pulls through for clients, never for another cache, so requests cannot loop.
+ONLY_IF_CACHED = ("Cache-Control", "only-if-cached")
+
+
+def only_if_cached(headers: Mapping[str, str]) -> bool:
+    """Whether a request's ``Cache-Control`` carries ``only-if-cached``."""
+    value = headers.get("cache-control", "")
+    return any(d.strip().lower() == "only-if-cached" for d in value.split(","))
 
 
 class Kind(Enum):
