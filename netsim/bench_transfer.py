@@ -235,14 +235,14 @@ class Bench:
             publish(st, [self.key], [old, new])
         import anyio
 
-        from p2pkg.roles.fetch import Fetcher
+        from p2pkg.roles.session import Session
 
         with Testbed() as bed, tempfile.TemporaryDirectory() as tmp:
             _, peer = bed.serve(self.store)
 
             async def run() -> dict[str, Any]:
                 with Store.open(Path(tmp) / "client", create=True) as cs:
-                    f = Fetcher(frozenset({public_bytes(self.key)}), [peer], cs)
+                    f = Session(frozenset({public_bytes(self.key)}), [peer], cs)
                     try:
                         name = old.name.split("-")[0]
                         await f.fetch(f"{name}=={old.name.split('-')[1]}", None, filename=old.name)

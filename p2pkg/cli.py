@@ -87,9 +87,16 @@ def fail(message: str, code: int) -> NoReturn:
 
 @contextmanager
 def errors_as_exit() -> Iterator[None]:
-    """Turn p2pkg errors into one readable line and their exit code."""
+    """Turn p2pkg errors into one readable line and their exit code.
+
+    A task group's exception group is unwrapped first: its first p2pkg
+    error, or its only exception, is what the user is told about.
+    """
     try:
-        yield
+        try:
+            yield
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
     except P2pkgError as exc:
         fail(str(exc), exit_code_for(exc))
     except KeyboardInterrupt:
@@ -101,6 +108,23 @@ def errors_as_exit() -> Iterator[None]:
             fail(str(local_error(exc, None, "using")), EXIT_CODES[LocalError])
         where = f" {exc.filename}" if exc.filename else ""
         fail(f"{exc.strerror or exc}{where}", 1)
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    from p2pkg.roles.client import first_p2pkg_error
+
+    found = first_p2pkg_error(group)
+    if found is not group:
+        return found
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 class OneLineUsageGroup(click.Group):
@@ -1036,64 +1060,44 @@ def fetch(
     BLAKE3 id as it arrives; a file appears in --dest only once its sha256
     and BLAKE3 match the signed manifest. An interrupted fetch resumes.
     """
-    from p2pkg.io.fsutil import fsync_path
-    from p2pkg.io.store import Store
-    from p2pkg.roles.fetch import Fetcher
+    from p2pkg.roles.client import Client
 
     pins = parse_trust(trust)
     if pins is None:
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
-    dht = _dht_service(dht_listen, dht_bootstrap, None)
-    use_lan = lan if lan is not None else (not peers and dht is None)
-    if not peers and not use_lan and dht is None:
+    if not peers and lan is False and not dht_bootstrap:
         raise click.UsageError("at least one --peer URL is needed (or --lan, or --dht-bootstrap)")
     if filename is not None and len(specs) != 1:
         raise click.UsageError("--file needs exactly one SPEC")
+    client = Client(
+        pins,
+        list(peers),
+        store=store,
+        lan=lan,
+        lan_interfaces=lan_interfaces,
+        lan_wait=LAN_WAIT,
+        dht_bootstrap=dht_bootstrap,
+        dht_listen=parse_listen(dht_listen) if dht_listen else ("0.0.0.0", 0),
+    )
     results: list[dict[str, Any]] = []
 
     async def run() -> None:
-        import anyio
-
-        st = Store.open(store, create=True) if store is not None else None
-        fetcher = Fetcher(pins, list(peers), st)
-        limiter = anyio.CapacityLimiter(max(1, jobs))
-        try:
-            # Discovery order: LAN caches (tier 0), configured peers (1), the DHT (2).
-            if use_lan:
-                await _discover_lan(fetcher, pins, lan_interfaces, required=dht is None)
-            if dht is not None:
-                await _discover_dht(fetcher, dht, pins, specs)
-            await fetcher.refresh_root()
+        # Discovery order: LAN caches (tier 0), configured peers (1), the DHT (2).
+        async with client:  # resolving finds peers first, then the root, then names
             if len(specs) == 1:
-                manifest = await fetcher.resolve(specs[0], filename)
+                manifest = await client.resolve(specs[0], filename)
                 with _progress(f"fetching {manifest.filename}") as bar:
-                    path, stats = await fetcher.fetch_file(manifest, dest, progress=bar)
-                results.append(_fetch_result(manifest, path, stats))
+                    done = await client.fetch_file(manifest, dest, progress=bar)
+                results.append(_fetch_result(done))
                 return
-
-            manifests = await fetcher.resolve_many(specs)
-
-            async def one(manifest: Any) -> None:
-                async with limiter:
-                    path, stats = await fetcher.fetch_file(manifest, dest, sync_dir=False)
-                results.append(_fetch_result(manifest, path, stats))
-
-            async with anyio.create_task_group() as tg:
-                for manifest in dict.fromkeys(manifests):
-                    tg.start_soon(one, manifest)
-            fsync_path(dest)  # one directory sync for the whole batch
-        finally:
-            fetcher.close()
-            if st is not None:
-                st.close()
+            results.extend(
+                _fetch_result(r) for r in await client.fetch_many(specs, dest, jobs=jobs)
+            )
 
     import anyio
 
     with errors_as_exit():
-        try:
-            anyio.run(run)
-        except BaseExceptionGroup as group:
-            raise _first_p2pkg_error(group) from None
+        anyio.run(run)
     lines = [
         f"{r['path']}  ({r['size']} bytes, {r['bytes_from_network']} from the network, "
         f"{r['seconds']}s)"
@@ -1102,40 +1106,13 @@ def fetch(
     emit(as_json, results[0] if len(specs) == 1 else {"files": results}, "\n".join(lines))
 
 
-async def _discover_dht(
-    fetcher: Any, dht: Any, pins: frozenset[bytes], specs: tuple[str, ...]
-) -> None:
-    """Add the providers of each spec's namespace bin, found through the DHT, as tier-2 peers.
-
-    The node runs only for the lookups (:meth:`DhtService.running`).
-    """
-    from p2pkg.core.select import parse_spec
-    from p2pkg.roles.discover import dht_peers
-
-    for peer in await dht_peers(dht, pins, {parse_spec(s).name for s in specs}):
-        fetcher.add_peer(peer)
-    if not fetcher.peers:
-        raise FetchError("no peer found through the DHT")
-
-
-async def _discover_lan(
-    fetcher: Any, pins: frozenset[bytes], interfaces: tuple[str, ...], required: bool = True
-) -> None:
-    """Add caches announced on the LAN (DNS-SD) as preferred peers."""
-    from p2pkg.roles.discover import lan_peers
-
-    for peer in await lan_peers(pins, interfaces or None, LAN_WAIT):
-        fetcher.add_peer(peer)
-    if required and not fetcher.peers:
-        raise click.UsageError("no --peer given and no cache found on the LAN")
-
-
 LAN_WAIT = 1.0  # seconds to listen for DNS-SD answers (only when no --peer is given)
 
 
-def _fetch_result(manifest: Any, path: Path, stats: Any) -> dict[str, Any]:
+def _fetch_result(done: Any) -> dict[str, Any]:
+    manifest, stats = done.manifest, done.stats
     return {
-        "path": str(path),
+        "path": str(done.path),
         "filename": manifest.filename,
         "version": manifest.version,
         "size": manifest.size,
@@ -1145,16 +1122,6 @@ def _fetch_result(manifest: Any, path: Path, stats: Any) -> dict[str, Any]:
         "bytes_from_local": stats.from_local,
         "peers": {u: s["received"] for u, s in stats.peers.items()},
     }
-
-
-def _first_p2pkg_error(group: BaseExceptionGroup) -> BaseException:
-    """The first p2pkg error inside a task group's exception group."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_p2pkg_error(exc)
-        if isinstance(exc, P2pkgError):
-            return exc
-    return group
 
 
 @main.command()

@@ -30,7 +30,7 @@ async def test_async_client(master: Master, tmp_path: Path) -> None:
                 await c.fetch("nothing-here", tmp_path / "out")
         # The store remembered the root: rollback protection across runs.
         async with p2pkg.Client(trust=[master.pub], peers=[url], store=tmp_path / "cache") as c:
-            assert c.fetcher.trusted is not None  # loaded from the store, before any refresh
+            assert c.session.trusted is not None  # loaded from the store, before any refresh
 
 
 def test_sync_client(master: Master, tmp_path: Path) -> None:

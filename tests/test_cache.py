@@ -308,7 +308,7 @@ async def test_install_succeeds_when_a_seed_serves_corrupt_bytes(
         assert res.returncode == 0, res.stderr.decode()
         for f in (tmp_path / "dl").iterdir():
             assert f.read_bytes() == (dist / f.name).read_bytes()
-        assert corrupt.url in cache.fetcher.banned
+        assert corrupt.url in cache.session.banned
         assert cache.status()["banned_peers"] == [corrupt.url]
 
 

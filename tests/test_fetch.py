@@ -15,7 +15,7 @@ from p2pkg.io.http.client import ClientConfig
 from p2pkg.io.http.server import PeerServer
 from p2pkg.io.store import Store
 from p2pkg.roles.export import export_store
-from p2pkg.roles.fetch import Fetcher
+from p2pkg.roles.session import Session
 
 from .helpers import snapshot
 from .netutil import FakePeer, Master, Services, http_response, make_master, services
@@ -36,7 +36,7 @@ async def _servers(svc: Services, master: Master, n: int) -> list[PeerServer]:
 async def test_three_peers_share_a_file(master: Master, tmp_path: Path) -> None:
     async with services() as svc:
         servers = await _servers(svc, master, 3)
-        fetcher = Fetcher(master.pins, [s.url for s in servers])
+        fetcher = Session(master.pins, [s.url for s in servers])
         try:
             path, stats = await fetcher.fetch("big", tmp_path / "out")
             assert path.read_bytes() == master.big.read_bytes()
@@ -59,7 +59,7 @@ async def test_bad_peer_is_routed_around(
         bad = await svc.server(master.store, mode=mode)
         good = await _servers(svc, master, 2)
         # The bad peer first: it gets the first span of every file.
-        fetcher = Fetcher(master.pins, [bad.url, *(s.url for s in good)], client_config=FAST)
+        fetcher = Session(master.pins, [bad.url, *(s.url for s in good)], client_config=FAST)
         out = tmp_path / "out"
         try:
             for spec, original in (("big", master.big), ("small", master.small)):
@@ -77,7 +77,7 @@ async def test_bad_peer_is_routed_around(
 async def test_only_bad_peers_means_nothing_is_written(master: Master, tmp_path: Path) -> None:
     async with services() as svc:
         bad = await svc.server(master.store, mode="corrupt")
-        fetcher = Fetcher(master.pins, [bad.url], client_config=FAST)
+        fetcher = Session(master.pins, [bad.url], client_config=FAST)
         out = tmp_path / "out"
         try:
             with pytest.raises(FetchError, match="no peer could deliver"):
@@ -107,7 +107,7 @@ async def test_static_export_served_by_python_http_server(master: Master, tmp_pa
         line = proc.stdout.readline().decode()
         port = int(line.split("port ")[1].split()[0])
         url = f"http://127.0.0.1:{port}"
-        small_spans = Fetcher(master.pins, [url], schedule_config=_small_spans())
+        small_spans = Session(master.pins, [url], schedule_config=_small_spans())
         try:
             path, _ = await small_spans.fetch("big", tmp_path / "out")
             assert path.read_bytes() == master.big.read_bytes()
@@ -136,7 +136,7 @@ async def test_resume_downloads_only_missing_chunks(master: Master, tmp_path: Pa
     async with services() as svc:
         servers = await _servers(svc, master, 1)
         out = tmp_path / "out"
-        fetcher = Fetcher(master.pins, [servers[0].url])
+        fetcher = Session(master.pins, [servers[0].url])
         try:
             manifest = await fetcher.resolve("big")
             # Simulate an interrupted download: a partial file holding every other chunk.
@@ -172,7 +172,7 @@ async def test_upgrade_reuses_chunks_from_the_store(master: Master, tmp_path: Pa
     async with services() as svc:
         servers = await _servers(svc, master, 1)
         with Store.open(tmp_path / "client", create=True) as client_store:
-            fetcher = Fetcher(master.pins, [servers[0].url], client_store)
+            fetcher = Session(master.pins, [servers[0].url], client_store)
             try:
                 await fetcher.fetch("lib==1.0", None)
                 _, stats = await fetcher.fetch("lib==2.0", tmp_path / "out")
@@ -206,7 +206,7 @@ async def test_malformed_and_lying_responses(master: Master, tmp_path: Path) -> 
         client_store = tmp_path / f"client-{len(name)}-{name[:4]}"
         with Store.open(client_store, create=True) as cs:
             before = snapshot(client_store)
-            fetcher = Fetcher(master.pins, [url], cs, client_config=FAST)
+            fetcher = Session(master.pins, [url], cs, client_config=FAST)
             try:
                 with pytest.raises(FetchError):
                     await fetcher.fetch("big", tmp_path / "out")
@@ -224,7 +224,7 @@ async def test_malformed_and_lying_responses(master: Master, tmp_path: Path) -> 
 async def test_resolve_many_uses_object_batches(master: Master, tmp_path: Path) -> None:
     async with services() as svc:
         server = (await _servers(svc, master, 1))[0]
-        fetcher = Fetcher(master.pins, [server.url])
+        fetcher = Session(master.pins, [server.url])
         try:
             before = server.stats.requests
             manifests = await fetcher.resolve_many(["big", "small", "small==1.0", "big"])
@@ -253,7 +253,7 @@ async def test_object_batch_with_a_bad_object_bans_the_peer(master: Master, tmp_
         body = (encode_uvarint(len(frame)) + frame) * 2
         fake = FakePeer({"/p2pkg/v1/objects": http_response(200, body)})
         url = await fake.start()
-        fetcher = Fetcher(master.pins, [url, good.url], client_config=FAST)
+        fetcher = Session(master.pins, [url, good.url], client_config=FAST)
         try:
             with pytest.raises(FetchError):
                 # A batch (one id alone goes by GET); nobody holds them; the liar is banned.
@@ -277,7 +277,7 @@ async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path
     )
     fake = FakePeer({"/p2pkg/v1/root": http_response(200, compress(expired.encode()))})
     url = await fake.start()
-    fetcher = Fetcher(master.pins, [url], client_config=FAST)
+    fetcher = Session(master.pins, [url], client_config=FAST)
     try:
         with pytest.raises(FetchError, match="expired"):
             await fetcher.refresh_root()
@@ -296,7 +296,7 @@ async def test_peer_serving_expired_or_older_root(master: Master, tmp_path: Path
         before = snapshot(client_store)
         old = FakePeer({"/p2pkg/v1/root": http_response(200, v1_frame)})
         url = await old.start()
-        fetcher = Fetcher(master.pins, [url], cs, client_config=FAST)
+        fetcher = Session(master.pins, [url], cs, client_config=FAST)
         try:
             trusted = await fetcher.refresh_root()
             assert trusted.version == 2  # the stale offer was ignored, not adopted

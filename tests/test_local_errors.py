@@ -36,7 +36,7 @@ from p2pkg.errors import (
 from p2pkg.io.ingest import hash_bytes, hash_file
 from p2pkg.io.store import Store
 from p2pkg.roles.download import FileDownloader
-from p2pkg.roles.fetch import Fetcher
+from p2pkg.roles.session import Session
 from p2pkg.roles.verify import verify_store
 
 from .helpers import snapshot
@@ -208,7 +208,7 @@ async def _fetch_expecting_local_error(
     """Fetch ``spec`` from one real peer; the LocalError and the bytes the peer sent."""
     async with services() as svc:
         server = await svc.server(master.store)
-        fetcher = Fetcher(master.pins, [server.url], store)
+        fetcher = Session(master.pins, [server.url], store)
         try:
             with pytest.raises(LocalError) as info:
                 await fetcher.fetch(spec, dest)

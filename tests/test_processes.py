@@ -17,7 +17,7 @@ from p2pkg.core.objects import FileManifest, decode_as
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.store import Store
-from p2pkg.roles.fetch import Fetcher
+from p2pkg.roles.session import Session
 
 from .netutil import Master, make_master, serve_process
 
@@ -235,7 +235,7 @@ def test_seeds_follow_the_master(master: Master, tmp_path: Path) -> None:
         mproc.wait()
 
         async def fetch_from_seeds() -> None:
-            f = Fetcher(master.pins, [s1, s2])
+            f = Session(master.pins, [s1, s2])
             try:
                 path, _ = await f.fetch("big==1.1", tmp_path / "out")
                 assert path.read_bytes() == new.read_bytes()

@@ -22,8 +22,8 @@ from p2pkg.core.root import decode_signed_root, public_bytes
 from p2pkg.errors import StoreError
 from p2pkg.io.ingest import hash_file, hash_path
 from p2pkg.io.store import Store
-from p2pkg.roles.fetch import Fetcher
 from p2pkg.roles.publish import publish
+from p2pkg.roles.session import Session
 from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_wheel
 from tests.netutil import services
@@ -111,7 +111,7 @@ async def test_fetch_reuses_repeated_chunks(
     async with services() as svc:
         server = await svc.server(store_dir)
         with Store.open(client, create=True) as st:
-            fetcher = Fetcher(frozenset({public_bytes(key)}), [server.url], st)
+            fetcher = Session(frozenset({public_bytes(key)}), [server.url], st)
             try:
                 await fetcher.fetch("rep==1.0", None)
                 path, stats = await fetcher.fetch("rep==2.0", tmp_path / "out")

@@ -133,7 +133,7 @@ class Cache:
         self.config = config
         # Every request this cache sends says only-if-cached: a sibling cache
         # answers from what it holds and never pulls through back to us.
-        self.fetcher = Session(
+        self.session = Session(
             pinned,
             peers,
             self.store,
@@ -179,7 +179,7 @@ class Cache:
                 # As a peer the cache serves the root too: follow it in the background.
                 tg.start_soon(
                     partial(
-                        self.fetcher.follower.follow,
+                        self.session.follower.follow,
                         interval=self.config.refresh_interval,
                         max_backoff=max(self.config.refresh_interval, 300.0),
                     )
@@ -196,34 +196,34 @@ class Cache:
                 task_status.started(url)
         finally:
             self._tg = None
-            self.fetcher.close()
+            self.session.close()
             self.store.close()
 
     @property
     def key(self) -> str:
         """The trusted key LAN peers must share (hex of the first pinned key)."""
-        return min(self.fetcher.pinned).hex()
+        return min(self.session.pinned).hex()
 
     def _lan_peer(self, peer: LanPeer) -> None:
         """Caches seen on the LAN become preferred (tier 0) peers."""
         if peer.key != self.key or peer.url == self.server.url:
             return
-        if peer.url not in self.fetcher.book:
+        if peer.url not in self.session.book:
             log.info("found LAN cache %s", peer.url)
-        self.fetcher.add_peer(Peer(peer.url, tier=0))
+        self.session.add_peer(Peer(peer.url, tier=0))
 
     # ------------------------------------------------------------------ namespace
 
     async def trusted(self) -> TrustedRoot:
         """The current root, refreshed from peers when older than the interval."""
-        return await self.fetcher.follower.current(self.config.refresh_interval)
+        return await self.session.follower.current(self.config.refresh_interval)
 
     async def project_manifests(self, name: str) -> list[FileManifest] | None:
         await self.trusted()
-        project = await self.fetcher.project(name)
+        project = await self.session.project(name)
         if project is None:
             return None
-        raw = await self.fetcher.get_objects(f.manifest for f in project.files)
+        raw = await self.session.get_objects(f.manifest for f in project.files)
         return [decode_as(raw[f.manifest], FileManifest) for f in project.files]
 
     async def listed_manifest(self, content_id: bytes, filename: str) -> FileManifest | None:
@@ -235,18 +235,18 @@ class Cache:
         """
         await self.trusted()
         project_name = project_of(filename)
-        project = await self.fetcher.project(project_name) if project_name else None
+        project = await self.session.project(project_name) if project_name else None
         oid = project.lookup(filename) if project is not None else None
         if oid is None:
             return None
-        manifest = decode_as(await self.fetcher.get_object(oid), FileManifest)
+        manifest = decode_as(await self.session.get_object(oid), FileManifest)
         if content_id not in (manifest.blake3, oid):
             return None
         return manifest
 
     async def project_names(self) -> list[str]:
         await self.trusted()
-        return await self.fetcher.project_names(self.config.max_index_projects)
+        return await self.session.project_names(self.config.max_index_projects)
 
     # ------------------------------------------------------------------ files
 
@@ -264,7 +264,7 @@ class Cache:
 
     async def _download(self, manifest: FileManifest, live: _Live) -> None:
         try:
-            _, stats = await self.fetcher.fetch_file(manifest, None, watch=live.advance)
+            _, stats = await self.session.fetch_file(manifest, None, watch=live.advance)
             self.stats.bytes_fetched += stats.from_network
             live.advance(manifest.size)
             live.finish()
@@ -304,7 +304,7 @@ class Cache:
             self.by_blake3[manifest.blake3] = manifest
 
     def status(self) -> dict[str, Any]:
-        trusted = self.fetcher.trusted
+        trusted = self.session.trusted
         files, held = self.store.stats()
         served = self.stats.bytes_from_cache + self.stats.bytes_fetched
         requests = self.stats.hits + self.stats.misses
@@ -312,11 +312,11 @@ class Cache:
             "role": "cache",
             "root_version": trusted.version if trusted else None,
             "root_age_seconds": int(time.time() - trusted.root.created) if trusted else None,
-            "peers": [p.url for p in self.fetcher.peers],
-            "lan_peers": [p.url for p in self.fetcher.peers if p.tier == 0],
-            "banned_peers": sorted(self.fetcher.banned),
+            "peers": [p.url for p in self.session.peers],
+            "lan_peers": [p.url for p in self.session.peers if p.tier == 0],
+            "banned_peers": sorted(self.session.banned),
             # what the peer book has measured: tier, rate, latency, failures, bans
-            "peer_book": self.fetcher.book.summary(self.fetcher.monotonic()),
+            "peer_book": self.session.book.summary(self.session.monotonic()),
             "files_held": files,
             "bytes_held": held,
             "max_size": self.config.max_size,
@@ -388,7 +388,7 @@ class Cache:
             try:
                 if route.kind is wire.Kind.OBJECT and not self.store.has_object(ObjectId(route.id)):
                     await self.trusted()
-                    data = await self.fetcher.get_object(ObjectId(route.id))
+                    data = await self.session.get_object(ObjectId(route.id))
                     self.remember_manifest(ObjectId(route.id), data)
                 elif route.kind is wire.Kind.FILE and not self.store.has_file(route.id):
                     known = self.by_blake3.get(route.id)
@@ -460,7 +460,7 @@ class Cache:
         if metadata:
             if manifest.core_metadata is None:
                 return await ex.reply(404, b"no core metadata")
-            blob = decode_as(await self.fetcher.get_object(manifest.core_metadata.blob), Blob)
+            blob = decode_as(await self.session.get_object(manifest.core_metadata.blob), Blob)
             return await ex.reply(
                 200,
                 blob.data,

@@ -117,11 +117,6 @@ class Client:
             raise RuntimeError("use Client as an async context manager")
         return self._session
 
-    @property
-    def fetcher(self) -> Session:
-        """Old name of :attr:`session`."""
-        return self.session
-
     async def _discover(self, specs: Iterable[str]) -> None:
         """Add the DHT providers of the specs' namespace bins (once per name)."""
         names = {parse_spec(s).name for s in specs} - self._dht_names

@@ -132,11 +132,6 @@ class Seeder:
             self.freshness.synced_version = synced.version
             self.freshness.synced_root_created = synced.root.created
 
-    @property
-    def fetcher(self) -> Session:
-        """The session (peers, root follower, objects, downloader) the seed syncs with."""
-        return self.session
-
     async def close(self) -> None:
         # The server stops with run (cancelled); its store is this one, closed here.
         self.session.close()
