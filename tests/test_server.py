@@ -195,3 +195,44 @@ async def test_a_live_download_survives_the_installer_leaving(
         assert cache.store.has_file(blake)
         assert cache.store.file_path(blake).read_bytes() == data
         assert not cache.live
+
+
+async def test_a_cache_pulls_through_for_clients_but_never_for_another_cache(
+    master: Master, tmp_path: Path
+) -> None:
+    """Sibling caches serve hits only (``Cache-Control: only-if-cached``): no loops."""
+    from p2pkg.core.peers import Tier
+    from p2pkg.io.http.client import ClientConfig
+    from p2pkg.roles.links import Peer
+    from p2pkg.roles.namespace import open_store_namespace
+
+    with Store.open(master.store) as st:
+        tree_top = open_store_namespace(st).trusted.root.tree  # held by the origin only
+    async with services() as svc:
+        origin = await svc.server(master.store)
+        a = Cache(tmp_path / "a", master.pins, [origin.url])
+        b = Cache(tmp_path / "b", master.pins, [origin.url])
+        url_a = await svc.start(a.run)
+        url_b = await svc.start(b.run)
+        # Each is the other's preferred (LAN) peer, as DNS-SD would make them.
+        a.session.add_peer(Peer(url_b, Tier.LAN))
+        b.session.add_peer(Peer(url_a, Tier.LAN))
+        oid_path = wire.PREFIX + "/objects/" + tree_top.hex()
+
+        client = PeerClient(url_a, ClientConfig(extra_headers=(wire.ONLY_IF_CACHED,)))
+        try:
+            # Another cache asking: only what A holds, nothing fetched for it.
+            status, _, _ = await client.get_bytes(oid_path, 1 << 20)
+            assert status == 404
+            assert not a.store.has_object(tree_top)
+        finally:
+            client.close()
+
+        # A client asking: A pulls through. Its own request to B (its LAN peer)
+        # says only-if-cached, so B answers 404 instead of asking A back, and A
+        # gets the object from the origin — within seconds, not a timeout.
+        with anyio.fail_after(10):
+            status, body = await _get(url_a, oid_path)
+        assert status == 200 and body
+        assert a.store.has_object(tree_top)
+        assert not b.store.has_object(tree_top)
