@@ -30,29 +30,27 @@ peer gone the cache keeps serving what it holds under the last trusted root
 from __future__ import annotations
 
 import collections
-import contextlib
-import html
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from p2pkg.core import simple
-from p2pkg.core.objects import Blob, FileManifest, Kind, ObjectId, decode_as, normalize_name
+from p2pkg.core.objects import FileManifest, Kind, ObjectId, decode_as
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
-from p2pkg.errors import NotFoundError, P2pkgError
+from p2pkg.errors import P2pkgError
 from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import ClientConfig
-from p2pkg.io.http.server import Exchange, Handler, PeerServer, ServerConfig
+from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
+from p2pkg.roles.cache_http import CacheRoutes
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
 
@@ -68,7 +66,7 @@ class CacheConfig:
     lan_interfaces: tuple[str, ...] | None = None  # None: every interface
 
 
-class _Live:
+class Live:
     """A download in progress that responses follow (verified prefix only)."""
 
     def __init__(self) -> None:
@@ -96,7 +94,6 @@ class _Live:
 
 
 RECENT_ERRORS = 20  # failures the status page lists
-RETRY_AFTER = 10  # seconds an installer is told to wait when no peer can deliver
 
 
 @dataclass
@@ -140,13 +137,10 @@ class Cache:
             client_config=ClientConfig(extra_headers=(wire.ONLY_IF_CACHED,)),
         )
         self.stats = CacheStats()
-        self.live: dict[bytes, _Live] = {}
+        self.live: dict[bytes, Live] = {}
         self.started = time.time()
         self.server = PeerServer(self.store, server_config, status_extra=self.status)
-        self.server.route("/", self._guarded(self._top_page))
-        self.server.route("/simple/", self._guarded(self._simple_page))
-        self.server.route("/files/", self._guarded(self._files_page))
-        self.server.route(wire.PREFIX + "/", self._peer_route)
+        CacheRoutes(self).install(self.server)
         self.lan: Lan | None = None
         self.by_blake3: dict[bytes, FileManifest] = {}
         self.on_new_file: Callable[[], None] | None = None  # e.g. re-announce to the DHT
@@ -250,19 +244,19 @@ class Cache:
 
     # ------------------------------------------------------------------ files
 
-    def download(self, manifest: FileManifest) -> _Live:
+    def download(self, manifest: FileManifest) -> Live:
         """The live download of ``manifest`` (started if needed, as a child of :meth:`run`)."""
         live = self.live.get(manifest.blake3)
         if live is not None:
             return live
         if self._tg is None:
             raise RuntimeError("the cache is not running")
-        live = _Live()
+        live = Live()
         self.live[manifest.blake3] = live
         self._tg.start_soon(self._download, manifest, live)
         return live
 
-    async def _download(self, manifest: FileManifest, live: _Live) -> None:
+    async def _download(self, manifest: FileManifest, live: Live) -> None:
         try:
             _, stats = await self.session.fetch_file(manifest, None, watch=live.advance)
             self.stats.bytes_fetched += stats.from_network
@@ -331,216 +325,3 @@ class Cache:
             "failed_downloads": self.stats.failed_downloads,
             "recent_errors": list(self.stats.recent_errors),
         }
-
-    # ------------------------------------------------------------------ routes
-
-    def _guarded(self, handler: Handler) -> Handler:
-        """A simple-API route: GET/HEAD only; namespace errors become 404 / 502."""
-
-        async def guarded(ex: Exchange) -> bool:
-            if ex.req.method not in ("GET", "HEAD"):
-                return await ex.reply(405, b"method not allowed", keep=False)
-            try:
-                return await handler(ex)
-            except NotFoundError:
-                return await ex.reply(404, b"not found")
-            except P2pkgError as exc:
-                log.warning("cache: %s: %s", ex.path, exc)
-                return await ex.reply(502, f"upstream: {exc}".encode()[:500])
-
-        return guarded
-
-    async def _top_page(self, ex: Exchange) -> bool:
-        """``/`` (the status page), ``/simple`` without its slash, else 404."""
-        if ex.path == "/":
-            return await self._status_page(ex)
-        if ex.path == "/simple":
-            return await self._index(ex)
-        return await ex.reply(404, b"not found")
-
-    async def _simple_page(self, ex: Exchange) -> bool:
-        """``/simple/`` (the index) and ``/simple/<project>/``."""
-        if ex.path == "/simple/":
-            return await self._index(ex)
-        parts = ex.path.split("/")
-        if len(parts) in (3, 4) and (len(parts) == 3 or not parts[3]):
-            return await self._project(ex, parts[2])
-        return await ex.reply(404, b"not found")
-
-    async def _files_page(self, ex: Exchange) -> bool:
-        """``/files/<archive blake3>/<filename>`` (and its ``.metadata``)."""
-        parts = ex.path.split("/")
-        if len(parts) == 4 and wire.HEX64.match(parts[2]):
-            return await self._archive(ex, bytes.fromhex(parts[2]), parts[3])
-        return await ex.reply(404, b"not found")
-
-    async def _peer_route(self, ex: Exchange) -> bool:
-        """The peer protocol, pulling through what the cache does not hold yet.
-
-        A client that found this cache on the LAN may know no other peer: objects
-        are fetched (verified) and kept; an archive is fetched once a manifest
-        naming it has passed through, and streamed like on the simple API.
-        Another cache's requests (``only-if-cached``) get only what is held.
-        """
-        route = wire.parse_target(ex.req.target)
-        if route is not None and ex.req.method == "GET" and not wire.only_if_cached(ex.req.headers):
-            known = None
-            try:
-                if route.kind is wire.Kind.OBJECT and not self.store.has_object(ObjectId(route.id)):
-                    await self.trusted()
-                    data = await self.session.get_object(ObjectId(route.id))
-                    self.remember_manifest(ObjectId(route.id), data)
-                elif route.kind is wire.Kind.FILE and not self.store.has_file(route.id):
-                    known = self.by_blake3.get(route.id)
-            except P2pkgError as exc:
-                log.info("cache: pull-through of %s failed: %s", ex.req.target, exc)
-            if known is not None:
-                return await self._pull_file(ex, known)
-        return await self.server.peer_protocol(ex)
-
-    async def _pull_file(self, ex: Exchange, manifest: FileManifest) -> bool:
-        """Serve an archive not held yet: stream it whole, or a range once it is in."""
-        self.stats.misses += 1
-        live = self.download(manifest)
-        if "range" in ex.req.headers:
-            while not live.done:
-                await live.wait_beyond(manifest.size)
-            if live.error is not None or not self.store.has_file(manifest.blake3):
-                return await self._cannot_fetch(ex, manifest, live.error)
-            return await ex.send_file(manifest.blake3)
-        return await self._stream(ex, manifest, live)
-
-    async def _cannot_fetch(
-        self, ex: Exchange, manifest: FileManifest, error: BaseException | None
-    ) -> bool:
-        """502 Bad Gateway + Retry-After, one line naming why (pip prints the status)."""
-        reason = str(error) if error is not None else "the download did not complete"
-        line = f"p2pkg cache: cannot fetch {manifest.filename} from any peer: {reason}"
-        return await ex.reply(
-            502,
-            (line[:1000] + "\n").encode(),
-            headers=[("Retry-After", str(RETRY_AFTER)), ("Cache-Control", "no-store")],
-        )
-
-    async def _index(self, ex: Exchange) -> bool:
-        media = simple.negotiate(ex.req.headers.get("accept"))
-        if media is None:
-            return await ex.reply(406, b"not acceptable")
-        names = await self.project_names()
-        body = simple.index_json(names) if media == simple.JSON_V1 else simple.index_html(names)
-        return await self._page(ex, body, media)
-
-    async def _project(self, ex: Exchange, raw_name: str) -> bool:
-        name = normalize_name(raw_name)
-        if name != raw_name:
-            return await ex.reply(301, b"", headers=[("Location", f"/simple/{name}/")])
-        media = simple.negotiate(ex.req.headers.get("accept"))
-        if media is None:
-            return await ex.reply(406, b"not acceptable")
-        manifests = await self.project_manifests(name)
-        if manifests is None:
-            return await ex.reply(404, b"no such project")
-        render = simple.project_json if media == simple.JSON_V1 else simple.project_html
-        return await self._page(ex, render(name, manifests), media)
-
-    async def _page(self, ex: Exchange, body: bytes, media: str) -> bool:
-        ctype = media if media != simple.HTML else "text/html; charset=utf-8"
-        headers = [("Cache-Control", "max-age=60"), ("Vary", "Accept")]
-        return await ex.reply(200, body, headers=headers, ctype=ctype)
-
-    async def _archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
-        metadata = filename.endswith(".metadata")
-        archive = filename[: -len(".metadata")] if metadata else filename
-        # Serve only what the signed namespace lists: the filename names the
-        # project, and the project must list this filename with this content.
-        # (An id alone could name any object some peer holds, signed or not.)
-        manifest = await self.listed_manifest(content_id, archive)
-        if manifest is None:
-            return await ex.reply(404, b"no such file in the namespace")
-        if metadata:
-            if manifest.core_metadata is None:
-                return await ex.reply(404, b"no core metadata")
-            blob = decode_as(await self.session.get_object(manifest.core_metadata.blob), Blob)
-            return await ex.reply(
-                200,
-                blob.data,
-                ctype="text/plain; charset=utf-8",
-                headers=[("Cache-Control", wire.IMMUTABLE)],
-            )
-        if self.store.has_file(manifest.blake3):
-            self.stats.hits += 1
-            self.store.touch(manifest.blake3)
-            return await ex.send_file(manifest.blake3, on_sent=self._count_from_cache)
-        return await self._pull_file(ex, manifest)
-
-    def _count_from_cache(self, n: int) -> None:
-        # Per response, not a difference of the server-wide counter: installers
-        # send many concurrent (range) requests, and a difference would count
-        # every other connection's bytes too.
-        self.stats.bytes_from_cache += n
-
-    async def _stream(self, ex: Exchange, manifest: FileManifest, live: _Live) -> bool:
-        # No status line before a peer is actually delivering verified bytes: a
-        # 200 followed by nothing reads as tampering to pip ("do not match the
-        # hashes") and as a retryable glitch to uv. A download that dies after
-        # this point is cut (the installer sees a short body), as it must be.
-        await live.wait_beyond(0)
-        if live.error is not None and live.prefix == 0:
-            return await self._cannot_fetch(ex, manifest, live.error)
-        headers = [
-            ("Content-Type", "application/octet-stream"),
-            ("Content-Length", str(manifest.size)),
-            ("Cache-Control", wire.IMMUTABLE),
-        ]
-        ex.write_head(200, headers)
-        if ex.head_only:
-            await ex.drain()
-            return True
-        sent = 0
-        with contextlib.ExitStack() as files:
-            fh: IO[bytes] | None = None
-            while sent < manifest.size:
-                await live.wait_beyond(sent)
-                if live.error is not None:
-                    ex.abort()  # the installer sees a short body, never bad bytes
-                    return False
-                if fh is None:
-                    fh = self._open_growing(manifest)
-                    if fh is None:
-                        log.warning("cache: %s vanished while streaming", manifest.filename)
-                        ex.abort()
-                        return False
-                    files.enter_context(fh)
-                end = manifest.size if live.done else live.prefix
-                await ex.sendfile(fh, sent, end - sent)
-                sent = end
-        return True
-
-    def _open_growing(self, manifest: FileManifest) -> IO[bytes] | None:
-        # The partial file is renamed into the store when complete; an open
-        # descriptor follows the rename, a later open uses the final name.
-        paths = (self.store.partial_path(manifest.blake3), self.store.file_path(manifest.blake3))
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                return path.open("rb")
-        return None
-
-    async def _status_page(self, ex: Exchange) -> bool:
-        st = self.status()
-        rows = "\n".join(
-            f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in st.items()
-        )
-        body = (
-            "<!DOCTYPE html><html><head><title>p2pkg cache</title>"
-            '<meta http-equiv="refresh" content="10"></head><body>'
-            "<h1>p2pkg cache</h1><p>pip: <code>pip install --index-url "
-            "http://THIS-HOST/simple/ PACKAGE</code></p>"
-            f"<table>{rows}</table></body></html>"
-        ).encode()
-        return await ex.reply(
-            200,
-            body,
-            ctype="text/html; charset=utf-8",
-            headers=[("Cache-Control", "no-cache")],
-        )
