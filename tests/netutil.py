@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -187,14 +186,6 @@ def serve_process(
 
 
 spawn = testbed.spawn
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(step)
 
 
 async def archive_path(client: PeerClient, project: str, filename: str) -> str:

@@ -11,6 +11,8 @@ from p2pkg.errors import NotFoundError
 
 from .netutil import Master, make_master, serve_process
 
+pytestmark = pytest.mark.net
+
 
 @pytest.fixture
 def master(tmp_path: Path) -> Master:

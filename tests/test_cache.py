@@ -25,9 +25,10 @@ from p2pkg.errors import TransportError
 from p2pkg.io.store import Store
 from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_sdist, build_wheel
+from tests.helpers import await_until, wait_until
 from tests.netutil import archive_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.net]
 
 # Installers must see only our index: no user/global config, no caches.
 ISOLATED = {
@@ -363,7 +364,10 @@ async def test_streams_before_the_file_is_in_and_never_keeps_half_a_file(
         try:
             href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")
             request = asyncio.ensure_future(client.get_bytes(href, 10 << 20))
-            await asyncio.sleep(1.0)
+            # Midway: the cache has half a megabyte of the 2.5 MB wheel (5 s at this rate).
+            await await_until(
+                lambda: flaky.stats.bytes_sent >= 512 * 1024, what="the download to be midway"
+            )
             svc.stop(flaky.url)
             with pytest.raises(TransportError):  # cut short: never completed with unverified bytes
                 await asyncio.wait_for(request, 60)
@@ -404,10 +408,8 @@ async def test_size_cap_evicts_least_recently_used(
             await fetch("top", "top-1.0-py3-none-any.whl")
             await fetch("middle", "middle-1.0-py3-none-any.whl")
             await fetch("base", "base-2.0-py3-none-any.whl")  # 2.5 MB: the oldest files must go
-            for _ in range(200):  # the download task commits (and evicts) just after streaming
-                if not cache.live:
-                    break
-                await asyncio.sleep(0.02)
+            # The download task commits (and evicts) just after streaming.
+            await await_until(lambda: not cache.live, what="the download to be committed")
             _, held = cache.store.stats()
             assert held <= cap
             assert cache.stats.evicted == 2  # top and middle, least recently used
@@ -437,13 +439,13 @@ def _base_2_wheel(cache: str) -> tuple[dict[str, Any], str]:
 
 
 def _wait_root(cache: str, version: int, timeout: float = 20) -> None:
-    import time as _time
-
-    deadline = _time.monotonic() + timeout
-    while status(cache).get("root_version") != version:
-        assert _time.monotonic() < deadline, f"cache did not reach root version {version}"
+    def reached() -> bool:
+        if status(cache).get("root_version") == version:
+            return True
         _get(f"{cache}/simple/")  # a page refreshes a stale root
-        _time.sleep(0.1)
+        return False
+
+    wait_until(reached, timeout=timeout, step=0.1, what=f"the cache to reach root {version}")
 
 
 def test_missing_archive_with_every_peer_gone_is_an_http_error_not_a_hash_mismatch(
@@ -543,12 +545,9 @@ def test_range_requests_count_the_bytes_sent_not_whole_files(
         cache = _start_cache(bed, tmp_path / "cache", pub, [master])
         wheel, url = _base_2_wheel(cache)
         assert _get(url)[0] == 200  # a miss: fetched from the master
-        import time as _time
-
-        for _ in range(100):
-            if status(cache)["downloads_in_progress"] == 0:
-                break
-            _time.sleep(0.05)
+        wait_until(
+            lambda: status(cache)["downloads_in_progress"] == 0, what="the download to finish"
+        )
         before = status(cache)["bytes_served_from_cache"]
 
         # Installers send many requests at once: 16 ranges and 4 whole files, concurrently.

@@ -84,7 +84,7 @@ def test_expired_root_is_refused_by_show(
     run("publish", "--store", store, "--key", str(key), "--expires", "1s", str(dist))
     import time
 
-    time.sleep(1.1)
+    time.sleep(1.1)  # the subject: real time passes the 1 s expiry (the CLI reads the clock)
     assert "expired" in run("show", "--store", store, code=3)
     assert "warning" in run("verify", "--store", store)  # store intact, root needs re-signing
     run("publish", "--store", store, "--key", str(key))  # re-sign
@@ -149,6 +149,7 @@ def test_usage_errors_are_one_line_exit_2(args: list[str], names: str) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.net
 def test_serve_export_fetch_cli(tmp_path: Path, dist: Path, master: tuple[Path, str]) -> None:
     import subprocess
     import sys

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,21 +22,30 @@ from p2pkg.roles.namespace import open_store_namespace
 from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_wheel
 
-pytestmark = pytest.mark.slow
+from .helpers import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.net]
 
 
 def _kill_when(cmd: list[str], condition: Callable[[], bool], timeout: float = 30) -> bool:
     """Start ``cmd``, SIGKILL it as soon as ``condition()``; True if it was killed."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
+
+    def moment() -> str | None:
+        if proc.poll() is not None:
+            return "exited"
+        return "kill" if condition() else None
+
     try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if condition():
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=10)
-                return True
-            time.sleep(0.0005)
-        return False
+        try:  # polled every half millisecond: the window to hit is short
+            seen = wait_until(moment, timeout=timeout, step=0.0005, what="the moment to kill")
+        except TimeoutError:
+            return False
+        if seen == "exited":
+            return False
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        return True
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -22,6 +23,8 @@ from p2pkg.core.root import public_bytes
 from p2pkg.io.dht import MAX_DATAGRAM, DhtNode
 from p2pkg.io.dht_service import DhtService
 from p2pkg.testing.signer import make_root, signed_bytes, tamper_signature
+
+from .helpers import await_until, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +56,7 @@ def our_tasks(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
     return {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()}
 
 
+@pytest.mark.net
 async def test_fifty_nodes_every_provider_is_found() -> None:
     async with network(50) as nodes:
         objects = [bytes([i]) * 32 for i in range(10)]
@@ -77,6 +81,7 @@ async def test_fifty_nodes_every_provider_is_found() -> None:
             assert await asker.get_root(first) == v3
 
 
+@pytest.mark.net
 async def test_roots_highest_valid_version_and_no_forgery() -> None:
     key = Ed25519PrivateKey.generate()
     first = public_bytes(key)
@@ -93,6 +98,7 @@ async def test_roots_highest_valid_version_and_no_forgery() -> None:
         assert await nodes[12].get_root(first) == v2
 
 
+@pytest.mark.net
 async def test_hostile_node_cannot_break_the_others() -> None:
     limits = ProviderLimits(per_key=16, per_source=16, keys=200)
     rng = random.Random(5)
@@ -118,7 +124,12 @@ async def test_hostile_node_cannot_break_the_others() -> None:
                 sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(flood), addr)
                 if i % 10 == 9:
                     await asyncio.sleep(0.005)  # same event loop: let the target read
-            await asyncio.sleep(0.5)
+
+            async def answered() -> bool:  # a ping behind the flood: answered once all is read
+                ok, _ = await nodes[0].protocol.call(addr, "ping", nodes[0].node.id)
+                return bool(ok)
+
+            await await_until(answered, what="the target to read the flood")
             assert target.protocol.dropped >= 300 * 4 * 0.9  # garbage, oversized, bad calls
             assert len(target.providers.records) <= limits.keys
             # 300 made-up node ids from one address: none got into the routing table.
@@ -133,6 +144,7 @@ async def test_hostile_node_cannot_break_the_others() -> None:
         assert await target.find_providers(obj) == [("127.0.0.1", 7777)]
 
 
+@pytest.mark.net
 async def test_malformed_contacts_do_not_break_lookups() -> None:
     liar = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     liar.bind(("127.0.0.1", 0))
@@ -163,6 +175,7 @@ async def test_malformed_contacts_do_not_break_lookups() -> None:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.net
 async def test_lookups_survive_dead_nodes() -> None:
     async with network(40) as nodes:
         obj = b"\x33" * 32
@@ -196,6 +209,7 @@ def test_identity_is_saved_as_json(tmp_path: Path) -> None:
     assert DhtNode.load_state_json(path) == (None, [])
 
 
+@pytest.mark.net
 def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
     """Master + 3 seeds + a client that knows one DHT bootstrap address and no peer."""
     import json as _json
@@ -232,14 +246,19 @@ def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
             str(tmp_path / "out"),
             "--json",
         ]
-        result = None
-        for _ in range(20):  # announcements land a moment after the sync
+        errors: list[str] = []
+
+        def fetched() -> Any:
             done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
             if done.returncode == 0:
-                result = _json.loads(done.stdout)
-                break
-            time.sleep(0.5)
-        assert result is not None, done.stderr
+                return _json.loads(done.stdout)
+            errors.append(done.stderr)
+            return None
+
+        try:  # announcements land a moment after the sync
+            result = wait_until(fetched, timeout=30, step=0.5, what="a fetch through the DHT")
+        except TimeoutError:
+            pytest.fail(errors[-1])
         assert (tmp_path / "out" / master.big.name).read_bytes() == master.big.read_bytes()
         assert set(result["peers"]) & set(seeds), result["peers"]
 
@@ -257,6 +276,7 @@ def test_replies_always_fit_one_datagram() -> None:
     assert len(umsgpack.unpackb(data[21:])["providers"]) == 16  # providers are kept
 
 
+@pytest.mark.net
 async def test_cancelled_rpcs_leave_no_state() -> None:
     """Cancelling a pending call (a cancel scope) forgets it; its timer firing later is harmless."""
     node = DhtNode(wait_timeout=0.3)
@@ -279,6 +299,7 @@ async def test_cancelled_rpcs_leave_no_state() -> None:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.net
 async def test_restarted_node_rejoins_from_saved_contacts(tmp_path: Path) -> None:
     state = tmp_path / "dht.json"
     async with network(8) as nodes:
@@ -300,6 +321,7 @@ def ping_from(node_id: bytes) -> bytes:
     return data
 
 
+@pytest.mark.net
 async def test_service_run_stops_everything_it_started(tmp_path: Path) -> None:
     """Cancelling DhtService.run: no task of its left, the UDP socket closed, the state saved."""
     state = tmp_path / "dht.json"
@@ -330,6 +352,7 @@ async def test_service_run_stops_everything_it_started(tmp_path: Path) -> None:
     assert json.loads(state.read_text())["id"] == node.node.id.hex()
 
 
+@pytest.mark.net
 async def test_a_request_after_shutdown_starts_nothing() -> None:
     node = DhtNode()
     async with anyio.create_task_group() as tg:
@@ -344,6 +367,7 @@ async def test_a_request_after_shutdown_starts_nothing() -> None:
     assert ok is False and not node.protocol._outstanding  # at once, nothing sent
 
 
+@pytest.mark.net
 async def test_cancelling_a_join_propagates_and_stops_at_once(tmp_path: Path) -> None:
     before = set(asyncio.all_tasks())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
@@ -358,6 +382,7 @@ async def test_cancelling_a_join_propagates_and_stops_at_once(tmp_path: Path) ->
     assert not our_tasks(before) and svc.node is None
 
 
+@pytest.mark.net
 async def test_keep_announcing_waits_for_the_node_and_goes_again_when_poked() -> None:
     key = content_key(b"announced")
     async with network(5) as nodes:

@@ -21,6 +21,7 @@ from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer, announce_addresses
 from p2pkg.io.http.client import PeerClient
 from p2pkg.roles.cache import Cache, CacheConfig
 
+from .helpers import await_until
 from .netutil import Master, archive_path, make_master, services
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -47,6 +48,7 @@ async def announced(*announcements: LanAnnouncement) -> AsyncIterator[None]:
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.net
 async def test_announce_and_browse_on_loopback() -> None:
     ours = LanAnnouncement(4321, "cache", "aa" * 32)
     other = LanAnnouncement(4322, "cache", "bb" * 32)  # trusts another namespace's key
@@ -62,6 +64,7 @@ async def test_announce_and_browse_on_loopback() -> None:
         assert found[0].role == "cache"
 
 
+@pytest.mark.net
 async def test_run_reports_peers_and_stops_everything_it_started() -> None:
     """on_peer sees the others (not its own announcement); cancelled, no task is left."""
     before = set(asyncio.all_tasks())
@@ -88,6 +91,7 @@ async def test_run_reports_peers_and_stops_everything_it_started() -> None:
     assert not our_tasks(before)
 
 
+@pytest.mark.net
 async def test_cancelling_run_propagates_and_cleans_up() -> None:
     before = set(asyncio.all_tasks())
     lan = Lan(LOOPBACK)
@@ -101,6 +105,7 @@ async def test_cancelling_run_propagates_and_cleans_up() -> None:
         await lan.run()
 
 
+@pytest.mark.net
 async def test_browse_returns_after_wait_without_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps = 0
     real_sleep = anyio.sleep
@@ -120,6 +125,7 @@ async def test_browse_returns_after_wait_without_polling(monkeypatch: pytest.Mon
     assert not our_tasks(before)
 
 
+@pytest.mark.net
 async def test_fetch_and_caches_find_a_lan_cache(master: Master, tmp_path: Path) -> None:
     async with services() as svc:
         origin = await svc.server(master.store)
@@ -152,11 +158,10 @@ async def test_fetch_and_caches_find_a_lan_cache(master: Master, tmp_path: Path)
 
         # The second cache discovers the first and prefers it (tier 0) over the origin:
         # an archive the first cache holds comes from it, not from the origin.
-        for _ in range(100):
-            if url1 in second.status()["lan_peers"]:
-                break
-            await asyncio.sleep(0.1)
-        assert url1 in second.status()["lan_peers"]
+        await await_until(
+            lambda: url1 in second.status()["lan_peers"],
+            what="the second cache to discover the first",
+        )
 
         async def get_big(url: str) -> bytes:
             client = PeerClient(url)
@@ -197,6 +202,7 @@ def test_announces_only_addresses_it_can_be_reached_on(
     assert announce_addresses(listening_on, interfaces, local) == expected
 
 
+@pytest.mark.net
 async def test_nothing_is_announced_when_no_reachable_address_is_left() -> None:
     async with announced(LanAnnouncement(4000, "cache", "cc" * 32, listening_on="::1")):
         assert await Lan(LOOPBACK).browse(0.5, key="cc" * 32) == []

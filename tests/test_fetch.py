@@ -20,7 +20,7 @@ from p2pkg.roles.session import Session
 from .helpers import snapshot
 from .netutil import FakePeer, Master, Services, http_response, make_master, services
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.net]
 FAST = ClientConfig(stall_timeout=0.5, head_timeout=2.0, connect_timeout=2.0)
 
 

@@ -222,6 +222,7 @@ async def _fetch_expecting_local_error(
 
 
 @pytest.mark.anyio
+@pytest.mark.net
 async def test_fetch_too_big_for_the_destination_fails_before_asking_a_peer(
     small_fs: Mount, master: Master, tmp_path: Path
 ) -> None:
@@ -235,6 +236,7 @@ async def test_fetch_too_big_for_the_destination_fails_before_asking_a_peer(
 
 
 @pytest.mark.anyio
+@pytest.mark.net
 async def test_disk_filling_mid_transfer_aborts_with_a_local_error(
     small_fs: Mount, master: Master, tmp_path: Path
 ) -> None:
@@ -248,6 +250,7 @@ async def test_disk_filling_mid_transfer_aborts_with_a_local_error(
 
 
 @pytest.mark.anyio
+@pytest.mark.net
 async def test_fetch_into_a_full_store_leaves_the_store_as_it_was(
     small_fs: Mount, master: Master, tmp_path: Path
 ) -> None:
@@ -277,6 +280,7 @@ def _blob(size: int) -> tuple[ObjectId, bytes]:
     return object_id(data), data
 
 
+@pytest.mark.net
 def test_store_commit_on_a_full_disk_raises_and_leaves_the_store_as_it_was(
     small_fs: Mount, tmp_path: Path
 ) -> None:
@@ -336,6 +340,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.net
 def test_cli_fetch_onto_a_full_disk_exits_9_with_one_line(master: Master, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     with serve_process(master.store) as (_, url):
@@ -354,6 +359,7 @@ def test_cli_fetch_onto_a_full_disk_exits_9_with_one_line(master: Master, tmp_pa
 
 
 @pytest.mark.parametrize("fills", ["archive copy", "database"])
+@pytest.mark.net
 def test_cli_publish_into_a_full_store_exits_9_with_one_line(
     master: Master, tmp_path: Path, fills: str
 ) -> None:

@@ -7,21 +7,22 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import blake3
 import pytest
 
+from netsim import testbed
 from p2pkg.core.objects import FileManifest, decode_as
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.store import Store
 from p2pkg.roles.session import Session
 
+from .helpers import await_until, wait_until
 from .netutil import Master, make_master, serve_process
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.net]
 MiB = 1 << 20
 
 
@@ -49,7 +50,9 @@ def test_killing_one_of_three_peers_mid_transfer(master: Master, tmp_path: Path)
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        time.sleep(0.6)
+        wait_until(  # a megabyte of its third (8 MiB) sent: peer 2 is mid-transfer
+            lambda: testbed.status(u2)["bytes_sent"] >= MiB, step=0.02, what="peer 2 to be sending"
+        )
         p2.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
@@ -79,11 +82,12 @@ def test_client_killed_mid_transfer_resumes(master: Master, tmp_path: Path) -> N
         cmd = _fetch_cmd(master, [url], out)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         partial = out / f".{manifest.blake3.hex()}.p2pkg-partial"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # kill once a good part has arrived
-            if partial.exists() and _verified_bytes(partial, manifest) > 8 * MiB:
-                break
-            time.sleep(0.1)
+        wait_until(  # kill once a good part has arrived
+            lambda: partial.exists() and _verified_bytes(partial, manifest) > 8 * MiB,
+            timeout=30,
+            step=0.1,
+            what="8 MiB verified in the partial file",
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert not (out / master.big.name).exists(), "no destination file before verification"
@@ -197,12 +201,11 @@ def test_seeds_follow_the_master(master: Master, tmp_path: Path) -> None:
             return json.loads(body)  # type: ignore[no-any-return]
 
         async def wait_synced(url: str, version: int) -> dict[str, object]:
-            for _ in range(200):
+            async def synced() -> dict[str, object] | None:
                 st = await status(url)
-                if st["synced_version"] == version:
-                    return st
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"{url} never synced version {version}: {st}")
+                return st if st["synced_version"] == version else None
+
+            return await await_until(synced, timeout=30, what=f"{url} to sync version {version}")
 
         st1 = asyncio.run(wait_synced(s1, 1))
         st2 = asyncio.run(wait_synced(s2, 1))
@@ -245,12 +248,13 @@ def test_seeds_follow_the_master(master: Master, tmp_path: Path) -> None:
                 f.close()
 
         asyncio.run(fetch_from_seeds())
+
         # The next poll fails against the dead master; s1 reports it, still serving v2.
-        deadline = time.monotonic() + 15
-        st = asyncio.run(status(s1))
-        while not st["last_error"] and time.monotonic() < deadline:
-            time.sleep(0.1)
+        def reported() -> dict[str, object] | None:
             st = asyncio.run(status(s1))
+            return st if st["last_error"] else None
+
+        st = wait_until(reported, timeout=15, step=0.1, what="s1 to report the dead master")
         assert st["last_error"] and st["synced_version"] == 2
 
 

@@ -21,9 +21,10 @@ from p2pkg.io.store import Store
 from p2pkg.roles.cache import Cache
 from p2pkg.roles.seed import Seeder
 
-from .netutil import Master, MiB, archive_path, make_master, services, wait_until
+from .helpers import await_until
+from .netutil import Master, MiB, archive_path, make_master, services
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.net]
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ async def test_cancelling_run_ends_every_handler_and_closes_connections(master: 
                 big = f"GET {wire.file_path(blake)} HTTP/1.1\r\nHost: x\r\n\r\n"
                 await streams[3].send(big.encode())
                 assert (await streams[3].receive()).startswith(b"HTTP/1.1 200")
-                await wait_until(lambda: server.stats.active == 4)
+                await await_until(lambda: server.stats.active == 4, what="4 active connections")
                 assert len(handlers()) == 4
                 tg.cancel_scope.cancel()
         assert handlers() == []

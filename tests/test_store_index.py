@@ -101,6 +101,7 @@ def test_index_queries_use_an_index(dist: Path, store_dir: Path, key: Ed25519Pri
 
 
 @pytest.mark.anyio
+@pytest.mark.net
 async def test_fetch_reuses_repeated_chunks(
     dist: Path, store_dir: Path, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:

@@ -333,6 +333,7 @@ def _uv_install(tmp_path: Path, venv: str, index: str, *args: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.net
 def test_uv_exclude_newer_goes_by_the_published_upload_time(
     tmp_path: Path, dist: Path, key: Ed25519PrivateKey
 ) -> None:
