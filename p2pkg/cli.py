@@ -735,24 +735,13 @@ def _dht_service(listen: str | None, bootstrap: tuple[str, ...], state: Path | N
     return DhtService(where, [parse_hostport(b) for b in bootstrap], state)
 
 
-async def _with_dht(
-    tg: Any,
-    dht: Any,
-    keys: Callable[[], Any],
-    port: int,
-    latest_root: Callable[[], bytes | None] | None = None,
-) -> None:
-    """Run the DHT node (if configured) on ``tg`` and keep announcing ``keys()`` for ``port``.
+async def _serve(run: Callable[..., Any], host: str, port: int, line: Callable[[str], str]) -> None:
+    """Start a role's ``run`` and say where it serves; it runs until cancelled."""
+    import anyio
 
-    Returns once the node has joined; both run until ``tg`` is cancelled (the
-    node saves its state then).
-    """
-    if dht is None:
-        return
-    from functools import partial
-
-    await tg.start(dht.run)
-    tg.start_soon(partial(dht.keep_announcing, keys, port, latest_root))
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(run, host, port)
+        click.echo(line(url), err=True)
 
 
 def _server_config(max_connections: int, rate: str | None) -> Any:
@@ -802,28 +791,15 @@ def serve(
     Serves the signed root, objects, chunks, chunk batches and whole
     archives with Range support (docs/protocol.md §6). Runs until Ctrl-C.
     """
-    from p2pkg.io.http.server import PeerServer
-    from p2pkg.io.store import Store
+    from p2pkg.io.dht_service import STATE_FILE
+    from p2pkg.roles.serve import StoreServer
 
     host, port = parse_listen(listen)
-    config = _server_config(max_connections, rate)
-    from p2pkg.io.dht_service import STATE_FILE, full_store_keys
-
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
+    role = StoreServer(store, _server_config(max_connections, rate), dht=dht)
 
     async def run() -> None:
-        import anyio
-
-        with Store.open(store) as st:  # a clear error if there is no store
-            server = PeerServer(st, config)
-            async with anyio.create_task_group() as tg:
-                await tg.start(server.run, host, port)
-                bound = server.port
-                click.echo(f"serving {store} on {server.url}", err=True)
-                # A full store: one record per non-empty bin, and the latest root.
-                await _with_dht(
-                    tg, dht, lambda: full_store_keys(server.store), bound, server.store.latest_root
-                )
+        await _serve(role.run, host, port, lambda url: f"serving {store} on {url}")
 
     _run_forever(run)
 
@@ -875,13 +851,11 @@ def seed(
     host, port = parse_listen(listen)
     config = SeedConfig(interval=float(parse_duration(interval)))
 
-    from p2pkg.io.dht_service import STATE_FILE, full_store_keys, held_file_keys
+    from p2pkg.io.dht_service import STATE_FILE
 
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
     async def run() -> None:
-        import anyio
-
         seeder = Seeder(
             store,
             pins,
@@ -889,18 +863,10 @@ def seed(
             projects=projects,
             config=config,
             server_config=_server_config(max_connections, rate),
-            on_synced=dht.poke if dht is not None else None,
+            dht=dht,
         )
         try:
-            async with anyio.create_task_group() as tg:
-                url = await tg.start(seeder.run, host, port)
-                click.echo(f"seed serving {store} on {url}", err=True)
-                # Whole bins for a full mirror, archive by archive for a subset.
-                keys = held_file_keys if projects else full_store_keys
-                bound = int(url.rsplit(":", 1)[1])
-                await _with_dht(
-                    tg, dht, lambda: keys(seeder.store), bound, seeder.store.latest_root
-                )
+            await _serve(seeder.run, host, port, lambda url: f"seed serving {store} on {url}")
         finally:
             await seeder.close()
 
@@ -973,28 +939,20 @@ def cache(
         lan_interfaces=lan_interfaces or None,
     )
 
-    from p2pkg.io.dht_service import STATE_FILE, held_file_keys
+    from p2pkg.io.dht_service import STATE_FILE
 
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
     async def run() -> None:
-        import anyio
-
         c = Cache(
             store,
             pins,
             list(peers),
             config=config,
             server_config=_server_config(max_connections, rate),
-        )
-        async with anyio.create_task_group() as tg:  # c.run closes the store when it ends
-            url = await tg.start(c.run, host, port)
-            click.echo(f"cache serving {url}/simple/ on {url}", err=True)
-            if dht is not None:
-                c.on_new_file = dht.poke
-            bound = int(url.rsplit(":", 1)[1])
-            # The archives it holds whole.
-            await _with_dht(tg, dht, lambda: held_file_keys(c.store), bound)
+            dht=dht,
+        )  # c.run closes its store when it ends
+        await _serve(c.run, host, port, lambda url: f"cache serving {url}/simple/ on {url}")
 
     _run_forever(run)
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.core.dht_records import bin_key, file_key
 from p2pkg.core.objects import Node as TreeNode
@@ -132,6 +133,21 @@ class DhtService:
                 raise
             exc = group.exceptions[0]
             raise exc from exc.__cause__
+
+    async def announce_on(
+        self,
+        tg: TaskGroup,
+        keys: Callable[[], Iterable[bytes]],
+        port: int,
+        latest_root: Callable[[], bytes | None] | None = None,
+    ) -> None:
+        """Run the node and the announce loop as children of ``tg`` (a role's group).
+
+        Returns once the node has joined; both stop when ``tg`` is cancelled
+        (the node saves its state then).
+        """
+        await tg.start(self.run)
+        tg.start_soon(partial(self.keep_announcing, keys, port, latest_root))
 
     async def keep_announcing(
         self,

@@ -45,6 +45,7 @@ from p2pkg.core.objects import FileManifest, Kind, ObjectId, decode_as
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.errors import P2pkgError
+from p2pkg.io.dht_service import DhtService, held_file_keys
 from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import ClientConfig
@@ -124,7 +125,9 @@ class Cache:
         *,
         config: CacheConfig = CacheConfig(),
         server_config: ServerConfig = ServerConfig(),  # noqa: B008 - frozen
+        dht: DhtService | None = None,
     ) -> None:
+        self.dht = dht  # announce the archives held whole, again after each new one
         self.store = Store.open(store_path, create=True)
         self.store_path = store_path
         self.config = config
@@ -143,7 +146,7 @@ class Cache:
         CacheRoutes(self).install(self.server)
         self.lan: Lan | None = None
         self.by_blake3: dict[bytes, FileManifest] = {}
-        self.on_new_file: Callable[[], None] | None = None  # e.g. re-announce to the DHT
+        self.on_new_file: Callable[[], None] | None = dht.poke if dht is not None else None
         self._tg: TaskGroup | None = None
 
     @property
@@ -185,6 +188,10 @@ class Cache:
                     )
                     await tg.start(
                         partial(self.lan.run, announce=announcement, on_peer=self._lan_peer)
+                    )
+                if self.dht is not None:
+                    await self.dht.announce_on(
+                        tg, lambda: held_file_keys(self.store), self.server.port
                     )
                 log.info("cache serving %s on %s", self.store_path, url)
                 task_status.started(url)

@@ -20,22 +20,25 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from p2pkg.core.objects import FileManifest
 from p2pkg.core.root import parse_pubkey
 from p2pkg.core.select import parse_spec
 from p2pkg.errors import FetchError, P2pkgError
-from p2pkg.io.dht_service import DhtService, parse_hostport
 from p2pkg.io.fsutil import fsync_path
 from p2pkg.io.store import Store
 from p2pkg.roles.discover import LAN_WAIT, dht_peers, lan_peers
 from p2pkg.roles.download import FetchStats, Progress
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
+
+if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
+    from p2pkg.io.dht_service import DhtService
 
 
 def pins_of(trust: str | bytes | Iterable[str | bytes]) -> frozenset[bytes]:
@@ -84,8 +87,12 @@ class Client:
         self._lan = lan if lan is not None else (not peers and not dht_bootstrap)
         self._lan_interfaces = tuple(lan_interfaces)
         self._lan_wait = lan_wait
-        bootstrap = [parse_hostport(b) if isinstance(b, str) else b for b in dht_bootstrap]
-        self._dht = DhtService(dht_listen, bootstrap, None) if bootstrap else None
+        self._dht: DhtService | None = None
+        if dht_bootstrap:  # the DHT (kademlia) is imported only when used
+            from p2pkg.io.dht_service import DhtService, parse_hostport
+
+            bootstrap = [parse_hostport(b) if isinstance(b, str) else b for b in dht_bootstrap]
+            self._dht = DhtService(dht_listen, bootstrap, None)
         self._dht_names: set[str] = set()  # names whose bins were looked up already
         self._store: Store | None = None
         self._session: Session | None = None
@@ -212,6 +219,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         self._portal: BlockingPortal | None = None
 
     def __enter__(self) -> SyncClient:
+        from anyio.from_thread import start_blocking_portal  # not needed by async users
+
         self._portal_cm = start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
         self._portal.call(self._client.__aenter__)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from p2pkg.core.dht_records import bin_key
 from p2pkg.core.objects import name_hash
 from p2pkg.core.peers import Tier
-from p2pkg.io.dht_service import DhtService
-from p2pkg.io.discovery import Lan
 from p2pkg.roles.links import Peer
+
+if TYPE_CHECKING:  # zeroconf and kademlia cost ~80 ms of start-up: imported when used
+    from p2pkg.io.dht_service import DhtService
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ async def lan_peers(
     pinned: frozenset[bytes], interfaces: Sequence[str] | None = None, wait: float = LAN_WAIT
 ) -> list[Peer]:
     """Caches announced on the LAN for this namespace (DNS-SD), as LAN-tier peers."""
+    from p2pkg.io.discovery import Lan
+
     found = await Lan(interfaces or None).browse(wait, key=trust_key(pinned).hex())
     for peer in found:
         log.info("found LAN cache %s", peer.url)

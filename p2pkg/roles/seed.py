@@ -33,6 +33,7 @@ from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
 from p2pkg.errors import DecodeError, FetchError, P2pkgError
+from p2pkg.io.dht_service import DhtService, full_store_keys, held_file_keys
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
@@ -101,8 +102,10 @@ class Seeder:
         config: SeedConfig = SeedConfig(),
         server_config: ServerConfig = ServerConfig(),  # noqa: B008 - frozen
         on_synced: Callable[[], None] | None = None,
+        dht: DhtService | None = None,
     ) -> None:
         self.on_synced = on_synced
+        self.dht = dht  # announce what this seed holds, re-announced after each sync
         self.store = Store.open(store_path, create=True)
         self.store_path = store_path
         self.pinned = pinned
@@ -149,6 +152,12 @@ class Seeder:
         """Serve and follow upstream until cancelled."""
         async with anyio.create_task_group() as tg:
             url = await tg.start(self.server.run, host, port)
+            if self.dht is not None:
+                # Whole bins for a full mirror, archive by archive for a subset.
+                keys = held_file_keys if self.projects else full_store_keys
+                await self.dht.announce_on(
+                    tg, lambda: keys(self.store), self.server.port, self.store.latest_root
+                )
             task_status.started(url)
             log.info("seed serving %s on %s", self.store_path, url)
             await self.follower.follow(
@@ -193,6 +202,8 @@ class Seeder:
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
         log.info("seed synced root version %d", trusted.version)
+        if self.dht is not None:
+            self.dht.poke()
         if self.on_synced is not None:
             self.on_synced()
         return True
