@@ -142,6 +142,13 @@ async def test_concurrent_gets_of_one_id_share_one_fetch() -> None:
     assert sorted(got) == sorted([objs[x], objs[y], objs[y], objs[x]])
 
 
+async def _get_noting_errors(src: ObjectSource, oid: ObjectId, errors: list[Exception]) -> None:
+    try:
+        await src.get(oid)
+    except FetchError as exc:
+        errors.append(exc)
+
+
 async def test_a_failed_fetch_fails_every_waiter() -> None:
     (oid,) = blobs(1)
     peer = FakeLink("down", mode="drop")
@@ -149,16 +156,10 @@ async def test_a_failed_fetch_fails_every_waiter() -> None:
     src = source([peer])
     errors: list[Exception] = []
 
-    async def get() -> None:
-        try:
-            await src.get(oid)
-        except FetchError as exc:
-            errors.append(exc)
-
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(get)
-            tg.start_soon(get)
+            tg.start_soon(_get_noting_errors, src, oid, errors)
+            tg.start_soon(_get_noting_errors, src, oid, errors)
             await until(lambda: peer.calls["object"] > 0)
             peer.gate.set()
     assert len(errors) == 2 and peer.calls["object"] == 1
@@ -177,17 +178,11 @@ async def test_cancelling_the_fetching_caller_does_not_hang_the_waiter() -> None
         with fetching:
             await src.get(oid)
 
-    async def waiter() -> None:
-        try:
-            await src.get(oid)
-        except FetchError as exc:
-            errors.append(exc)
-
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(fetcher)
             await until(lambda: peer.calls["object"] > 0)
-            tg.start_soon(waiter)
+            tg.start_soon(_get_noting_errors, src, oid, errors)
             await checkpoint()  # the waiter runs first: it now waits on the fetch
             fetching.cancel()
     assert errors and "abandoned" in str(errors[0])

@@ -79,6 +79,8 @@ class Session:
             schedule_config=schedule_config,
             clock=monotonic,
         )
+        #: Download a resolved manifest's file (:meth:`FileDownloader.fetch_file`).
+        self.fetch_file = self.downloader.fetch_file
 
     # ------------------------------------------------------------------ parts
 
@@ -219,20 +221,6 @@ class Session:
         """Resolve ``spec`` and download its file into ``dest`` (None: the store)."""
         manifest = await self.resolve(spec, filename)
         return await self.fetch_file(manifest, dest, progress=progress)
-
-    async def fetch_file(
-        self,
-        manifest: FileManifest,
-        dest: Path | None,
-        *,
-        progress: Progress | None = None,
-        sync_dir: bool = True,
-        watch: Callable[[int], None] | None = None,
-    ) -> tuple[Path, FetchStats]:
-        """Download ``manifest``'s file (see :meth:`FileDownloader.fetch_file`)."""
-        return await self.downloader.fetch_file(
-            manifest, dest, progress=progress, sync_dir=sync_dir, watch=watch
-        )
 
 
 def _acceptable(m: FileManifest, spec: Spec) -> bool:
