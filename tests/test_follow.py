@@ -360,12 +360,40 @@ async def test_cancelling_follow_propagates(where: str) -> None:
     assert entered.is_set() == (where == "on_root")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: root refresh waits for every peer")
 async def test_refresh_does_not_wait_for_a_stalled_peer() -> None:
     h = honest_roots(2)
     f = follower([FakeLink("stall", roots=h, mode="stall"), FakeLink("ok", roots=h)])
     with anyio.fail_after(0.5):  # the bug shows as this timeout
         assert (await f.refresh()).version == 2
+
+
+async def test_a_refresh_with_only_stalled_peers_ends_at_its_deadline() -> None:
+    h = honest_roots(2)
+    f = follower([FakeLink("stall", roots=h, mode="stall")])
+    f.deadline = 0.2
+    with anyio.fail_after(2), pytest.raises(FetchError, match="within the refresh deadline"):
+        await f.refresh()
+    record = f.links.book.get("stall")
+    assert record is not None and record.failures == 1  # deprioritised, not banned
+    assert not f.links.banned
+
+
+async def test_a_slower_peer_with_a_newer_root_within_the_grace_is_still_heard() -> None:
+    h = honest_roots(3)
+    stale = FakeLink("stale", roots=h, latest=2)
+    fresh = FakeLink("fresh", roots=h)
+    fresh.gate = anyio.Event()
+    f = follower([stale, fresh])
+    f.grace = 1.0
+
+    async def open_gate() -> None:
+        await until(lambda: stale.calls["root"] > 0)
+        fresh.gate.set()  # the fresh peer answers after the stale one, within the grace
+
+    with anyio.fail_after(3):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(open_gate)
+            assert (await f.refresh()).version == 3
 
 
 # --------------------------------------------------------------------------- seeded faults

@@ -12,6 +12,10 @@ One part, used by the client, the seed and the cache alike:
   keys, no rollback, no fork, not expired; a key rotation is walked root by
   root), and trust the first one that passes. A peer whose root fails is
   logged, not banned: an old root is what a stale seed legitimately serves.
+  A refresh never waits on the slowest peer (TUF's slow-retrieval attack):
+  once one usable root is in, the others get a grace period (twice what the
+  first took, at least ``grace``); nobody gets more than ``deadline``; a
+  peer cut off is counted as a failure in the peer book.
 * **Persistence policy** — ``persist=True`` records every accepted root in
   the store at once (client, cache: rollback protection across runs);
   ``persist=False`` leaves that to the caller (a seed records a root only
@@ -30,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.config import LIMITS
 from p2pkg.core.objects import decompress
@@ -83,6 +87,8 @@ class RootFollower:
         *,
         persist: bool = True,
         clock: Callable[[], float] = time.time,
+        grace: float = 0.25,
+        deadline: float = 10.0,
     ) -> None:
         if not pinned:
             raise TrustError("at least one trusted key (--trust) is needed")
@@ -91,6 +97,8 @@ class RootFollower:
         self.store = store
         self.persist = persist
         self.clock = clock  # wall clock: root expiry is a date
+        self.grace = grace  # seconds others may still answer after the first usable root
+        self.deadline = deadline  # seconds a refresh waits at most for any root
         self.state = FollowState()
         #: Why the last refresh got no root at all (empty when some peer answered).
         self.unreachable: list[str] = []
@@ -136,18 +144,45 @@ class RootFollower:
         offers: list[tuple[int, bytes, str]] = []
         problems: list[str] = []
 
-        async def ask(url: str) -> None:
+        done: set[str] = set()  # peers that answered (a root or an error)
+        answered = anyio.Event()  # a root at least as new as the one held arrived
+        started = anyio.current_time()
+
+        async def ask(url: str, tg: TaskGroup) -> None:
             try:
                 data = await self._root_bytes(url)
             except PeerError as exc:
                 log.info("no root from %s: %s", url, exc)
                 problems.append(str(exc))
-                return
-            offers.append((decode_signed_root(data)[1].version, data, url))
+            else:
+                version = decode_signed_root(data)[1].version
+                offers.append((version, data, url))
+                if base is None or version >= base.version:
+                    answered.set()
+            done.add(url)
+            if len(done) == len(peers):
+                tg.cancel_scope.cancel()  # everyone answered: stop the watchdog
 
-        async with anyio.create_task_group() as tg:
-            for url in peers:
-                tg.start_soon(ask, url)
+        async def watchdog(tg: TaskGroup) -> None:
+            # Slow retrieval (TUF): a peer that trickles its root must not hold
+            # the refresh. Once one usable answer is in, the others get a grace
+            # period (twice what the first took, at least ROOT_GRACE); nobody
+            # gets more than ROOT_DEADLINE.
+            with anyio.move_on_after(self.deadline):
+                await answered.wait()
+                waited = anyio.current_time() - started
+                await anyio.sleep(max(self.grace, 2 * waited))
+            tg.cancel_scope.cancel()
+
+        if peers:
+            async with anyio.create_task_group() as tg:
+                for url in peers:
+                    tg.start_soon(ask, url, tg)
+                tg.start_soon(watchdog, tg)
+        for url in (u for u in peers if u not in done):  # cut off: deprioritised, and said why
+            log.info("root from %s: no answer within the refresh deadline", url)
+            self.links.book.observe_failure(url)
+            problems.append(f"peer {url}: no root within the refresh deadline")
         self._refreshed = self.links.monotonic()
         offers.sort(key=lambda o: (-o[0], peers.index(o[2])))
         self.unreachable = [] if offers else problems
