@@ -26,7 +26,7 @@ from p2pkg.errors import ExpiredRootError, FetchError
 from p2pkg.io.store import Store
 from p2pkg.roles.follow import MAX_CHAIN_WALK, RootFollower
 from p2pkg.roles.links import PeerLinks
-from p2pkg.testing.signer import DAY, NOW
+from p2pkg.testing.signer import DAY, NOW, make_root, signed_bytes
 from tests.fakes import A, B, F, FakeClock, FakeLink, bogus_root, honest_roots, tree_id, until
 
 pytestmark = pytest.mark.anyio
@@ -444,3 +444,53 @@ async def test_seeded_faults_end_on_the_honest_newest_root(tmp_path: Path, seed:
                 trusted = await f.refresh()
                 assert trusted.id == rid(h[newest]), why
         assert store.root_versions()[-1] == newest, why
+
+
+# --------------------------------------------------------------------------- bad roots (issue 10)
+
+
+async def test_a_peer_serving_another_root_of_the_held_version_is_banned() -> None:
+    h = honest_roots(2)
+    fork = bogus_root(2, keys=[A], signers=[A], label="fork")  # validly signed: equivocation
+    liar = FakeLink("liar", roots={**h, 2: fork})
+    f = follower([liar, FakeLink("ok", roots=h)])
+    f.adopt(held(h, 2))
+    assert (await f.refresh()).version == 2
+    assert f.links.banned == {"liar"}
+
+
+async def test_a_forged_newer_root_bans_its_peer_so_it_costs_one_refresh() -> None:
+    h = honest_roots(2)
+    # A "rotation" to the forger's key, served root by root: the walk checks
+    # version 2 first, and it is not signed by the trusted key.
+    forged = {v: bogus_root(v, keys=[F], signers=[F]) for v in range(2, 10)}
+    forger = FakeLink("forger", roots={1: h[1], **forged})
+    f = follower([forger, FakeLink("ok", roots=h)])
+    f.adopt(held(h, 1))
+    assert (await f.refresh()).version == 2
+    assert f.links.banned == {"forger"}
+    assert forger.versions_asked == [None, 2]  # one bad root, not a walk of 8
+    asked = list(forger.versions_asked)
+    assert (await f.refresh()).version == 2
+    assert forger.versions_asked == asked  # banned: not asked again
+
+
+async def test_a_chain_walk_stops_at_the_first_root_that_does_not_verify() -> None:
+    h = honest_roots(8, rotate_at=3)  # 1..2 under A, 3.. under B: 1 -> 8 needs a walk
+    broken = {**h, 3: bogus_root(3, keys=[B], signers=[F])}
+    peer = FakeLink("broken", roots=broken)
+    f = follower([peer])
+    f.adopt(held(h, 2))
+    assert (await f.refresh()).version == 2
+    assert peer.versions_asked == [None, 3]  # not 3..7: the walk stopped at the bad root
+    assert f.links.banned == {"broken"}
+
+
+async def test_only_an_expired_root_on_offer_is_an_expiry_error_not_a_network_one() -> None:
+    old = signed_bytes(
+        make_root(1, [A], tree=tree_id("old"), created=NOW - 30 * DAY, expires=NOW - DAY), [A]
+    )
+    f = follower([FakeLink("stale", roots={1: old})])
+    with pytest.raises(ExpiredRootError):  # exit 3 (trust), as docs/operators.md says
+        await f.refresh()
+    assert not f.links.banned  # a stale seed is not a liar

@@ -42,6 +42,7 @@ from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
 from p2pkg.errors import (
     DecodeError,
+    ExpiredRootError,
     FetchError,
     P2pkgError,
     PeerError,
@@ -187,21 +188,36 @@ class RootFollower:
         offers.sort(key=lambda o: (-o[0], peers.index(o[2])))
         self.unreachable = [] if offers else problems
         now = self.clock()
+        expired: ExpiredRootError | None = None  # why the newest offer failed, if it was age
         for version, data, url in offers:
             if base is not None and version <= base.version:
                 if version < base.version:
                     log.warning("peer %s serves old root version %d (rollback?)", url, version)
+                elif decode_signed_root(data)[0].root_bytes != base.signed.root_bytes:
+                    # Roots never change once signed: another root of this version
+                    # is a fork (the signer equivocated) or a forgery. Either way
+                    # this peer serves what no honest peer would.
+                    self.links.ban(url, f"serves another root of version {version} (fork)")
                 continue
             try:
                 accepted, walked = await self._accept(base, data, version, url, now)
             except (TrustError, PeerError, FetchError) as exc:
                 log.warning("peer %s: root version %d rejected: %s", url, version, exc)
                 problems.append(f"peer {url}: root version {version} rejected: {exc}")
+                if isinstance(exc, ExpiredRootError):
+                    expired = expired or exc  # a stale seed may do that: not banned
+                elif isinstance(exc, TrustError):
+                    # A root (or a chain to it) that the rules refuse: forged,
+                    # rolled back or forked. Banned, so it costs one walk, not one
+                    # per refresh.
+                    self.links.ban(url, f"root version {version}: {exc}")
                 continue
             self.adopt(accepted, walked)
             return accepted
         if base is not None:
             return check_expiry(base, now)
+        if expired is not None:
+            raise expired  # the newest root anyone offered is past its date (exit 3)
         detail = "; ".join(problems) or "no peers"
         raise FetchError(f"no peer served a root signed by the trusted key(s): {detail}")
 
@@ -324,8 +340,18 @@ class RootFollower:
         try:
             return update(base, data, now), []
         except SignatureError:
-            walked = await self._walk_chain(url, base.version + 1, version)
-            return update_chain(base, [*walked, data], now), walked
+            # A key rotation: walk root by root, checking each as it arrives, so
+            # a peer whose chain breaks costs one bad root, not the whole walk.
+            if version - base.version - 1 > MAX_CHAIN_WALK:
+                raise FetchError(
+                    f"root chain {base.version + 1}..{version} is longer than {MAX_CHAIN_WALK}"
+                ) from None
+            current, walked = base, []
+            for v in range(base.version + 1, version):
+                between = await self._root_bytes(url, v)
+                current = update_chain(current, [between], float("-inf"))  # expiry: last only
+                walked.append(between)
+            return update_chain(current, [data], now), walked
 
 
 __all__ = ["MAX_CHAIN_WALK", "FollowState", "RootFollower", "open_root"]
