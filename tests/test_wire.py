@@ -558,3 +558,17 @@ def test_retry_after_cases(value: str, expected: float) -> None:
 def test_retry_after_absent_is_the_default() -> None:
     head = wire.ResponseHead(503, {}, 0, None, True)
     assert head.retry_after(default=2.0) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"),
+    [
+        (301, "Moved Permanently"),
+        (406, "Not Acceptable"),
+        (502, "Bad Gateway"),
+        (413, "Content Too Large"),
+    ],
+)
+def test_every_status_the_server_sends_has_its_reason_phrase(status: int, phrase: str) -> None:
+    line = wire.format_response_head(status, []).split(b"\r\n")[0]
+    assert line == f"HTTP/1.1 {status} {phrase}".encode()
