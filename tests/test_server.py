@@ -237,3 +237,40 @@ async def test_a_cache_pulls_through_for_clients_but_never_for_another_cache(
         assert status == 200 and body
         assert a.store.has_object(tree_top)
         assert not b.store.has_object(tree_top)
+
+
+async def test_a_cache_pulls_through_only_objects_its_signed_tree_reaches(
+    master: Master, tmp_path: Path
+) -> None:
+    """An id alone could name any object a peer holds: only signed ones pass (issue 10.4)."""
+    from p2pkg.core.objects import Blob, encode, object_id
+    from p2pkg.roles.session import Session
+
+    unsigned = encode(Blob(b"nobody signed this"))
+    oid = object_id(unsigned)
+    with Store.open(master.store) as st:
+        st.commit(objects={oid: unsigned})  # the origin holds it, no root lists it
+    async with services() as svc:
+        origin = await svc.server(master.store)
+        cache = Cache(tmp_path / "cache", master.pins, [origin.url])
+        url = await svc.start(cache.run)
+        path = wire.PREFIX + "/objects/" + oid.hex()
+        assert (await _get(origin.url, path))[0] == 200  # the origin serves it...
+        assert (await _get(url, path))[0] == 404  # ...the cache does not pass it on
+        assert not cache.store.has_object(oid)
+        # A client that knows only the cache walks the signed tree through it
+        # (GETs and batches), and gets the archive.
+        session = Session(master.pins, [url])
+        try:
+            manifest = await session.resolve("small")
+            path_out, _ = await session.fetch_file(manifest, tmp_path / "out")
+            assert path_out.read_bytes() == master.small.read_bytes()
+        finally:
+            session.close()
+        client = PeerClient(url)
+        try:
+            href = await archive_path(client, "small", master.small.name)
+            status, body, _ = await client.get_bytes(href, 1 << 20)
+            assert status == 200 and body == master.small.read_bytes()
+        finally:
+            client.close()

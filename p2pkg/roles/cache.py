@@ -41,7 +41,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from p2pkg.core.objects import FileManifest, Kind, ObjectId, decode_as
+from p2pkg.core.objects import FileManifest, Leaf, Node, ObjectId, Project, decode, decode_as
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.errors import P2pkgError
@@ -56,6 +56,9 @@ from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
 
 log = logging.getLogger(__name__)
+
+#: Ids (and archives) noted as signed before the sets start over.
+MAX_NOTED = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,8 @@ class Cache:
         self.server = PeerServer(self.store, server_config, status_extra=self.status)
         CacheRoutes(self).install(self.server)
         self.lan: Lan | None = None
-        self.by_blake3: dict[bytes, FileManifest] = {}
+        self.by_blake3: dict[bytes, FileManifest] = {}  # archives signed manifests name
+        self.signed_ids: set[ObjectId] = set()  # ids below objects served (may be pulled)
         self.on_new_file: Callable[[], None] | None = dht.poke if dht is not None else None
         self._tg: TaskGroup | None = None
 
@@ -296,13 +300,36 @@ class Cache:
         gone = self.store.evict_lru(self.config.max_size, keep | frozenset(self.live))
         self.stats.evicted += len(gone)
 
-    def remember_manifest(self, oid: ObjectId, data: bytes) -> None:
-        """Note which archive a manifest names, so peer-protocol file requests can be pulled."""
-        if data[:1] == bytes([Kind.FILE]):
-            manifest = decode_as(data, FileManifest)
-            if len(self.by_blake3) > 100_000:
+    def note_signed(self, data: bytes) -> None:
+        """Note what a verified, signed object points to: those ids may be pulled through.
+
+        Peers walk the tree top-down through the cache (the root's tree id,
+        then each level's children), so "a child of an object already served"
+        is "signed under a root this cache trusts" without a reverse index. A
+        manifest also names its archive, which may then be pulled through.
+        """
+        obj = decode(data)
+        children: list[ObjectId] = []
+        if isinstance(obj, Node):
+            children = [e.child for e in obj.children]
+        elif isinstance(obj, Leaf):
+            children = [e.project for e in obj.projects]
+        elif isinstance(obj, Project):
+            children = [f.manifest for f in obj.files]
+        elif isinstance(obj, FileManifest):
+            if obj.core_metadata is not None:
+                children = [obj.core_metadata.blob]
+            if len(self.by_blake3) > MAX_NOTED:
                 self.by_blake3.clear()
-            self.by_blake3[manifest.blake3] = manifest
+            self.by_blake3[obj.blake3] = obj
+        if len(self.signed_ids) + len(children) > MAX_NOTED:
+            self.signed_ids.clear()  # bounded: a client re-walks from the root
+        self.signed_ids.update(children)
+
+    def may_pull(self, oid: ObjectId) -> bool:
+        """Whether ``oid`` is signed: the trusted tree's top, or noted below a served object."""
+        trusted = self.session.trusted
+        return (trusted is not None and oid == trusted.root.tree) or oid in self.signed_ids
 
     def status(self) -> dict[str, Any]:
         trusted = self.session.trusted

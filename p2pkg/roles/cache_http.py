@@ -89,22 +89,43 @@ class CacheRoutes:
         Another cache's requests (``only-if-cached``) get only what is held.
         """
         route = wire.parse_target(ex.req.target)
-        if route is not None and ex.req.method == "GET" and not wire.only_if_cached(ex.req.headers):
-            known = None
-            try:
-                if route.kind is wire.Kind.OBJECT and not self.cache.store.has_object(
-                    ObjectId(route.id)
-                ):
-                    await self.cache.trusted()
-                    data = await self.cache.session.get_object(ObjectId(route.id))
-                    self.cache.remember_manifest(ObjectId(route.id), data)
-                elif route.kind is wire.Kind.FILE and not self.cache.store.has_file(route.id):
-                    known = self.cache.by_blake3.get(route.id)
-            except P2pkgError as exc:
-                log.info("cache: pull-through of %s failed: %s", ex.req.target, exc)
-            if known is not None:
-                return await self._pull_file(ex, known)
+        if route is None or wire.only_if_cached(ex.req.headers):
+            return await self.cache.server.peer_protocol(ex)
+        known = None
+        try:
+            if route.kind is wire.Kind.OBJECT and ex.req.method == "GET":
+                await self._pull_object(ObjectId(route.id))
+            elif route.kind is wire.Kind.OBJECT_BATCH and len(ex.body) % 32 == 0:
+                for i in range(0, min(len(ex.body), 32 * wire.MAX_OBJECT_BATCH), 32):
+                    held = self.cache.store.find_object(ObjectId(ex.body[i : i + 32]))
+                    if held is not None:
+                        self.cache.note_signed(held)
+            elif (
+                route.kind is wire.Kind.FILE
+                and ex.req.method == "GET"
+                and not self.cache.store.has_file(route.id)
+            ):
+                known = self.cache.by_blake3.get(route.id)
+        except P2pkgError as exc:
+            log.info("cache: pull-through of %s failed: %s", ex.req.target, exc)
+        if known is not None:
+            return await self._pull_file(ex, known)
         return await self.cache.server.peer_protocol(ex)
+
+    async def _pull_object(self, oid: ObjectId) -> None:
+        """Make ``oid`` held if it is signed (fetched, verified), and note what it points to.
+
+        Only ids under the trusted root are pulled through: an id alone could
+        name any object some peer holds, signed or not, and the cache would
+        keep it and pass it on. Anything else is left to the peer protocol's 404.
+        """
+        data = self.cache.store.find_object(oid)
+        if data is None:
+            await self.cache.trusted()
+            if not self.cache.may_pull(oid):
+                return
+            data = await self.cache.session.get_object(oid)
+        self.cache.note_signed(data)
 
     async def _pull_file(self, ex: Exchange, manifest: FileManifest) -> bool:
         """Serve an archive not held yet: stream it whole, or a range once it is in."""
