@@ -74,6 +74,18 @@ def seed(
         yield started
 
 
+@contextmanager
+def cache(
+    store: Path, trust: str, peers: Sequence[str], *args: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``p2pkg cache`` on a free loopback port using ``peers``."""
+    cmd = p2pkg_cmd("cache", "--store", str(store), "--listen", "127.0.0.1:0", "--trust", trust)
+    for u in peers:
+        cmd += ["--peer", u]
+    with spawn([*cmd, *args]) as started:
+        yield started
+
+
 def status(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/p2pkg/v1/status", timeout=5) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
@@ -102,3 +114,8 @@ class Testbed(ExitStack):
         self, store: Path, trust: str, upstreams: Sequence[str], *args: str
     ) -> tuple[subprocess.Popen[bytes], str]:
         return self.enter_context(seed(store, trust, upstreams, *args))
+
+    def cache(
+        self, store: Path, trust: str, peers: Sequence[str], *args: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        return self.enter_context(cache(store, trust, peers, *args))

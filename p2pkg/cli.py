@@ -1033,7 +1033,6 @@ def fetch(
         store=store,
         lan=lan,
         lan_interfaces=lan_interfaces,
-        lan_wait=LAN_WAIT,
         dht_bootstrap=dht_bootstrap,
         dht_listen=parse_listen(dht_listen) if dht_listen else ("0.0.0.0", 0),
     )
@@ -1062,9 +1061,6 @@ def fetch(
         for r in results
     ]
     emit(as_json, results[0] if len(specs) == 1 else {"files": results}, "\n".join(lines))
-
-
-LAN_WAIT = 1.0  # seconds to listen for DNS-SD answers (only when no --peer is given)
 
 
 def _fetch_result(done: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import blake3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from netsim.testbed import Testbed, p2pkg_cmd, spawn, status, wait_synced
+from netsim.testbed import Testbed, p2pkg_cmd, status, wait_synced
 from p2pkg.core.root import format_pubkey, public_bytes
 from p2pkg.errors import TransportError
 from p2pkg.io.store import Store
@@ -94,20 +94,7 @@ def test_pip_and_uv_install_through_the_cache(
         seed2_proc, s2 = bed.seed(tmp_path / "s2", pub, [master, s1], "--interval", "1s")
         wait_synced(s1, 2)
         wait_synced(s2, 2)
-        cache_cmd = p2pkg_cmd(
-            "cache",
-            "--store",
-            str(tmp_path / "cache"),
-            "--listen",
-            "127.0.0.1:0",
-            "--trust",
-            pub,
-            "--peer",
-            s1,
-            "--peer",
-            s2,
-        )
-        _, cache = bed.enter_context(spawn(cache_cmd))
+        _, cache = bed.cache(tmp_path / "cache", pub, [s1, s2])
         index = f"{cache}/simple/"
 
         # pip: the right versions (yanked and Requires-Python-excluded ones skipped)
@@ -189,18 +176,7 @@ def test_cache_answers_bad_requests_and_pages(
     pub = format_pubkey(public_bytes(key))
     with Testbed() as bed:
         _, master = bed.serve(store)
-        cmd = p2pkg_cmd(
-            "cache",
-            "--store",
-            str(tmp_path / "c"),
-            "--listen",
-            "127.0.0.1:0",
-            "--trust",
-            pub,
-            "--peer",
-            master,
-        )
-        _, cache = bed.enter_context(spawn(cmd))
+        _, cache = bed.cache(tmp_path / "c", pub, [master])
         code, body, _ = _get(f"{cache}/simple/")
         assert code == 200 and b'href="top/"' in body
         code, body, hdrs = _get(
@@ -251,18 +227,7 @@ def test_cache_serves_only_files_the_signed_namespace_lists(
         )
     with Testbed() as bed:
         _, master = bed.serve(store)
-        cmd = p2pkg_cmd(
-            "cache",
-            "--store",
-            str(tmp_path / "c"),
-            "--listen",
-            "127.0.0.1:0",
-            "--trust",
-            pub,
-            "--peer",
-            master,
-        )
-        _, cache = bed.enter_context(spawn(cmd))
+        _, cache = bed.cache(tmp_path / "c", pub, [master])
         assert _get(f"{cache}/files/{other.hex()}/top-1.0-py3-none-any.whl")[0] == 404
         assert _get(f"{cache}/files/{other.hex()}/not-a-dist.txt")[0] == 404
 
@@ -422,14 +387,6 @@ async def test_size_cap_evicts_least_recently_used(
 # ---------------------------------------------------------------------- real-user regressions
 
 
-def _start_cache(bed: Testbed, store: Path, pub: str, peers: list[str], *extra: str) -> str:
-    cmd = p2pkg_cmd("cache", "--store", str(store), "--listen", "127.0.0.1:0", "--trust", pub)
-    for peer in peers:
-        cmd += ["--peer", peer]
-    _, url = bed.enter_context(spawn([*cmd, *extra]))
-    return url
-
-
 def _base_2_wheel(cache: str) -> tuple[dict[str, Any], str]:
     """base 2.0's wheel entry on the cache's PEP 691 page, and its absolute URL."""
     code, body, _ = _get(f"{cache}/simple/base/", {"Accept": "application/vnd.pypi.simple.v1+json"})
@@ -455,7 +412,7 @@ def test_missing_archive_with_every_peer_gone_is_an_http_error_not_a_hash_mismat
     pub = format_pubkey(public_bytes(key))
     with Testbed() as bed:
         master_proc, master = bed.serve(store)
-        cache = _start_cache(bed, tmp_path / "cache", pub, [master])
+        cache = bed.cache(tmp_path / "cache", pub, [master])[1]
         # The cache learns the pages and the metadata, but not the archive...
         _, url = _base_2_wheel(cache)
         assert _get(url + ".metadata")[0] == 200
@@ -502,7 +459,7 @@ def test_a_lockfile_made_before_a_yank_syncs_after_it_and_after_the_unyank(
     )
     with Testbed() as bed:
         _, master = bed.serve(store)
-        cache = _start_cache(bed, tmp_path / "cache", pub, [master], "--refresh", "1s")
+        cache = bed.cache(tmp_path / "cache", pub, [master], "--refresh", "1s")[1]
         index = f"{cache}/simple/"
 
         def uv_run(*args: str) -> None:
@@ -542,7 +499,7 @@ def test_range_requests_count_the_bytes_sent_not_whole_files(
     pub = format_pubkey(public_bytes(key))
     with Testbed() as bed:
         _, master = bed.serve(store)
-        cache = _start_cache(bed, tmp_path / "cache", pub, [master])
+        cache = bed.cache(tmp_path / "cache", pub, [master])[1]
         wheel, url = _base_2_wheel(cache)
         assert _get(url)[0] == 200  # a miss: fetched from the master
         wait_until(

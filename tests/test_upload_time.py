@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from netsim.testbed import Testbed, p2pkg_cmd, spawn
+from netsim.testbed import Testbed
 from p2pkg.cli import main
 from p2pkg.core.root import format_pubkey, public_bytes
 from p2pkg.errors import PublishError
@@ -346,18 +346,7 @@ def test_uv_exclude_newer_goes_by_the_published_upload_time(
     pub = format_pubkey(public_bytes(key))
     with Testbed() as bed:
         _, master = bed.serve(store)
-        cmd = p2pkg_cmd(
-            "cache",
-            "--store",
-            str(tmp_path / "cache"),
-            "--listen",
-            "127.0.0.1:0",
-            "--trust",
-            pub,
-            "--peer",
-            master,
-        )
-        _, cache = bed.enter_context(spawn(cmd))
+        _, cache = bed.cache(tmp_path / "cache", pub, [master])
         index = f"{cache}/simple/"
 
         req = urllib.request.Request(

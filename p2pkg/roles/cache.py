@@ -42,6 +42,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.core.objects import FileManifest, Leaf, Node, ObjectId, Project, decode, decode_as
+from p2pkg.core.peers import Tier
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.errors import P2pkgError
@@ -52,6 +53,7 @@ from p2pkg.io.http.client import ClientConfig
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.cache_http import CacheRoutes
+from p2pkg.roles.discover import trust_key
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
 
@@ -207,7 +209,7 @@ class Cache:
     @property
     def key(self) -> str:
         """The trusted key LAN peers must share (hex of the first pinned key)."""
-        return min(self.session.pinned).hex()
+        return trust_key(self.session.pinned).hex()
 
     def _lan_peer(self, peer: LanPeer) -> None:
         """Caches seen on the LAN become preferred (tier 0) peers."""
@@ -215,7 +217,7 @@ class Cache:
             return
         if peer.url not in self.session.book:
             log.info("found LAN cache %s", peer.url)
-        self.session.add_peer(Peer(peer.url, tier=0))
+        self.session.add_peer(Peer(peer.url, Tier.LAN))
 
     # ------------------------------------------------------------------ namespace
 
@@ -341,7 +343,7 @@ class Cache:
             "root_version": trusted.version if trusted else None,
             "root_age_seconds": int(time.time() - trusted.root.created) if trusted else None,
             "peers": [p.url for p in self.session.peers],
-            "lan_peers": [p.url for p in self.session.peers if p.tier == 0],
+            "lan_peers": [p.url for p in self.session.peers if p.tier == Tier.LAN],
             "banned_peers": sorted(self.session.banned),
             # what the peer book has measured: tier, rate, latency, failures, bans
             "peer_book": self.session.book.summary(self.session.monotonic()),

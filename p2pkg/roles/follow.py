@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -232,15 +232,15 @@ class RootFollower:
         if self.store is not None and self.persist:
             self.record(self.store)
 
-    def record(self, store: Store) -> None:
+    def record(self, store: Store, *, full: bool | None = None) -> None:
         """Commit the current root, then the roots walked to reach it, to ``store``.
 
-        The newest first: the store's latest root never points at a tree
-        older roots' records could be mistaken for (a seed calls this once
-        the tree under the root is synced).
+        The newest first: the store's latest root is never one whose tree was
+        not the one synced (a seed calls this once the tree under the root is
+        synced, with ``full`` for its store's mark).
         """
         assert self._trusted is not None
-        store.commit(root=self._trusted.signed.encode())
+        store.commit(root=self._trusted.signed.encode(), full=full)
         for data in self._walked:
             store.commit(root=data)
 
@@ -321,10 +321,12 @@ class RootFollower:
         except DecodeError as exc:
             raise ProtocolError(url, f"malformed root: {exc}") from None
 
-    async def _walk_chain(self, url: str, first: int, last: int) -> list[bytes]:
+    async def _walk(self, url: str, first: int, last: int) -> AsyncIterator[bytes]:
+        """Roots ``first``..``last - 1`` from ``url``, one request each, in order."""
         if last - first > MAX_CHAIN_WALK:
             raise FetchError(f"root chain {first}..{last} is longer than {MAX_CHAIN_WALK}")
-        return [await self._root_bytes(url, v) for v in range(first, last)]
+        for v in range(first, last):
+            yield await self._root_bytes(url, v)
 
     async def _accept(
         self, base: TrustedRoot | None, data: bytes, version: int, url: str, now: float
@@ -334,21 +336,17 @@ class RootFollower:
             try:
                 return bootstrap(self.pinned, data, now), []
             except SignatureError:
-                # The pinned key may have been rotated away: walk from version 1.
-                walked = await self._walk_chain(url, 1, version)
+                # The pinned key may have been rotated away: walk from version 1
+                # (the anchor is the newest root a pinned key signed: all are needed).
+                walked = [r async for r in self._walk(url, 1, version)]
                 return trust_chain(self.pinned, [*walked, data], now), walked
         try:
             return update(base, data, now), []
         except SignatureError:
-            # A key rotation: walk root by root, checking each as it arrives, so
-            # a peer whose chain breaks costs one bad root, not the whole walk.
-            if version - base.version - 1 > MAX_CHAIN_WALK:
-                raise FetchError(
-                    f"root chain {base.version + 1}..{version} is longer than {MAX_CHAIN_WALK}"
-                ) from None
+            # A key rotation: each root is checked as it arrives, so a peer whose
+            # chain breaks costs one bad root, not the whole walk.
             current, walked = base, []
-            for v in range(base.version + 1, version):
-                between = await self._root_bytes(url, v)
+            async for between in self._walk(url, base.version + 1, version):
                 current = update_chain(current, [between], float("-inf"))  # expiry: last only
                 walked.append(between)
             return update_chain(current, [data], now), walked

@@ -196,9 +196,10 @@ class Seeder:
         await self._sync(trusted)
         # A full mirror holds everything under its root (verify holds it to that);
         # a --project subset holds the paths to its projects only.
-        self.store.commit(root=trusted.signed.encode(), full=not self.projects)
-        if self.follower.trusted is trusted:
-            self.follower.record(self.store)  # and the roots a key rotation walked through
+        if self.follower.trusted is trusted:  # with the roots a key rotation walked through
+            self.follower.record(self.store, full=not self.projects)
+        else:
+            self.store.commit(root=trusted.signed.encode(), full=not self.projects)
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
         log.info("seed synced root version %d", trusted.version)
