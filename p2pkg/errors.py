@@ -250,3 +250,20 @@ class BadDataError(PeerError):
 
 class FetchError(P2pkgError):
     """No peer could deliver what was asked (all failed, were banned, or none had it)."""
+
+
+def first_p2pkg_error(group: BaseExceptionGroup) -> BaseException:
+    """The first p2pkg error inside a task group's exception group (else the group).
+
+    Parallel work (a task group) fails with an exception group; callers that
+    handle p2pkg errors (the CLI, a seed's follow loop, the Client) raise
+    this instead, so one failed child reads as its own error.
+    """
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = first_p2pkg_error(exc)
+            if inner is not exc:
+                return inner
+        elif isinstance(exc, P2pkgError):
+            return exc
+    return group

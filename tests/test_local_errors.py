@@ -8,22 +8,27 @@ CI runs as root) or, for the CLI, mounted inside a private mount namespace
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shlex
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pkg.cli import EXIT_CODES, exit_code_for
 from p2pkg.core.link import Sink
 from p2pkg.core.objects import Blob, FileManifest, ObjectId, encode, object_id
 from p2pkg.core.peers import PeerBook, Tier
+from p2pkg.core.simple import JSON_V1
 from p2pkg.errors import (
     LOCAL_ERRNOS,
     LocalError,
@@ -33,13 +38,19 @@ from p2pkg.errors import (
     local_error,
     local_io,
 )
+from p2pkg.io.http import wire
 from p2pkg.io.ingest import hash_bytes, hash_file
+from p2pkg.io.keys import public_bytes
 from p2pkg.io.store import Store
+from p2pkg.roles.cache import Cache
 from p2pkg.roles.download import FileDownloader
+from p2pkg.roles.publish import publish
+from p2pkg.roles.seed import Seeder
 from p2pkg.roles.session import Session
 from p2pkg.roles.verify import verify_store
+from p2pkg.testing.archives import build_wheel
 
-from .helpers import snapshot
+from .helpers import await_until, snapshot
 from .netutil import Master, make_master, serve_process, services
 
 MiB = 1 << 20
@@ -398,3 +409,126 @@ def test_cli_publish_into_a_full_store_exits_9_with_one_line(
 
 def _pages(size: int) -> int:
     return -(-size // 4096) * 4096
+
+
+# ---------------------------------------------------------------------- running roles
+
+
+def _no_partials(store_dir: Path) -> list[Path]:
+    return [p for p in store_dir.rglob("*") if p.name.endswith(".p2pkg-partial")]
+
+
+def _http_get(url: str, accept: str | None = None) -> tuple[int, str, bytes]:
+    """(status, reason, body) of a GET, errors included (no proxies: loopback only)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with opener.open(request, timeout=30) as resp:
+            return resp.status, resp.reason, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.reason, exc.read()
+
+
+async def _get(url: str, accept: str | None = None) -> tuple[int, str, bytes]:
+    return await anyio.to_thread.run_sync(_http_get, url, accept)
+
+
+async def _archive_url(base: str, project: str) -> str:
+    """The cache's ``/files/…`` URL of ``project``'s wheel."""
+    status, _, page = await _get(f"{base}/simple/{project}/", JSON_V1)
+    assert status == 200, page
+    (url,) = [f["url"] for f in json.loads(page)["files"] if f["filename"].endswith(".whl")]
+    return base + "/" + url.removeprefix("../../")
+
+
+@pytest.mark.anyio
+@pytest.mark.net
+async def test_a_cache_on_a_full_disk_keeps_serving_what_it_holds_and_says_so(
+    master: Master, tmp_path: Path, small_fs: Mount
+) -> None:
+    store_dir = small_fs(tmp_path / "cache", 2 * MiB)  # the big wheel (3 MiB) cannot fit
+    async with services() as svc:
+        peer = await svc.server(master.store)
+        cache = Cache(store_dir, master.pins, [peer.url])
+        url = await svc.start(cache.run)
+        small = await _archive_url(url, "small")
+        status, _, body = await _get(small)
+        assert status == 200 and body == master.small.read_bytes()
+
+        big = await _archive_url(url, "big")
+        status, reason, body = await _get(big)
+        # Our disk, not the peers: 507 naming the condition, nobody banned.
+        assert (status, reason) == (507, "Insufficient Storage"), body
+        assert body.startswith(b"p2pkg cache: cannot store big-1.0") and b"no space" in body
+        assert not cache.session.banned
+
+        fill(store_dir)  # now not even the index has room
+        status, _, body = await _get(small)
+        assert status == 200 and body == master.small.read_bytes()
+        status, _, _ = await _get(f"{url}/simple/small/")
+        assert status == 200
+
+        # The status (JSON and the page) shows the condition.
+        status, _, raw = await _get(f"{url}{wire.PREFIX}/status")
+        report = json.loads(raw)
+        assert report["local_errors"] >= 1 and report["disk_free_bytes"] < 64 * 1024
+        assert report["last_local_error"].startswith("no space left on device")
+        status, _, page = await _get(f"{url}/")
+        assert b"no space left on device" in page
+    assert _no_partials(store_dir) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.net
+async def test_a_seed_on_a_full_disk_keeps_serving_its_last_root_and_says_so(
+    key: Ed25519PrivateKey, tmp_path: Path, small_fs: Mount
+) -> None:
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    small = build_wheel(dist, "small", "1.0", payload=20_000)
+    master_dir = tmp_path / "master"
+    with Store.open(master_dir, create=True) as st:
+        publish(st, [key], [dist])
+    pins = frozenset({public_bytes(key)})
+    seed_dir = small_fs(tmp_path / "seed", 2 * MiB)
+    synced = anyio.Event()
+    async with services() as svc:
+        upstream = await svc.server(master_dir)
+        seeder = Seeder(seed_dir, pins, [upstream.url], on_synced=synced.set)
+        try:
+            url = await svc.start(seeder.run)
+            with anyio.fail_after(20):
+                await synced.wait()
+            assert seeder.freshness.synced_version == 1
+
+            # Version 2 adds an archive that cannot fit: the sync fails on our disk.
+            build_wheel(dist, "big", "1.0", payload=3 * MiB)
+            with Store.open(master_dir) as st:
+                publish(st, [key], [dist])
+            seeder.follower.poke()
+            report = await await_until(
+                lambda: seeder.status() if seeder.status()["local_errors"] else None,
+                timeout=20,
+                what="the seed to report its disk condition",
+            )
+            assert report["last_local_error"].startswith("no space left on device")
+            assert str(seed_dir) in report["last_local_error"]
+            assert report["synced_version"] == 1 and report["upstream_version"] == 2
+            assert not seeder.session.banned
+
+            # It still serves version 1, from which a client gets the small wheel.
+            session = Session(pins, [url])
+            try:
+                dest = tmp_path / "dl"
+                dest.mkdir()
+                await session.fetch("small", dest)
+                assert (dest / small.name).read_bytes() == small.read_bytes()
+                assert session.trusted is not None and session.trusted.version == 1
+            finally:
+                session.close()
+            assert _no_partials(seed_dir) == []
+            report_v = verify_store(seeder.store)
+            assert report_v.ok, report_v
+        finally:
+            await seeder.close()

@@ -45,7 +45,7 @@ from p2pkg.core.objects import FileManifest, Leaf, Node, ObjectId, Project, deco
 from p2pkg.core.peers import Tier
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
-from p2pkg.errors import P2pkgError
+from p2pkg.errors import LocalError, P2pkgError
 from p2pkg.io.dht_service import DhtService, held_file_keys
 from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
 from p2pkg.io.http import wire
@@ -54,6 +54,7 @@ from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.cache_http import CacheRoutes
 from p2pkg.roles.discover import trust_key
+from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
 
@@ -145,6 +146,7 @@ class Cache:
             client_config=ClientConfig(extra_headers=(wire.ONLY_IF_CACHED,)),
         )
         self.stats = CacheStats()
+        self.disk = DiskCondition(store_path)  # shown on the status page
         self.live: dict[bytes, Live] = {}
         self.started = time.time()
         self.server = PeerServer(self.store, server_config, status_extra=self.status)
@@ -282,6 +284,8 @@ class Cache:
             # A failed download fails its responses, never the cache: the
             # installer gets a 502 (or a short body) and may retry.
             live.finish(exc)
+            if isinstance(exc, LocalError):
+                self.disk.note(exc)  # our disk, not the peers: the status page says so
             if isinstance(exc, P2pkgError):
                 log.warning("cache could not fetch %s: %s", manifest.filename, exc)
             else:
@@ -360,4 +364,5 @@ class Cache:
             "evicted": self.stats.evicted,
             "failed_downloads": self.stats.failed_downloads,
             "recent_errors": list(self.stats.recent_errors),
+            **self.disk.report(),
         }

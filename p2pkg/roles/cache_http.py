@@ -16,9 +16,10 @@ from typing import IO, TYPE_CHECKING
 
 from p2pkg.core import simple
 from p2pkg.core.objects import Blob, FileManifest, ObjectId, decode_as, normalize_name
-from p2pkg.errors import NotFoundError, P2pkgError
+from p2pkg.errors import LocalError, NotFoundError, P2pkgError
 from p2pkg.io.http import wire
 from p2pkg.io.http.server import Exchange, Handler, PeerServer
+from p2pkg.roles.disk import http_status
 
 if TYPE_CHECKING:
     from p2pkg.roles.cache import Cache, Live
@@ -50,6 +51,10 @@ class CacheRoutes:
                 return await handler(ex)
             except NotFoundError:
                 return await ex.reply(404, b"not found")
+            except LocalError as exc:  # this machine's disk (a commit), not upstream
+                self.cache.disk.note(exc)
+                log.warning("cache: %s: %s", ex.path, exc)
+                return await ex.reply(http_status(exc), f"p2pkg cache: {exc}".encode()[:500])
             except P2pkgError as exc:
                 log.warning("cache: %s: %s", ex.path, exc)
                 return await ex.reply(502, f"upstream: {exc}".encode()[:500])
@@ -107,6 +112,8 @@ class CacheRoutes:
             ):
                 known = self.cache.by_blake3.get(route.id)
         except P2pkgError as exc:
+            if isinstance(exc, LocalError):
+                self.cache.disk.note(exc)
             log.info("cache: pull-through of %s failed: %s", ex.req.target, exc)
         if known is not None:
             return await self._pull_file(ex, known)
@@ -142,11 +149,20 @@ class CacheRoutes:
     async def _cannot_fetch(
         self, ex: Exchange, manifest: FileManifest, error: BaseException | None
     ) -> bool:
-        """502 Bad Gateway + Retry-After, one line naming why (pip prints the status)."""
+        """502 Bad Gateway + Retry-After, one line naming why (pip prints the status).
+
+        When the cache's own disk failed (full), 507 Insufficient Storage (500
+        for other local failures): the peers were fine, and the installer's
+        message should say where the trouble is.
+        """
         reason = str(error) if error is not None else "the download did not complete"
+        status = 502
         line = f"p2pkg cache: cannot fetch {manifest.filename} from any peer: {reason}"
+        if isinstance(error, LocalError):
+            status = http_status(error)
+            line = f"p2pkg cache: cannot store {manifest.filename}: {reason}"
         return await ex.reply(
-            502,
+            status,
             (line[:1000] + "\n").encode(),
             headers=[("Retry-After", str(RETRY_AFTER)), ("Cache-Control", "no-store")],
         )
@@ -198,7 +214,12 @@ class CacheRoutes:
             )
         if self.cache.store.has_file(manifest.blake3):
             self.cache.stats.hits += 1
-            self.cache.store.touch(manifest.blake3)
+            try:
+                self.cache.store.touch(manifest.blake3)
+            except LocalError as exc:
+                # The LRU order is a hint; serving what is held must not need
+                # a write (a full disk would stop a cache serving anything).
+                self.cache.disk.note(exc)
             return await ex.send_file(manifest.blake3, on_sent=self._count_from_cache)
         return await self._pull_file(ex, manifest)
 

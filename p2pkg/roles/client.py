@@ -27,7 +27,7 @@ import anyio
 from p2pkg.core.objects import FileManifest
 from p2pkg.core.root import parse_pubkey
 from p2pkg.core.select import parse_spec
-from p2pkg.errors import FetchError, P2pkgError
+from p2pkg.errors import FetchError, first_p2pkg_error
 from p2pkg.io.fsutil import fsync_path
 from p2pkg.io.store import Store
 from p2pkg.roles.discover import LAN_WAIT, dht_peers, lan_peers
@@ -196,18 +196,6 @@ class Client:
             raise first_p2pkg_error(group) from None
         fsync_path(target)
         return [results[m] for m in manifests]
-
-
-def first_p2pkg_error(group: BaseExceptionGroup) -> BaseException:
-    """The first p2pkg error inside a task group's exception group (else the group)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            inner = first_p2pkg_error(exc)
-            if inner is not exc:
-                return inner
-        elif isinstance(exc, P2pkgError):
-            return exc
-    return group
 
 
 class SyncClient(AbstractContextManager["SyncClient"]):

@@ -32,12 +32,13 @@ from p2pkg.core.objects import FileManifest, ObjectId, decode_as, normalize_name
 from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
-from p2pkg.errors import DecodeError, FetchError, P2pkgError
+from p2pkg.errors import DecodeError, FetchError, LocalError, P2pkgError, first_p2pkg_error
 from p2pkg.io.dht_service import DhtService, full_store_keys, held_file_keys
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
+from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.follow import FollowState, open_root
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
@@ -122,11 +123,12 @@ class Seeder:
         )
         self.follower = self.session.follower
         self.freshness = Freshness(projects=self.projects)
+        self.disk = DiskCondition(store_path)
         self.server = PeerServer(
             self.store,
             server_config,
             on_notify=self._notified,
-            status_extra=lambda: self.freshness.report(time.time(), self.follower.state),
+            status_extra=self.status,
         )
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
@@ -134,6 +136,10 @@ class Seeder:
         if synced is not None:
             self.freshness.synced_version = synced.version
             self.freshness.synced_root_created = synced.root.created
+
+    def status(self) -> dict[str, Any]:
+        """The status page's fields: freshness, how following goes, the disk."""
+        return {**self.freshness.report(time.time(), self.follower.state), **self.disk.report()}
 
     async def close(self) -> None:
         # The server stops with run (cancelled); its store is this one, closed here.
@@ -193,13 +199,24 @@ class Seeder:
         f.upstream_version = max(f.upstream_version or 0, trusted.version)
         if f.synced_version is not None and trusted.version <= f.synced_version:
             return False
-        await self._sync(trusted)
-        # A full mirror holds everything under its root (verify holds it to that);
-        # a --project subset holds the paths to its projects only.
-        if self.follower.trusted is trusted:  # with the roots a key rotation walked through
-            self.follower.record(self.store, full=not self.projects)
-        else:
-            self.store.commit(root=trusted.signed.encode(), full=not self.projects)
+        try:
+            try:
+                await self._sync(trusted)
+            except BaseExceptionGroup as group:
+                # Files and wide levels are fetched in parallel: one failed child
+                # is the sync's error (the follow loop handles p2pkg errors).
+                raise first_p2pkg_error(group) from None
+            # A full mirror holds everything under its root (verify holds it to
+            # that); a --project subset holds the paths to its projects only.
+            if self.follower.trusted is trusted:  # with the roots a rotation walked through
+                self.follower.record(self.store, full=not self.projects)
+            else:
+                self.store.commit(root=trusted.signed.encode(), full=not self.projects)
+        except LocalError as exc:
+            # Our disk, not upstream: the follow loop backs off and retries, the
+            # store keeps serving the last root it synced, the status says why.
+            self.disk.note(exc)
+            raise
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
         log.info("seed synced root version %d", trusted.version)
