@@ -1,11 +1,16 @@
 """The ``p2pkg`` command line (click).
 
 Errors are one line on stderr and an exit code from :data:`EXIT_CODES`; a
-usage error (a malformed URL, HOST:PORT or key in an option) is one line and
-exit code 2. ``--json`` prints one JSON document on stdout for scripts.
+usage error (a malformed URL, HOST:PORT, key, size, duration or SPEC, an
+address that cannot be listened on, a bad config value) is one line naming
+the option and exit code 2, checked before anything starts. ``--json``
+prints one JSON document on stdout for scripts.
+
 Defaults can come from a TOML config file (``--config``, or
 ``p2pkg/config.toml`` in the user config dir) whose tables are named after
-commands; flags override it::
+commands; flags override it. Keys are spelled like the flags, and every
+value is checked as the flag's would be when the file is read (a wrong type
+is one usage line naming the file, table and key)::
 
     [publish]
     store = "/srv/p2pkg/store"
@@ -14,6 +19,8 @@ commands; flags override it::
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import logging
 import re
@@ -21,7 +28,8 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -41,6 +49,7 @@ from p2pkg.errors import (
     P2pkgError,
     PeerError,
     PublishError,
+    SpecError,
     StoreError,
     TrustError,
     local_error,
@@ -61,12 +70,14 @@ EXIT_CODES: dict[type[P2pkgError], int] = {
     FetchError: 8,
     PeerError: 8,
     LocalError: 9,
+    SpecError: 2,  # a requirement that does not parse (e.g. in a file): usage
 }
 EXIT_HELP = """\b
-Exit codes: 0 ok, 1 verify found problems, 2 usage error, 3 trust failure
-(signature, rollback, expiry), 4 corrupt or malformed data, 5 bad input
-(archive, key, publish rule), 6 store error, 7 not found, 8 network (no peer
-could deliver), 9 local failure (disk full, permission, I/O error)."""
+Exit codes: 0 ok, 1 verify found problems, 2 usage error (an option, SPEC or
+config value), 3 trust failure (signature, rollback, expiry), 4 corrupt or
+malformed data, 5 bad input (archive, key, publish rule), 6 store error, 7 not
+found, 8 network (no peer could deliver), 9 local failure (disk full,
+permission, I/O error)."""
 
 log = logging.getLogger("p2pkg")
 
@@ -106,6 +117,10 @@ def errors_as_exit() -> Iterator[None]:
         # slipped through still means this machine, not bad input.
         if exc.errno in LOCAL_ERRNOS:
             fail(str(local_error(exc, None, "using")), EXIT_CODES[LocalError])
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            # A listen address check_bindable passed, taken in between: still
+            # the address the user chose, so a usage error.
+            fail(f"cannot listen: {exc.strerror or exc}", 2)
         where = f" {exc.filename}" if exc.filename else ""
         fail(f"{exc.strerror or exc}{where}", 1)
 
@@ -178,33 +193,188 @@ def default_config() -> Path:
     return platformdirs.user_config_path("p2pkg") / "config.toml"
 
 
+#: The most of a config file read: far more than any real config, and a bound
+#: on what ``--config /dev/zero`` (or a wrong path) would make us read.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Read the TOML config into click's default_map (flags still override it)."""
+    """Read the TOML config into click's default_map (flags still override it).
+
+    Every key is checked against the option it names, at once and for every
+    table: a wrong type or value is one usage error naming the file, the
+    table and the key (not a failure later, or a value silently ignored).
+    """
     path = Path(value) if value else default_config()
-    if not path.is_file():
-        if value:
-            raise click.BadParameter(f"{path} does not exist")
+    raw = _read_config(path, explicit=bool(value))
+    if raw is None:
         return value
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{path}: {exc}") from None
-    ctx.default_map = {**(ctx.default_map or {}), **_option_names(data)}
+    if not isinstance(ctx.command, click.Group):  # pragma: no cover - the option is main's
+        raise TypeError("--config belongs to a command group")
+    defaults = config_defaults(ctx, ctx.command, data, path)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
-def _option_names(table: dict[str, Any]) -> dict[str, Any]:
-    """Config keys as click names parameters: ``upload-time`` and ``upload_time`` alike.
+def _read_config(path: Path, *, explicit: bool) -> bytes | None:
+    """The config file's bytes, or None when the default file is absent.
 
-    TOML users write keys the way the flags read (``--upload-time``); click's
-    default_map wants the parameter name. Tables (one per command) recurse.
+    Raises click.BadParameter (one line naming the file) when the file is a
+    directory, unreadable or too large; an explicit ``--config`` must exist.
     """
-    return {
-        key.replace("-", "_") if not isinstance(value, dict) else key: (
-            _option_names(value) if isinstance(value, dict) else value
-        )
-        for key, value in table.items()
-    }
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        if explicit:
+            raise click.BadParameter(f"{path} does not exist") from None
+        return None
+    except NotADirectoryError:
+        if explicit:
+            raise click.BadParameter(f"{path} does not exist (a parent is a file)") from None
+        return None  # e.g. HOME=/dev/null: there is no config dir, so no config
+    except IsADirectoryError:
+        raise click.BadParameter(f"{path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or exc} (fix it or pass --config FILE)"
+        ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise click.BadParameter(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+    return raw
+
+
+def config_defaults(
+    ctx: click.Context, group: click.Group, data: dict[str, Any], path: Path
+) -> dict[str, Any]:
+    """A parsed config as click's default_map, every key checked; raises click.BadParameter.
+
+    Tables are named after commands (``[fetch]``); top-level keys are the
+    group's own options (``verbose``). Keys are spelled like the flags
+    (``max-size``, ``peer``) or like click's parameter names (``max_size``,
+    ``peers``). A value is checked as the flag would be: its TOML type
+    against the option's type, then the option's own validation; an array
+    stands for a repeatable option, and a single value for an array of one.
+    """
+    out: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for key, value in data.items():
+        command = group.commands.get(key)
+        if command is None:
+            if isinstance(value, dict):
+                known = ", ".join(sorted(group.commands))
+                raise click.BadParameter(f"{path}: [{key}] is not a command (one of {known})")
+            top[key] = value
+        elif not isinstance(value, dict):
+            raise click.BadParameter(f"{path}: {key} must be a table ([{key}]), not a value")
+        else:
+            sub = click.Context(command, info_name=key, parent=ctx)
+            out[key] = _table_defaults(sub, command, value, f"{path}: [{key}]")
+    out.update(_table_defaults(ctx, group, top, f"{path}:"))
+    return out
+
+
+def _table_defaults(
+    ctx: click.Context, command: click.Command, table: dict[str, Any], where: str
+) -> dict[str, Any]:
+    names = _config_names(command)
+    out: dict[str, Any] = {}
+    for key, toml_value in table.items():
+        param = names.get(key)
+        if param is None or param.name is None:
+            flags = {o[2:] for p in set(names.values()) for o in p.opts if o.startswith("--")}
+            known = ", ".join(sorted(flags)) or "none"
+            raise click.BadParameter(f"{where} {key}: no such option (options: {known})")
+        if param.name in out:
+            raise click.BadParameter(f"{where} {key}: set twice (under two spellings)")
+        try:
+            value = _from_toml(param, toml_value)
+            # What click will do with the default when the command runs, done
+            # now so that the error names the file and the key.
+            converted = param.type_cast_value(ctx, value)
+            if param.callback is not None:
+                param.callback(ctx, param, converted)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{where} {key}: {exc.message}") from None
+        out[param.name] = value
+    return out
+
+
+def _config_names(command: click.Command) -> dict[str, click.Parameter]:
+    """Config keys a command takes: its long flags (``max-size``, ``max_size``) and param names."""
+    names: dict[str, click.Parameter] = {}
+    for param in command.params:
+        if not param.expose_value or param.name is None:
+            continue  # --config, --version, --help: not settings
+        names[param.name] = param
+        for opt in param.opts:
+            if opt.startswith("--"):
+                names[opt[2:]] = names[opt[2:].replace("-", "_")] = param
+    return names
+
+
+_TOML_TYPES: list[tuple[type, str]] = [
+    (bool, "a boolean"),  # before int: a bool is an int in Python
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+]
+
+
+def _toml_kind(value: Any) -> str:
+    return next((name for cls, name in _TOML_TYPES if isinstance(value, cls)), "a date or time")
+
+
+def _from_toml(param: click.Parameter, value: Any) -> Any:
+    """A TOML value as the value click expects for ``param``; raises click.BadParameter.
+
+    Only the TOML type is checked here (the option's type and callback check
+    the value): booleans for flags, integers for counts, strings for the
+    rest; a size or duration may be a number (bytes, seconds), and a TOML
+    date-time stands for its ISO 8601 text.
+    """
+    if param.multiple or param.nargs != 1:  # repeatable: an array, or one value
+        items = value if isinstance(value, list) else [value]
+        return [_scalar_from_toml(param, item, many=True) for item in items]
+    return _scalar_from_toml(param, value, many=False)
+
+
+def _scalar_from_toml(param: click.Parameter, value: Any, *, many: bool) -> Any:
+    kind = param.type
+    if isinstance(kind, click.types.BoolParamType):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(kind, click.types.IntParamType):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(kind, click.types.FloatParamType):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+    elif isinstance(kind, SizeType | DurationType):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # rate = 25000000, interval = 30: bytes, seconds
+        ok, expected = isinstance(value, str), _expected_text(kind)
+    else:  # strings, paths, choices
+        if isinstance(value, datetime.date | datetime.time):
+            value = value.isoformat()  # upload-time = 2024-05-01T12:00:00Z (a TOML date-time)
+        ok, expected = isinstance(value, str), "a string"
+    if not ok:
+        if many:
+            expected += " (or an array of them)"
+        raise click.BadParameter(f"expected {expected}, got {_toml_kind(value)} ({value!r})")
+    return value
+
+
+def _expected_text(kind: SizeType | DurationType) -> str:
+    if isinstance(kind, SizeType):
+        return 'a size (a string such as "25MB", or a number of bytes)'
+    return 'a duration (a string such as "30d", or a number of seconds)'
 
 
 def json_option(f: F) -> F:
@@ -308,16 +478,115 @@ def check_urls(
     return values
 
 
+#: Bounds on sizes and durations given as options: far beyond any real use,
+#: and small enough that what is computed from them stays in range (a root's
+#: expiry is a uvarint and is shown as a calendar date).
+MAX_SIZE = 1 << 60  # 1 EiB
+MAX_DURATION = 100 * 365 * 86400  # 100 years
+
+
+def parse_size(text: str) -> int:
+    """``25MB``, ``1.5GiB``, ``100k`` or plain bytes (at most :data:`MAX_SIZE`).
+
+    Raises click.BadParameter.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m or len(m.group(1)) > 40:
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 25MB, 1GiB)")
+    base = 1024 if m.group(3).startswith("i") else 1000
+    power = " kmgt".index(m.group(2) or " ")
+    # Decimal, not float: exact for "1.1GB", and no overflow on 400 digits.
+    size = int(Decimal(m.group(1)) * base**power)
+    if size > MAX_SIZE:
+        raise click.BadParameter(f"size too large: {text!r} (at most {MAX_SIZE} bytes)")
+    return size
+
+
 def parse_duration(text: str) -> int:
-    """``90s``, ``15m``, ``12h``, ``30d`` or plain seconds."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` or plain seconds (positive, at most 100 years).
+
+    Raises click.BadParameter.
+    """
+    m = re.fullmatch(r"\s*(\d{1,20})\s*([smhdw]?)\s*", text)
     if not m:
-        raise click.BadParameter(f"not a duration: {text!r} (e.g. 30d, 12h)")
+        raise click.BadParameter(f"not a duration: {text!r} (e.g. 30d, 12h, 90s)")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
     seconds = int(m.group(1)) * unit
     if seconds <= 0:
-        raise click.BadParameter("duration must be positive")
+        raise click.BadParameter(f"duration must be positive, got {text!r}")
+    if seconds > MAX_DURATION:
+        raise click.BadParameter(f"duration too long: {text!r} (at most 100 years)")
     return seconds
+
+
+class SizeType(click.ParamType[int]):
+    """An option's size (:func:`parse_size`) as a positive number of bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            size = parse_size(str(value))  # str(): a number from the config file
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+        if size < 1:
+            self.fail(f"size must be at least 1 byte, got {value!r}", param, ctx)
+        return size
+
+
+class DurationType(click.ParamType[int]):
+    """An option's duration (:func:`parse_duration`) in seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_duration(str(value))  # str(): a number from the config file
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+SIZE = SizeType()
+DURATION = DurationType()
+
+
+def _check_ips(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Option callback: each value an IP address (an interface's, for mDNS)."""
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise click.BadParameter(f"not an IP address: {value!r} (e.g. 192.168.1.10)") from None
+    return values
+
+
+def _check_specs(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Argument callback: every SPEC is a requirement p2pkg resolves (else a usage error)."""
+    from p2pkg.core.select import parse_spec
+
+    for value in values:
+        try:
+            parse_spec(value)
+        except SpecError as exc:  # packaging adds lines pointing at the error: keep the first
+            raise click.BadParameter(str(exc).splitlines()[0]) from None
+    return values
+
+
+def _check_upload_time(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Option callback: ``--upload-time`` is a policy name or an ISO 8601 time."""
+    from p2pkg.roles.publish import parse_upload_time
+
+    try:
+        parse_upload_time(value)
+    except PublishError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
@@ -392,6 +661,7 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @click.option("--namespace", help="Namespace name (first publish only; default 'main').")
 @click.option(
     "--expires",
+    type=DURATION,
     default="30d",
     show_default=True,
     help="How long the new root stays valid (s/m/h/d/w). Re-sign before then.",
@@ -416,6 +686,7 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
     default="mtime",
     show_default=True,
     metavar="mtime|now|archive|ISO-8601",
+    callback=_check_upload_time,
     help="Upload time given to new files (PEP 691; uv --exclude-newer and lockfiles "
     "go by it): mtime = each file's modification time, now = the publish time, "
     "archive = the build time recorded inside the archive, or one fixed ISO 8601 "
@@ -428,7 +699,7 @@ def publish(
     store: Path,
     key: tuple[Path, ...],
     namespace: str | None,
-    expires: str,
+    expires: int,
     rotate_to: Path | None,
     yank: tuple[str, ...],
     yank_reason: str,
@@ -451,11 +722,7 @@ def publish(
     from p2pkg.roles.publish import parse_upload_time
     from p2pkg.roles.publish import publish as do_publish
 
-    seconds = parse_duration(expires)
-    try:
-        when = parse_upload_time(upload_time)
-    except PublishError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--upload-time'") from None
+    when = parse_upload_time(upload_time)  # checked by _check_upload_time
     with errors_as_exit():
         keys = [load_private_key(k) for k in key]
         new_key = load_private_key(rotate_to) if rotate_to else None
@@ -465,7 +732,7 @@ def publish(
                 keys,
                 list(paths),
                 namespace=namespace,
-                expires_in=seconds,
+                expires_in=expires,
                 rotate_to=new_key,
                 yank=dict.fromkeys(yank, yank_reason),
                 unyank=unyank,
@@ -653,7 +920,8 @@ def verify(store: Path, trust: tuple[str, ...], as_json: bool) -> None:
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8000`` for IPv6); port 0-65535. Raises click.BadParameter."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) < 65536:
+    digits = sep and port.isascii() and port.isdigit() and len(port) <= 5
+    if not digits or not 0 <= int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT with a port of 0-65535, got {text!r}")
     host = host.strip("[]")
     if not host:
@@ -661,14 +929,78 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse_size(text: str) -> int:
-    """``25MB``, ``1.5GiB``, ``100k`` or plain bytes."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?b?)\s*", text.lower())
-    if not m:
-        raise click.BadParameter(f"not a size: {text!r} (e.g. 25MB, 1GiB)")
-    base = 1024 if m.group(3).startswith("i") else 1000
-    power = " kmgt".index(m.group(2) or " ")
-    return int(float(m.group(1)) * base**power)
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another process holds it; pick another port, or 0 for a free one",
+    errno.EADDRNOTAVAIL: "not an address of this machine",
+    errno.EACCES: "ports below 1024 need privileges",
+}
+
+
+def check_bindable(option: str, text: str, *, udp: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` that this process can listen on; raises click.BadParameter naming ``option``.
+
+    Resolves the host and binds a socket to every address as the server
+    will (TCP: each address, SO_REUSEADDR, v6-only; UDP: the first that
+    binds), then closes them, so a host that does not resolve or a port in
+    use is one usage line before anything starts, not an error from inside
+    a running role. (Another process can still take the port in between:
+    :func:`errors_as_exit` turns that bind error into one line too.)
+    """
+    import socket
+
+    host, port = parse_listen(text)
+    hint = f"'{option}'"
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    try:
+        infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise click.BadParameter(f"cannot resolve {host!r}: {reason}", param_hint=hint) from None
+    first: OSError | None = None
+    with ExitStack() as sockets:
+        for family, type_, proto, _name, addr in dict.fromkeys(infos):
+            try:
+                sock = sockets.enter_context(socket.socket(family, type_, proto))
+            except OSError:
+                continue  # an address family this machine lacks: asyncio skips it too
+            if not udp:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                first = first or exc
+                if not udp:
+                    break
+            else:
+                if udp:
+                    return host, port
+    if first is not None:
+        why = first.strerror or str(first)
+        extra = f" ({_BIND_HINTS[first.errno]})" if first.errno in _BIND_HINTS else ""
+        raise click.BadParameter(f"cannot listen on {text}: {why}{extra}", param_hint=hint)
+    return host, port
+
+
+def check_interfaces(values: tuple[str, ...]) -> None:
+    """Each ``--lan-interface`` is an address of this machine; raises click.BadParameter.
+
+    mDNS binds to it: checked before anything starts, like :func:`check_bindable`.
+    """
+    import ipaddress
+    import socket
+
+    for value in values:
+        family = socket.AF_INET6 if ipaddress.ip_address(value).version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((value, 0))
+            except OSError as exc:
+                raise click.BadParameter(
+                    f"{value} is not an address of this machine ({exc.strerror or exc})",
+                    param_hint="'--lan-interface'",
+                ) from None
 
 
 def listen_option(f: F) -> F:
@@ -691,6 +1023,7 @@ def budget_options(f: F) -> F:
     )(f)
     return click.option(
         "--rate",
+        type=SIZE,
         metavar="SIZE",
         help="Upload cap per second for the whole server, e.g. 25MB; past it, 503.",
     )(f)
@@ -703,6 +1036,7 @@ def lan_interface_option(f: F) -> F:
         multiple=True,
         envvar="P2PKG_LAN_INTERFACE",
         metavar="IP",
+        callback=_check_ips,
         help="Use mDNS only on this interface address (repeatable; default: all). "
         "Env: P2PKG_LAN_INTERFACE.",
     )(f)
@@ -731,7 +1065,7 @@ def _dht_service(listen: str | None, bootstrap: tuple[str, ...], state: Path | N
         return None
     from p2pkg.io.dht_service import DhtService, parse_hostport
 
-    where = parse_listen(listen) if listen else ("0.0.0.0", 0)
+    where = check_bindable("--dht-listen", listen, udp=True) if listen else ("0.0.0.0", 0)
     return DhtService(where, [parse_hostport(b) for b in bootstrap], state)
 
 
@@ -744,10 +1078,10 @@ async def _serve(run: Callable[..., Any], host: str, port: int, line: Callable[[
         click.echo(line(url), err=True)
 
 
-def _server_config(max_connections: int, rate: str | None) -> Any:
+def _server_config(max_connections: int, rate: int | None) -> Any:
     from p2pkg.io.http.server import ServerConfig
 
-    return ServerConfig(max_connections=max_connections, rate=parse_size(rate) if rate else None)
+    return ServerConfig(max_connections=max_connections, rate=rate)
 
 
 def _run_forever(coro_fn: Callable[[], Any]) -> None:
@@ -782,7 +1116,7 @@ def serve(
     store: Path,
     listen: str,
     max_connections: int,
-    rate: str | None,
+    rate: int | None,
     dht_listen: str | None,
     dht_bootstrap: tuple[str, ...],
 ) -> None:
@@ -794,7 +1128,7 @@ def serve(
     from p2pkg.io.dht_service import STATE_FILE
     from p2pkg.roles.serve import StoreServer
 
-    host, port = parse_listen(listen)
+    host, port = check_bindable("--listen", listen)
     dht = _dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
     role = StoreServer(store, _server_config(max_connections, rate), dht=dht)
 
@@ -821,18 +1155,22 @@ def serve(
     "--project", "projects", multiple=True, metavar="NAME", help="Mirror only these projects."
 )
 @click.option(
-    "--interval", default="30s", show_default=True, help="Poll period when nothing is pushed."
+    "--interval",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="Poll period when nothing is pushed.",
 )
 @dht_options
 def seed(
     store: Path,
     listen: str,
     max_connections: int,
-    rate: str | None,
+    rate: int | None,
     trust: tuple[str, ...],
     upstream: tuple[str, ...],
     projects: tuple[str, ...],
-    interval: str,
+    interval: int,
     dht_listen: str | None,
     dht_bootstrap: tuple[str, ...],
 ) -> None:
@@ -848,8 +1186,8 @@ def seed(
     pins = parse_trust(trust)
     if pins is None:
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
-    host, port = parse_listen(listen)
-    config = SeedConfig(interval=float(parse_duration(interval)))
+    host, port = check_bindable("--listen", listen)
+    config = SeedConfig(interval=float(interval))
 
     from p2pkg.io.dht_service import STATE_FILE
 
@@ -888,10 +1226,17 @@ def seed(
     help="Peer base URL. Repeatable.",
 )
 @click.option(
-    "--max-size", metavar="SIZE", help="Keep at most this much (e.g. 20GB); LRU eviction."
+    "--max-size",
+    type=SIZE,
+    metavar="SIZE",
+    help="Keep at most this much (e.g. 20GB); LRU eviction.",
 )
 @click.option(
-    "--refresh", default="60s", show_default=True, help="How stale the signed root may get."
+    "--refresh",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="How stale the signed root may get.",
 )
 @click.option(
     "--lan/--no-lan",
@@ -905,11 +1250,11 @@ def cache(
     store: Path,
     listen: str,
     max_connections: int,
-    rate: str | None,
+    rate: int | None,
     trust: tuple[str, ...],
     peers: tuple[str, ...],
-    max_size: str | None,
-    refresh: str,
+    max_size: int | None,
+    refresh: int,
     lan: bool,
     lan_interfaces: tuple[str, ...],
     dht_listen: str | None,
@@ -931,10 +1276,12 @@ def cache(
     pins = parse_trust(trust)
     if pins is None:
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
-    host, port = parse_listen(listen)
+    host, port = check_bindable("--listen", listen)
+    if lan:
+        check_interfaces(lan_interfaces)
     config = CacheConfig(
-        refresh_interval=float(parse_duration(refresh)),
-        max_size=parse_size(max_size) if max_size else None,
+        refresh_interval=float(refresh),
+        max_size=max_size,
         lan=lan,
         lan_interfaces=lan_interfaces or None,
     )
@@ -958,7 +1305,7 @@ def cache(
 
 
 @main.command()
-@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...", callback=_check_specs)
 @trust_option
 @click.option(
     "--peer",
@@ -1027,6 +1374,13 @@ def fetch(
         raise click.UsageError("at least one --peer URL is needed (or --lan, or --dht-bootstrap)")
     if filename is not None and len(specs) != 1:
         raise click.UsageError("--file needs exactly one SPEC")
+    # Addresses are checked only where they will be bound: mDNS runs when the
+    # LAN is on (the Client's rule), the DHT node only with --dht-bootstrap.
+    if lan if lan is not None else (not peers and not dht_bootstrap):
+        check_interfaces(lan_interfaces)
+    dht_where = ("0.0.0.0", 0)
+    if dht_listen and dht_bootstrap:
+        dht_where = check_bindable("--dht-listen", dht_listen, udp=True)
     client = Client(
         pins,
         list(peers),
@@ -1034,7 +1388,7 @@ def fetch(
         lan=lan,
         lan_interfaces=lan_interfaces,
         dht_bootstrap=dht_bootstrap,
-        dht_listen=parse_listen(dht_listen) if dht_listen else ("0.0.0.0", 0),
+        dht_listen=dht_where,
     )
     results: list[dict[str, Any]] = []
 

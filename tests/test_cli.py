@@ -179,13 +179,13 @@ def test_serve_export_fetch_cli(tmp_path: Path, dist: Path, master: tuple[Path, 
             check=False,
         )
         assert missing.returncode == 7 and missing.stderr.decode().count("\n") == 1
-        # SpecError is in the tree now; a bad SPEC still exits 1 with one line.
+        # A bad SPEC is a usage error (exit 2, one line), caught before any peer is asked.
         bad_spec = subprocess.run(
             [*fetch[:4], "foo>>>", *fetch[5:], "--dest", str(tmp_path)],
             capture_output=True,
             check=False,
         )
-        assert bad_spec.returncode == 1 and bad_spec.stderr.decode().count("\n") == 1
+        assert bad_spec.returncode == 2 and bad_spec.stderr.decode().count("\n") == 1
         assert b"invalid spec" in bad_spec.stderr
     dead = subprocess.run(fetch, capture_output=True, check=False)  # the peer is gone now
     assert dead.returncode == 8 and b"Traceback" not in dead.stderr

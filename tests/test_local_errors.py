@@ -108,7 +108,7 @@ def test_spec_error_is_in_the_tree() -> None:
     assert select.SpecError is SpecError and issubclass(SpecError, P2pkgError)
     with pytest.raises(SpecError):
         select.parse_spec("foo>>>")
-    assert exit_code_for(SpecError("x")) == 1  # as before the move: not a usage error
+    assert exit_code_for(SpecError("x")) == 2  # a usage error, however it is reached
 
 
 # ---------------------------------------------------------------------- the downloader
