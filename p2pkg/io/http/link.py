@@ -4,11 +4,22 @@ The one place where HTTP statuses become the engine's errors: 404 →
 :class:`AbsentError`, 503 → :class:`PeerBusyError`, any other unexpected
 status or malformed answer → :class:`ProtocolError`; socket failures are
 :class:`TransportError`, mapped by :mod:`p2pkg.io.http.client`.
+
+A root request answered 503 is asked again after the answer's
+``Retry-After`` (at most :data:`ROOT_RETRIES` times, each wait capped at
+:data:`ROOT_RETRY_CAP` seconds): a peer refusing connections for a moment
+(a full connection budget, issue 10) must not cost a refresh its only
+peer. Everything else a 503 answers goes back to the engine, whose
+scheduler pauses the peer for the ``Retry-After`` and uses other peers
+meanwhile. The caller's deadline still bounds the whole (the follower
+cancels roots that take too long).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import anyio
 
 from p2pkg.config import LIMITS
 from p2pkg.core.codec import Reader
@@ -20,6 +31,8 @@ from p2pkg.io.http.client import ClientConfig, PeerClient, SkipSink
 
 MAX_OBJECT_FRAME = LIMITS.max_object_size + (1 << 20)  # a zstd frame of the largest object
 MAX_ROOT_FRAME = 64 * 1024
+ROOT_RETRIES = 2  # root requests asked again after a 503
+ROOT_RETRY_CAP = 4.0  # seconds: the longest Retry-After a root request waits out
 
 
 class HttpLink:
@@ -79,11 +92,18 @@ class HttpLink:
         return frames
 
     async def root(self, version: int | None = None) -> bytes:
+        """The latest signed root (or ``version``'s); a 503 is retried after its Retry-After."""
         path = wire.root_path() if version is None else wire.root_version_path(version)
-        status, body, head = await self.client.get_bytes(path, MAX_ROOT_FRAME)
-        if status != 200:
-            raise _status_error(self.url, head, path)
-        return body
+        retries = 0
+        while True:
+            status, body, head = await self.client.get_bytes(path, MAX_ROOT_FRAME)
+            if status == 200:
+                return body
+            error = _status_error(self.url, head, path)
+            if not isinstance(error, PeerBusyError) or retries == ROOT_RETRIES:
+                raise error
+            retries += 1
+            await anyio.sleep(min(error.retry_after, ROOT_RETRY_CAP))
 
 
 def _status_error(

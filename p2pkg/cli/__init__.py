@@ -1,0 +1,41 @@
+"""The ``p2pkg`` command line (click): ``p2pkg.cli:main`` is the entry point.
+
+* :mod:`.app` — the command group, logging and the config option;
+* :mod:`.exits` — exit codes and one-line errors;
+* :mod:`.config` — the TOML config file, checked key by key;
+* :mod:`.values` — sizes and durations (click types with bounds);
+* :mod:`.options` — option types and callbacks (URLs, keys, sizes,
+  durations, addresses that must be bindable) and shared option groups;
+* :mod:`.namespace_commands` — keygen, publish, show, verify, export;
+* :mod:`.network_commands` — serve, seed, cache, fetch.
+"""
+
+from __future__ import annotations
+
+from p2pkg.cli import namespace_commands, network_commands  # register the commands
+from p2pkg.cli.app import main
+from p2pkg.cli.config import config_defaults
+from p2pkg.cli.exits import EXIT_CODES, errors_as_exit, exit_code_for
+from p2pkg.cli.options import (
+    check_bindable,
+    check_interfaces,
+    parse_url,
+)
+from p2pkg.cli.values import DURATION, SIZE, parse_duration, parse_size
+
+__all__ = [
+    "DURATION",
+    "EXIT_CODES",
+    "SIZE",
+    "check_bindable",
+    "check_interfaces",
+    "config_defaults",
+    "errors_as_exit",
+    "exit_code_for",
+    "main",
+    "namespace_commands",
+    "network_commands",
+    "parse_duration",
+    "parse_size",
+    "parse_url",
+]

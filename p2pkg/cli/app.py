@@ -1,0 +1,61 @@
+"""The ``p2pkg`` command group (click).
+
+
+Errors are one line on stderr and an exit code from :data:`EXIT_CODES`; a
+usage error (a malformed URL, HOST:PORT, key, size, duration or SPEC, an
+address that cannot be listened on, a bad config value) is one line naming
+the option and exit code 2, checked before anything starts. ``--json``
+prints one JSON document on stdout for scripts.
+
+Defaults can come from a TOML config file (``--config``, or
+``p2pkg/config.toml`` in the user config dir) whose tables are named after
+commands; flags override it. Keys are spelled like the flags, and every
+value is checked as the flag's would be when the file is read (a wrong type
+is one usage line naming the file, table and key)::
+
+    [publish]
+    store = "/srv/p2pkg/store"
+    key = ["/etc/p2pkg/master.key"]
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from p2pkg import __version__
+from p2pkg.cli.config import load_config
+from p2pkg.cli.exits import EXIT_HELP, OneLineUsageGroup
+
+
+@click.group(cls=OneLineUsageGroup, epilog=EXIT_HELP)
+@click.version_option(__version__, prog_name="p2pkg")
+@click.option(
+    "--config",
+    callback=load_config,
+    is_eager=True,
+    expose_value=False,
+    metavar="FILE",
+    help="TOML file of defaults, one table per command (default: user config dir).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """p2pkg: peer-to-peer distribution of Python packages under a signed namespace.
+
+    \b
+    A master signs a namespace of archives:
+      p2pkg keygen --out master.key          # prints the public key (KEY) to pin
+      p2pkg publish --key master.key dist/   # ingest wheels/sdists, sign a new root
+      p2pkg show                             # what the namespace holds (verified)
+      p2pkg verify                           # re-hash everything in the store
+      p2pkg serve --listen 0.0.0.0:8000      # serve it to peers
+    \b
+    Volunteers mirror it, sites cache it, anyone fetches it (all verified):
+      p2pkg seed --trust KEY --upstream http://master:8000
+      p2pkg cache --trust KEY --peer http://seed:8000
+          pip install --index-url http://cache-host:8000/simple/ requests
+      p2pkg fetch requests --trust KEY --peer http://seed:8000 --dest wheels/
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
