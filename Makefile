@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_transfer
 	$(BIN)/python -m netsim.bench_cache
 	$(BIN)/python -m netsim.bench_dht
+	$(BIN)/python -m netsim.bench_flood
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
