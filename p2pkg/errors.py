@@ -21,6 +21,7 @@
     ├── PeerError              one peer misbehaved or failed (carries ``peer``)
     │   ├── ProtocolError          malformed or out-of-limit HTTP from a peer
     │   ├── TransportError         connect failure, reset, timeout, stall
+    │   │   └── TooSlowError       answering below the rate floor (backed off, not banned)
     │   ├── PeerBusyError          503 with Retry-After (the peer's "not now")
     │   ├── AbsentError            the peer does not hold it (404)
     │   └── BadDataError           bytes that fail verification: the peer is banned
@@ -230,6 +231,19 @@ class ProtocolError(PeerError):
 
 class TransportError(PeerError):
     """Connection refused, reset, timed out or stalled."""
+
+
+class TooSlowError(TransportError):
+    """A peer that answers, but below the rate floor (``ClientConfig.min_rate``).
+
+    ``rate`` is what it delivered, in bytes/s, over the window that failed:
+    the peer book keeps it as the peer's rate, so the peer is asked last and
+    given the smallest spans (slowness is not proof of malice: no ban).
+    """
+
+    def __init__(self, peer: str, message: str, rate: float) -> None:
+        super().__init__(peer, f"too slow: {message}")
+        self.rate = rate
 
 
 class PeerBusyError(PeerError):

@@ -4,7 +4,9 @@ A :class:`FakeLink` is one peer as :class:`p2pkg.core.link.Link` describes
 it. It holds signed roots by version and object frames by id, counts every
 call, and misbehaves as its ``mode`` says (one of :data:`MODES`). A test can
 hold every call at a ``gate`` (an :class:`anyio.Event` it sets later) to make
-a peer slow without sleeping.
+a peer slow without sleeping. A ``trickle`` peer answers as the HTTP client
+sees a peer sending a byte a second: nothing for ``trickle_for`` seconds,
+then :class:`~p2pkg.io.http.client.TooSlowError` (the client's rate floor).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pkg.core.link import Sink
 from p2pkg.core.objects import ObjectId, compress, decompress
-from p2pkg.errors import AbsentError, PeerBusyError, ProtocolError, TransportError
+from p2pkg.errors import AbsentError, PeerBusyError, ProtocolError, TooSlowError, TransportError
 from p2pkg.testing.signer import DAY, NOW, make_root, signed_bytes
 
 #: ok, and the ways a peer fails: refused, reset mid-answer, bad bytes, 404, 503,
-#: never answers, cannot answer ``POST /objects`` (a static file server).
-MODES = ("ok", "drop", "reset", "corrupt", "absent", "busy", "stall", "static")
+#: never answers, cannot answer ``POST /objects`` (a static file server), answers
+#: below the rate floor (cut off by the client after ``trickle_for`` seconds).
+MODES = ("ok", "drop", "reset", "corrupt", "absent", "busy", "stall", "static", "trickle")
 
 #: The master's key, the key it rotates to, and a forger's key nobody trusts.
 A, B, F = (Ed25519PrivateKey.generate() for _ in range(3))
@@ -98,6 +101,7 @@ class FakeLink:
         lies: dict[ObjectId, bytes] | None = None,
         mode: str = "ok",
         rng: random.Random | None = None,
+        trickle_for: float = 5.0,
     ) -> None:
         assert mode in MODES, mode
         self.url = url
@@ -107,6 +111,7 @@ class FakeLink:
         self.lies = dict(lies or {})  # oid -> frame served in its place
         self.mode = mode
         self.rng = rng or random.Random(0)
+        self.trickle_for = trickle_for  # real seconds before the floor cuts a trickle
         self.gate: anyio.Event | None = None  # when set by the test: calls wait for it
         self.calls: Counter[str] = Counter()
         self.versions_asked: list[int | None] = []
@@ -119,6 +124,9 @@ class FakeLink:
             await self.gate.wait()
         if self.mode == "stall":
             await anyio.Event().wait()  # never set: the peer never answers
+        if self.mode == "trickle":
+            await anyio.sleep(self.trickle_for)
+            raise TooSlowError(self.url, "1 B/s below the floor 32768 B/s", 1.0)
         if self.mode == "drop":
             raise TransportError(self.url, "connection refused")
         if self.mode == "reset":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 from p2pkg.core.link import Sink, SinkDone
 from p2pkg.core.objects import FileManifest, ObjectId
 from p2pkg.core.peers import PeerBook, Tier
-from p2pkg.errors import AbsentError, FetchError, PeerBusyError, TransportError
+from p2pkg.core.schedule import ScheduleConfig
+from p2pkg.errors import AbsentError, FetchError, PeerBusyError, TooSlowError, TransportError
 from p2pkg.io.ingest import hash_bytes
 from p2pkg.roles.download import FileDownloader
 
@@ -21,8 +24,17 @@ pytestmark = pytest.mark.anyio
 MODES = ("ok", "corrupt", "reset", "absent", "busy", "drop")
 
 
+#: Real seconds a trickling link runs before "the client's floor" cuts it off.
+TRICKLE_CUT = 0.6
+
+
 class FakeLink:
-    """A peer holding ``data``, misbehaving as ``mode`` says; pieces sized by ``rng``."""
+    """A peer holding ``data``, misbehaving as ``mode`` says; pieces sized by ``rng``.
+
+    Besides :data:`MODES`: ``trickle`` sends a byte every 10 ms and is cut off
+    after :data:`TRICKLE_CUT` seconds with the HTTP client's
+    :class:`TooSlowError`; ``liar`` sends half of each span, then nothing.
+    """
 
     def __init__(self, url: str, data: bytes, mode: str, rng: random.Random) -> None:
         self.url = url
@@ -39,6 +51,11 @@ class FakeLink:
             raise PeerBusyError(self.url, 0.01)
         if self.mode == "drop" and self.rng.random() < 0.5:
             raise TransportError(self.url, "connection refused")
+        if self.mode == "trickle":
+            await self._trickle(start, stop, sink)
+        if self.mode == "liar":
+            await self._send(self.data[start : start + (stop - start) // 2], sink)
+            await anyio.sleep_forever()  # the Content-Length said more
         body = bytearray(self.data[start:stop])
         if self.mode == "corrupt":
             body[self.rng.randrange(len(body))] ^= 0xFF
@@ -56,6 +73,25 @@ class FakeLink:
                 await anyio.sleep(0)
         except SinkDone:
             return
+
+    async def _trickle(self, start: int, stop: int, sink: Sink) -> None:
+        with anyio.move_on_after(TRICKLE_CUT):
+            for i in range(start, stop):
+                await self._send(self.data[i : i + 1], sink)
+                await anyio.sleep(0.01)
+        raise TooSlowError(self.url, "100 B/s below the floor 32768 B/s", 100.0)
+
+    @staticmethod
+    async def _send(body: bytes, sink: Sink) -> None:
+        pos = 0
+        with contextlib.suppress(SinkDone):
+            while pos < len(body):
+                view = sink.buffer()
+                n = min(len(view), len(body) - pos)
+                view[:n] = body[pos : pos + n]
+                sink.advance(n)
+                pos += n
+                await anyio.sleep(0)
 
     async def object(self, oid: ObjectId) -> bytes:
         raise AbsentError(self.url, "no objects here")
@@ -131,3 +167,60 @@ async def test_measured_rates_outlive_one_file(tmp_path: Path) -> None:
     assert first_fresh.stop - first_fresh.start == cfg.initial_span
     expected = max(cfg.min_span, min(cfg.max_span, int(rate * cfg.target_span_seconds)))
     assert abs((first_known.stop - first_known.start) - expected) <= 65_536
+
+
+async def _slow_pair(
+    tmp_path: Path, mode: str
+) -> tuple[PeerBook, dict[str, FakeLink], list[float]]:
+    """A ``mode`` peer listed first beside an honest one; two files; seconds for each."""
+    rng = random.Random(5)
+    first, second = rng.randbytes(3_000_000), rng.randbytes(2_000_000)
+    links = {u: FakeLink(u, b"", m, rng) for u, m in [("slow", mode), ("honest", "ok")]}
+    book = PeerBook()
+    for url in links:
+        book.add(url)
+    downloader = FileDownloader(links.__getitem__, book)
+    took = []
+    for n, data in enumerate((first, second)):
+        for link in links.values():
+            link.data = data
+        started = time.monotonic()
+        with anyio.fail_after(10):
+            path, _ = await downloader.fetch_file(
+                manifest_of(data, f"f{n}-1.0-py3-none-any.whl"), tmp_path
+            )
+        took.append(time.monotonic() - started)
+        assert path.read_bytes() == data
+    return book, links, took
+
+
+@pytest.mark.parametrize("mode", ["trickle", "liar"])
+async def test_a_slow_peer_beside_an_honest_one_costs_a_bounded_penalty(
+    tmp_path: Path, mode: str
+) -> None:
+    """Slow retrieval: a trickler or a Content-Length liar listed first costs the first
+    file about ``stall_after`` (its span is duplicated) and the next file nothing: the
+    peer book backs it off (not a ban) and the next file defers it."""
+    book, links, took = await _slow_pair(tmp_path, mode)
+    assert took[0] < ScheduleConfig().stall_after + 1.0, took
+    assert links["slow"].requests == 1, "the second file did not ask the slow peer"
+    assert "slow" in book.backoffs(time.monotonic()) and not book.banned(time.monotonic())
+    rates = book.rates()
+    assert rates["slow"] < rates["honest"] / 10  # what it showed: asked last, smallest spans
+    assert [r.url for r in book.live(time.monotonic())] == ["honest", "slow"]
+
+
+async def test_a_sole_trickling_peer_fails_the_fetch_saying_it_is_too_slow(tmp_path: Path) -> None:
+    data = random.Random(6).randbytes(200_000)
+    link = FakeLink("trickler", data, "trickle", random.Random(6))
+    book = PeerBook()
+    book.add("trickler")
+    downloader = FileDownloader(
+        {"trickler": link}.__getitem__, book, schedule_config=ScheduleConfig(backoff=0.01)
+    )
+    started = time.monotonic()
+    with anyio.fail_after(10), pytest.raises(FetchError, match="too slow: 100 B/s below the floor"):
+        await downloader.fetch_file(manifest_of(data), tmp_path)
+    assert time.monotonic() - started < ScheduleConfig().max_failures * TRICKLE_CUT + 1.0
+    assert link.requests == ScheduleConfig().max_failures
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".whl")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import anyio
@@ -13,7 +14,7 @@ from p2pkg.core.objects import Blob, ObjectId, encode, object_id
 from p2pkg.errors import FetchError
 from p2pkg.io.store import Store
 from p2pkg.roles.links import PeerLinks
-from p2pkg.roles.objects import CACHE_BYTES, ObjectSource
+from p2pkg.roles.objects import CACHE_BYTES, Hedge, ObjectSource
 from tests.fakes import FakeClock, FakeLink, frame, until
 
 pytestmark = pytest.mark.anyio
@@ -218,3 +219,48 @@ async def test_seeded_faults_never_yield_bad_bytes(tmp_path: Path, seed: int) ->
     for link in links:
         banned = link.url in src.links.banned
         assert banned == (link.damaged > 0), f"seed {seed}: {link.url} banned={banned}"
+
+
+async def test_a_trickling_peer_costs_one_hedge_delay_then_is_asked_last() -> None:
+    """Slow retrieval: the object source never waits on one peer. The trickler (listed
+    first) is raced by the honest peer after a hedge delay, and is backed off, so the
+    next request starts with the honest peer."""
+    objs = blobs(4)
+    a, b, c, d = objs
+    trickler = FakeLink("trickler", objects=objs, mode="trickle", trickle_for=30)
+    honest = FakeLink("honest", objects=objs)
+    src = source([trickler, honest])
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        assert await src.get(a) == objs[a]
+    assert time.monotonic() - started < Hedge().first + 0.5
+    assert [r.url for r in src.links.live()] == ["honest", "trickler"]
+    assert src.links.banned == set()  # slowness is not proof of malice
+    with anyio.fail_after(1):
+        assert await src.get_many([b, c]) == {o: objs[o] for o in (b, c)}
+        assert await src.get(d) == objs[d]
+    assert (trickler.calls["object"], trickler.calls["objects"]) == (1, 0)
+
+
+async def test_a_batch_from_a_trickling_peer_is_raced_too() -> None:
+    objs = blobs(3)
+    trickler = FakeLink("trickler", objects=objs, mode="trickle", trickle_for=30)
+    honest = FakeLink("honest", objects=objs)
+    src = source([trickler, honest])
+    with anyio.fail_after(Hedge().first + 1):
+        assert await src.get_many(objs) == objs
+    assert trickler.batches == [list(objs)] and honest.batches == [list(objs)]
+    assert src.links.live()[-1].url == "trickler"
+
+
+async def test_a_peer_cut_off_by_the_rate_floor_is_backed_off_with_its_rate() -> None:
+    """A trickle the client cuts off (TooSlowError) before the hedge fires counts too."""
+    objs = blobs(1)
+    (oid,) = objs
+    trickler = FakeLink("trickler", objects=objs, mode="trickle", trickle_for=0.0)
+    honest = FakeLink("honest", objects=objs)
+    src = source([trickler, honest])
+    assert await src.get(oid) == objs[oid]
+    record = src.links.book.get("trickler")
+    assert record is not None and record.rate == 1.0 and record.failures == 1
+    assert [r.url for r in src.links.live()] == ["honest", "trickler"]

@@ -43,3 +43,39 @@ def test_bans_carry_a_reason_and_expire() -> None:
     assert not book.is_banned("http://bad", 160.0)  # one more chance after the ban
     row = next(r for r in book.summary(120.0) if r["url"] == "http://bad")
     assert row["banned"] == "chunk 3 failed verification" and row["tier"] == "mirror"
+
+
+def test_a_slow_peer_is_backed_off_not_banned_and_asked_last() -> None:
+    """Slow retrieval: a peer cut off as too slow goes last, whatever its tier, for a while."""
+    book = PeerBook(PeerBookConfig(backoff=2.0, backoff_cap=5.0))
+    book.add("http://lan", Tier.LAN)
+    book.add("http://mirror", Tier.MIRROR)
+    book.observe_transfer("http://lan", 10 << 20, 1.0)
+    book.observe_slow("http://lan", now=10.0, rate=1.0)
+    assert [r.url for r in book.live(10.0)] == ["http://mirror", "http://lan"]
+    assert book.banned(10.0) == {} and book.rates()["http://lan"] == 1.0
+    assert book.backoffs(10.0) == {"http://lan": 12.0}
+    row = next(r for r in book.summary(10.0) if r["url"] == "http://lan")
+    assert row["backed_off_for"] == 2.0 and row["banned"] is None
+    # Back-off over: back in its tier, but after the peers of its tier in good standing.
+    assert book.backoffs(12.0) == {}
+    book.add("http://lan2", Tier.LAN)
+    assert [r.url for r in book.live(12.0)] == ["http://lan2", "http://lan", "http://mirror"]
+    # Slow again: the back-off doubles (up to the cap); a success ends it at once.
+    book.observe_slow("http://lan", now=12.0)
+    assert book.backoffs(12.0) == {"http://lan": 16.0}
+    book.observe_slow("http://lan", now=16.0)
+    assert book.backoffs(16.0) == {"http://lan": 21.0}
+    book.observe_transfer("http://lan", 1 << 20, 0.1)
+    assert book.backoffs(16.0) == {} and book.get("http://lan").failures == 0  # type: ignore[union-attr]
+
+
+def test_a_failure_reported_without_a_time_backs_off_from_the_next_question() -> None:
+    """The root follower counts peers it cut off without a clock: the back-off starts later."""
+    book = PeerBook(PeerBookConfig(backoff=2.0))
+    book.add("http://trickler")
+    book.add("http://honest")
+    book.observe_failure("http://trickler")
+    assert [r.url for r in book.live(50.0)] == ["http://honest", "http://trickler"]
+    assert book.backoffs(51.0) == {"http://trickler": 52.0}
+    assert [r.url for r in book.live(52.0)] == ["http://honest", "http://trickler"]  # failing

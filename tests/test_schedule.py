@@ -164,3 +164,70 @@ def test_busy_peer_waits_for_retry_after() -> None:
     assert s.ready_peers(2.0) == []
     assert s.next_wakeup(2.0) == 4.0
     assert s.ready_peers(4.0) == ["a"]
+
+
+def test_a_peer_the_book_backed_off_waits_while_another_can_work() -> None:
+    """Slow retrieval: a peer backed off for slowness gets no span beside an honest one."""
+    s = Scheduler(lengths(8 * MiB), (), [("trickler", 0), ("ok", 0)], 0.0, deferred={"trickler": 5})
+    assert s.ready_peers(0.0) == ["ok"] and s.assign("trickler", 0.0) is None
+    span = s.assign("ok", 0.0)
+    assert span is not None
+    assert s.next_wakeup(0.0) == 5  # its back-off ends then: it may join the work
+    assert s.ready_peers(5.0) == ["trickler"]
+    # Deferred only while somebody else can work: alone, it is asked at once.
+    s.span_failed("ok", span, 1.0, Failure.ABSENT)
+    assert s.ready_peers(1.0) == ["trickler"]
+    alone = Scheduler(lengths(MiB), (), [("trickler", 0)], 0.0, deferred={"trickler": 5})
+    assert alone.ready_peers(0.0) == ["trickler"]
+
+
+def _drain(name: str, s: Scheduler, now: float) -> float:
+    """``name`` fetches every chunk nobody else holds, 10 ms a span; returns the time after."""
+    while (span := s.assign(name, now)) is not None:
+        assert not span.duplicate
+        for i in range(span.first, span.end):
+            s.chunk_done(name, i)
+        now += 0.01
+        s.span_finished(name, span, now, span.stop - span.start)
+    return now
+
+
+def test_a_measured_peer_that_goes_silent_is_duplicated_once_overdue() -> None:
+    """A Content-Length liar measured fast before: its span is taken over, not waited on."""
+    rates = {"liar": 100 * MiB, "ok": 100 * MiB}
+    s = Scheduler(lengths(4 * MiB), (), [("liar", 0), ("ok", 0)], 0.0, rates=rates)
+    liar = s.assign("liar", 0.0)
+    assert liar is not None
+    s.chunk_done("liar", liar.first)  # one chunk, then nothing
+    _drain("ok", s, 0.0)
+    assert s.assign("ok", 0.1) is None  # overdue, but too early to judge
+    dup = s.assign("ok", ScheduleConfig().stall_after + 0.01)
+    assert dup is not None and dup.duplicate and (dup.first, dup.end) == (liar.first + 1, liar.end)
+
+
+def test_an_unmeasured_trickler_is_duplicated_within_stall_after() -> None:
+    s = Scheduler(lengths(2 * MiB), (), [("trickler", 0), ("ok", 0)], 0.0)
+    trickle = s.assign("trickler", 0.0)
+    assert trickle is not None
+    _drain("ok", s, 0.0)
+    assert s.assign("ok", 0.1) is None
+    dup = s.assign("ok", ScheduleConfig().stall_after)
+    assert dup is not None and (dup.first, dup.end) == (trickle.first, trickle.end)
+    assert ScheduleConfig().stall_after <= 0.25
+
+
+def test_a_peer_too_slow_gets_the_smallest_spans_then_is_dropped_saying_why() -> None:
+    cfg = ScheduleConfig()
+    s = Scheduler(lengths(64 * MiB), (), [("slow", 0)], 0.0, cfg)
+    now = 0.0
+    for n in range(cfg.max_failures):
+        span = s.assign("slow", now)
+        assert span is not None
+        if n:  # after the first: sized for what it showed (1 B/s), i.e. the smallest
+            assert span.stop - span.start < cfg.min_span + 80 * KiB
+        reason = "peer slow: too slow: 1 B/s below the floor 32768 B/s"
+        s.span_failed("slow", span, now, Failure.SLOW, rate=1.0, reason=reason)
+        now = s.next_wakeup(now) or now
+    assert s.failed()
+    dropped = str(s.peer_summary()["slow"]["dropped"])
+    assert "failed 4 times in a row" in dropped and "too slow: 1 B/s" in dropped

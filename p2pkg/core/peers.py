@@ -6,6 +6,13 @@ instead of starting every file from a guess. Peers come in locality tiers
 (:class:`Tier`: LAN caches before configured / mirror-list peers before DHT
 providers); a peer that sent bad data is banned with a reason and an expiry.
 
+A peer that fails or is too slow (below the client's floor, or outrun by
+another peer) is *backed off*, not banned — slowness is not proof of
+malice: for a while that doubles with each failure in a row it is asked
+after every other peer, whatever its tier, and its rate drops to what it
+delivered; after that it is asked after the peers of its tier in good
+standing until a transfer from it succeeds.
+
 Everything is driven by the caller's ``now``, so tests and netsim replay it.
 """
 
@@ -31,6 +38,8 @@ class PeerBookConfig:
     rate_alpha: float = 0.5  # EWMA weight of the newest throughput sample
     latency_alpha: float = 0.3
     min_sample_bytes: int = 64 * 1024  # smaller transfers measure latency, not rate
+    backoff: float = 2.0  # a failing or too-slow peer is asked last this long,
+    backoff_cap: float = 300.0  # doubling with each failure in a row up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +59,9 @@ class PeerRecord:
     received: int = 0
     failures: int = 0  # in a row
     ban: Ban | None = None
+    # Asked after every other peer until then. None with failures: reported
+    # without a time, so the back-off starts the next time the book is asked.
+    backoff_until: float | None = None
 
 
 class PeerBook:
@@ -103,15 +115,36 @@ class PeerBook:
     # ------------------------------------------------------------------ choice
 
     def live(self, now: float) -> list[PeerRecord]:
-        """Peers not banned, best first: tier, then measured rate (unmeasured last)."""
+        """Peers not banned, best first.
+
+        Backed-off peers last; then by tier, peers whose last request failed
+        after those in good standing, and faster peers first (unmeasured last).
+        """
         return sorted(
             (r for r in self._peers.values() if not self.is_banned(r.url, now)),
-            key=lambda r: (r.tier, -r.rate),
+            key=lambda r: (self._backing_off(r, now), r.tier, r.failures > 0, -r.rate),
         )
 
     def rates(self) -> dict[str, float]:
         """Measured rates, to seed a scheduler's first spans."""
         return {r.url: r.rate for r in self._peers.values() if r.rate > 0}
+
+    def backoffs(self, now: float) -> dict[str, float]:
+        """Peers backed off at ``now`` and until when (a scheduler defers them)."""
+        return {
+            r.url: r.backoff_until
+            for r in self._peers.values()
+            if self._backing_off(r, now) and r.backoff_until is not None
+        }
+
+    def _backing_off(self, record: PeerRecord, now: float) -> bool:
+        if record.failures and record.backoff_until is None:
+            record.backoff_until = now + self._backoff(record.failures)
+        return record.backoff_until is not None and now < record.backoff_until
+
+    def _backoff(self, failures: int) -> float:
+        cfg = self.config
+        return min(cfg.backoff_cap, cfg.backoff * (1 << min(max(failures - 1, 0), 32)))
 
     # ------------------------------------------------------------------ observations
 
@@ -121,7 +154,8 @@ class PeerBook:
         if record is None:
             return
         record.received += nbytes
-        record.failures = 0
+        record.failures = 0  # a success: back in good standing
+        record.backoff_until = None
         if nbytes >= self.config.min_sample_bytes and seconds > 0:
             sample = nbytes / seconds
             a = self.config.rate_alpha
@@ -136,16 +170,37 @@ class PeerBook:
             seconds if record.latency is None else a * seconds + (1 - a) * record.latency
         )
 
-    def observe_failure(self, url: str) -> None:
+    def observe_failure(self, url: str, now: float | None = None) -> None:
+        """A request to ``url`` failed (refused, reset, stalled, cut off): back it off.
+
+        Without ``now`` the failure counts and the back-off starts the next
+        time the book is asked with a time.
+        """
         record = self._peers.get(url)
-        if record is not None:
-            record.failures += 1
+        if record is None:
+            return
+        record.failures += 1
+        record.backoff_until = None if now is None else now + self._backoff(record.failures)
+
+    def observe_slow(self, url: str, now: float, rate: float | None = None) -> None:
+        """``url`` was too slow (below the floor, or outrun by another peer): back it off.
+
+        ``rate``: what it delivered (bytes/s), which becomes its rate, so
+        a scheduler gives it the smallest spans and duplicates them soonest.
+        """
+        record = self._peers.get(url)
+        if record is None:
+            return
+        if rate is not None:
+            record.rate = max(rate, 1.0)  # measured (0 would read "never measured")
+        self.observe_failure(url, now)
 
     def summary(self, now: float) -> list[dict[str, object]]:
         """One row per peer, for status pages and ``--json``."""
         rows: list[dict[str, object]] = []
         for r in sorted(self._peers.values(), key=lambda r: (r.tier, r.url)):
             banned = self.is_banned(r.url, now)
+            until = r.backoff_until if self._backing_off(r, now) else None
             rows.append(
                 {
                     "url": r.url,
@@ -154,6 +209,7 @@ class PeerBook:
                     "latency": None if r.latency is None else round(r.latency, 4),
                     "received": r.received,
                     "failures_in_a_row": r.failures,
+                    "backed_off_for": None if until is None else round(until - now, 1),
                     "banned": r.ban.reason if banned and r.ban is not None else None,
                 }
             )

@@ -11,12 +11,21 @@ Peers have ``slots`` concurrent spans. Failures are classified:
 * ``absent`` (404): the peer does not hold the file; never asked again here;
 * ``error`` (timeout, reset, stall, protocol): exponential back-off, and after
   ``max_failures`` in a row the peer is dropped for this file;
+* ``slow`` (below the client's rate floor): an error, and the peer's rate
+  becomes what it delivered, so its next spans are the smallest;
 * ``bad`` (a chunk that fails its hash): the peer is banned.
+
+Peers the peer book has backed off (too slow or failing lately) are
+*deferred*: they get no span before their back-off ends while another peer
+can work, so a trickling peer costs a file nothing beside an honest one.
 
 When no chunk is left unassigned, an idle peer duplicates the rest of an
 in-flight span it is expected to finish at least ``endgame_factor`` times
-sooner than the span's owner (a slow or stalled peer); the first copy of a
-chunk wins and the shell stops a span whose remaining chunks are all done.
+sooner than the span's owner; the first copy of a chunk wins and the shell
+stops a span whose remaining chunks are all done. The owner's speed is its
+measured rate while it keeps to it; an owner that is overdue, or unmeasured
+and running for ``stall_after``, is judged by what it delivered of the span
+(a trickling or silent peer is found out within ``stall_after``).
 
 Everything is driven by the caller's clock, so tests and netsim replay any
 timing exactly.
@@ -25,7 +34,6 @@ timing exactly.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,17 +52,19 @@ class ScheduleConfig:
     busy_cap: float = 30.0
     rate_alpha: float = 0.5  # EWMA weight of the newest throughput sample
     # Endgame: duplicate a span only if an idle peer should finish its rest this
-    # many times sooner than its owner (a span with no rate yet: after stall_after).
+    # many times sooner than its owner. An owner is judged by its progress on the
+    # span once overdue, or unmeasured and running for stall_after.
     endgame_factor: float = 2.0
-    stall_after: float = 1.0
+    stall_after: float = 0.25
     assumed_rate: float = 8 * 1024 * 1024  # for a peer not measured yet
-    endgame_poll: float = 0.25
+    endgame_poll: float = 0.1
 
 
 class Failure(Enum):
     BUSY = "busy"
     ABSENT = "absent"
     ERROR = "error"
+    SLOW = "slow"
     BAD = "bad"
 
 
@@ -78,6 +88,7 @@ class PeerState:
     inflight: dict[int, float] = field(default_factory=dict)  # span id -> start time
     failures: int = 0
     not_before: float = 0.0
+    deferred_until: float = 0.0  # backed off by the peer book: only if nobody else can
     dropped: str | None = None  # why this peer is out for this file
     received: int = 0
 
@@ -93,9 +104,11 @@ class Scheduler:
         now: float,
         config: ScheduleConfig = ScheduleConfig(),
         rates: Mapping[str, float] | None = None,
+        deferred: Mapping[str, float] | None = None,
     ) -> None:
         """``rates``: throughput measured on earlier files (the peer book), so the
-        first spans are sized for the peer instead of ``initial_span``."""
+        first spans are sized for the peer instead of ``initial_span``.
+        ``deferred``: peers the book has backed off, and until when."""
         self.config = config
         self.lengths = list(lengths)
         self.offsets = [0, *itertools.accumulate(self.lengths)]
@@ -106,7 +119,11 @@ class Scheduler:
         self.remaining = len(self.lengths) - sum(self.done)
         self.cover = [0] * len(self.lengths)  # in-flight spans covering each chunk
         known = rates or {}
-        self.peers = {name: PeerState(name, tier, known.get(name, 0.0)) for name, tier in peers}
+        later = deferred or {}
+        self.peers = {
+            name: PeerState(name, tier, known.get(name, 0.0), deferred_until=later.get(name, 0.0))
+            for name, tier in peers
+        }
         self.spans: dict[int, tuple[str, Span]] = {}
         self._ids = itertools.count()
         self._duplicated: set[int] = set()
@@ -132,21 +149,38 @@ class Scheduler:
 
     def ready_peers(self, now: float) -> list[str]:
         """Peers that could take a span now, best first (tier, then rate)."""
-        ready = [
-            p
-            for p in self.peers.values()
-            if self.usable(p) and now >= p.not_before and len(p.inflight) < self._slots(p)
-        ]
+        ready = [p for p in self.peers.values() if self._ready(p, now)]
         ready.sort(key=lambda p: (p.tier, -p.rate))
         return [p.name for p in ready]
+
+    def _ready(self, peer: PeerState, now: float) -> bool:
+        return (
+            self.usable(peer)
+            and now >= peer.not_before
+            and len(peer.inflight) < self._slots(peer)
+            and not self._deferred(peer, now)
+        )
+
+    def _deferred(self, peer: PeerState, now: float) -> bool:
+        """Backed off by the book while some other peer can still work."""
+        return now < peer.deferred_until and any(
+            self.usable(p) and now >= p.deferred_until for p in self.peers.values()
+        )
 
     def next_wakeup(self, now: float) -> float | None:
         """When to call :meth:`assign` again even if no request ends before then.
 
-        A back-off or busy pause ending, or, while spans are in flight and a peer
-        sits idle, the next endgame check (a stalled owner is only noticed by time).
+        A back-off, busy pause or deferral ending, or, while spans are in flight
+        and a peer sits idle, the next endgame check (a stalled owner is only
+        noticed by time).
         """
-        times = [p.not_before for p in self.peers.values() if self.usable(p) and p.not_before > now]
+        times = [
+            t
+            for p in self.peers.values()
+            if self.usable(p)
+            for t in (p.not_before, p.deferred_until)
+            if t > now
+        ]
         if self.spans and self.ready_peers(now):
             times.append(now + self.config.endgame_poll)
         return min(times) if times else None
@@ -176,11 +210,7 @@ class Scheduler:
     def assign(self, name: str, now: float) -> Span | None:
         """The next span for peer ``name``, or None if it has nothing to do now."""
         peer = self.peers[name]
-        if (
-            not self.usable(peer)
-            or now < peer.not_before
-            or len(peer.inflight) >= self._slots(peer)
-        ):
+        if not self._ready(peer, now):
             return None
         span = self._fresh_span(peer) or self._endgame_span(peer, now)
         if span is None:
@@ -213,13 +243,20 @@ class Scheduler:
             i += 1
         return Span(next(self._ids), first, i, self.offsets[first], self.offsets[i])
 
-    def _owner_eta(self, owner: PeerState, span: Span, now: float) -> float:
-        """Seconds the owner of ``span`` is still expected to need."""
-        started = owner.inflight.get(span.id, now)
-        if owner.rate > 0:
-            return max(0.0, started + (span.stop - span.start) / owner.rate - now)
-        # No measurement yet: only a span that has been running a while is suspect.
-        return math.inf if now - started > self.config.stall_after else 0.0
+    def _owner_eta(self, owner: PeerState, span: Span, left: int, now: float) -> float:
+        """Seconds the owner of ``span`` is still expected to need for its ``left`` bytes."""
+        elapsed = now - owner.inflight.get(span.id, now)
+        size = span.stop - span.start
+        if owner.rate > 0 and elapsed * owner.rate <= size:
+            return size / owner.rate - elapsed  # keeping to its measured rate
+        if elapsed < self.config.stall_after:
+            return 0.0  # too early to judge
+        # Overdue, or unmeasured and running a while: what it delivered of this
+        # span, plus the chunk it is on, bounds its rate from above. A peer
+        # trickling a byte a second shows no chunk at all.
+        current = next(i for i in range(span.first, span.end) if not self.done[i])
+        shown = (size - left + self.lengths[current]) / elapsed
+        return left / min(shown, owner.rate) if owner.rate > 0 else left / shown
 
     def _endgame_span(self, peer: PeerState, now: float) -> Span | None:
         """Duplicate the tail of an in-flight span that ``peer`` should finish much sooner."""
@@ -232,7 +269,7 @@ class Scheduler:
             )
             if not left_bytes:
                 continue
-            owner_eta = self._owner_eta(self.peers[owner_name], span, now)
+            owner_eta = self._owner_eta(self.peers[owner_name], span, left_bytes, now)
             mine = left_bytes / (peer.rate if peer.rate > 0 else self.config.assumed_rate)
             saved = owner_eta - mine
             if owner_eta > self.config.endgame_factor * mine and (best is None or saved > best[0]):
@@ -284,9 +321,21 @@ class Scheduler:
             peer.rate = sample if peer.rate <= 0 else a * sample + (1 - a) * peer.rate
 
     def span_failed(
-        self, name: str, span: Span, now: float, failure: Failure, retry_after: float = 0.0
+        self,
+        name: str,
+        span: Span,
+        now: float,
+        failure: Failure,
+        retry_after: float = 0.0,
+        *,
+        rate: float | None = None,
+        reason: str = "",
     ) -> None:
-        """The request for ``span`` failed; its unfinished chunks go back to the pool."""
+        """The request for ``span`` failed; its unfinished chunks go back to the pool.
+
+        ``rate``: for :attr:`Failure.SLOW`, what the peer delivered (bytes/s).
+        ``reason``: the error, named when the peer is dropped.
+        """
         self._release(name, span)
         peer = self.peers[name]
         cfg = self.config
@@ -297,10 +346,13 @@ class Scheduler:
                 peer.dropped = "does not hold the file"
             case Failure.BAD:
                 peer.dropped = "sent data that failed verification (banned)"
-            case Failure.ERROR:
+            case Failure.ERROR | Failure.SLOW:
+                if failure is Failure.SLOW and rate is not None:
+                    peer.rate = max(rate, 1.0)  # its next spans are the smallest
                 peer.failures += 1
                 if peer.failures >= cfg.max_failures:
-                    peer.dropped = f"failed {peer.failures} times in a row"
+                    last = f" (last: {reason})" if reason else ""
+                    peer.dropped = f"failed {peer.failures} times in a row{last}"
                 else:
                     delay = cfg.backoff * 2 ** (peer.failures - 1)
                     peer.not_before = now + min(delay, cfg.backoff_cap)

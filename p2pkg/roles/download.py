@@ -6,6 +6,14 @@ fakes in tests and netsim — and keeps what it learns about each peer in the
 shared :class:`p2pkg.core.peers.PeerBook` (a peer's measured rate sizes its
 first span on the next file; a peer that sends bad data is banned there).
 
+Slow retrieval: the HTTP client cuts a peer off below its rate floor
+(:class:`~p2pkg.io.http.client.TooSlowError`); such a peer, or one whose
+span a duplicate finished first, is backed off in the book with the rate
+it showed, and the next files defer it while another peer can work. With
+an honest peer present a trickling one costs a file little more than the
+honest peer needs (the scheduler duplicates its span within
+``stall_after``).
+
 Every chunk is checked against its BLAKE3 id before it touches the disk
 (docs/protocol.md §2.2); the destination is written only when the whole
 file's sha256 and BLAKE3 match the manifest (temp name, fsync, rename).
@@ -53,6 +61,7 @@ from p2pkg.errors import (
     LocalError,
     PeerBusyError,
     PeerError,
+    TooSlowError,
     local_error,
     local_io,
 )
@@ -94,6 +103,7 @@ class _SpanSink:
         self.i = span.first
         self.filled = 0
         self.received = 0
+        self.started = 0.0  # when its request was sent (the downloader's clock)
         lengths = ctx.sched.lengths
         self.buf = bytearray(max(lengths[span.first : span.end]))
         self.view = memoryview(self.buf)
@@ -388,27 +398,31 @@ class FileDownloader:
         hasher: _PrefixHasher | None,
         watch: Callable[[int], None] | None = None,
     ) -> None:
-        peers = self.book.live(self.clock())
+        now = self.clock()
+        peers = self.book.live(now)
         if not peers and len(have) < len(manifest.chunks):
             raise FetchError(f"no peers to fetch {manifest.filename} from")
         sched = Scheduler(
             [c.length for c in manifest.chunks],
             have,
             [(p.url, int(p.tier)) for p in peers],
-            self.clock(),
+            now,
             self.schedule_config,
             rates=self.book.rates(),
+            deferred=self.book.backoffs(now),
         )
         ctx = _Download(manifest, fd, partial, sched, stats, progress, hasher, watch)
         ctx.start()
         wake = anyio.Event()
         clock = self.clock
         fatal: LocalError | None = None
+        running: dict[int, _SpanSink] = {}  # span id -> its sink, while its request runs
 
         async def run(peer: str, span: Span) -> None:
             nonlocal wake, fatal
             sink = _SpanSink(ctx, peer, span)
-            started = clock()
+            started = sink.started = clock()
+            running[span.id] = sink
             try:
                 link = self.links(peer)
                 await link.span(manifest.blake3, span.start, span.stop, manifest.size, sink)
@@ -425,16 +439,21 @@ class FileDownloader:
             except AbsentError:
                 log.info("peer %s does not hold %s", peer, manifest.filename)
                 sched.span_failed(peer, span, clock(), Failure.ABSENT)
+            except TooSlowError as exc:
+                log.info("span %d-%d from %s: %s", span.first, span.end, peer, exc)
+                self.book.observe_slow(peer, clock(), exc.rate)
+                sched.span_failed(peer, span, clock(), Failure.SLOW, rate=exc.rate, reason=str(exc))
             except PeerError as exc:
                 log.info("span %d-%d from %s failed: %s", span.first, span.end, peer, exc)
-                self.book.observe_failure(peer)
-                sched.span_failed(peer, span, clock(), Failure.ERROR)
+                self.book.observe_failure(peer, clock())
+                sched.span_failed(peer, span, clock(), Failure.ERROR, reason=str(exc))
             except LocalError as exc:
                 # Our disk, not this peer: no failure is counted against it, and
                 # the other peers' spans would hit the same disk: stop them all.
                 if fatal is None:
                     fatal = exc
             finally:
+                del running[span.id]
                 wake.set()
 
         failed = False
@@ -454,6 +473,8 @@ class FileDownloader:
                 timeout = math.inf if wakeup is None else max(0.0, wakeup - now)
                 with anyio.move_on_after(timeout):
                     await wake.wait()
+            if sched.complete:
+                self._outrun(running)
             tg.cancel_scope.cancel()  # endgame duplicates still running lost the race
         if fatal is not None:
             raise fatal
@@ -461,6 +482,27 @@ class FileDownloader:
         if failed:
             summary = "; ".join(f"{n}: {s['dropped']}" for n, s in stats.peers.items())
             raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
+
+    def _outrun(self, running: dict[int, _SpanSink]) -> None:
+        """Back off the peers whose spans duplicates finished while they still sent.
+
+        A trickling peer that the floor did not cut off (the file was done
+        first) is still far slower than the rest: the next file defers it.
+        """
+        now = self.clock()
+        for sink in running.values():
+            span = sink.span
+            if span.duplicate or sink.received >= span.stop - span.start:
+                continue  # a duplicate that lost, or an owner that just finished
+            rate = sink.received / max(now - sink.started, 1e-6)
+            log.info(
+                "peer %s was outrun on chunks %d-%d (%.0f B/s)",
+                sink.peer,
+                span.first,
+                span.end,
+                rate,
+            )
+            self.book.observe_slow(sink.peer, now, rate)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -88,7 +88,7 @@ class RootFollower:
         *,
         persist: bool = True,
         clock: Callable[[], float] = time.time,
-        grace: float = 0.25,
+        grace: float = 0.05,
         deadline: float = 10.0,
     ) -> None:
         if not pinned:
@@ -182,7 +182,7 @@ class RootFollower:
                 tg.start_soon(watchdog, tg)
         for url in (u for u in peers if u not in done):  # cut off: deprioritised, and said why
             log.info("root from %s: no answer within the refresh deadline", url)
-            self.links.book.observe_failure(url)
+            self.links.book.observe_failure(url, self.links.monotonic())
             problems.append(f"peer {url}: no root within the refresh deadline")
         self._refreshed = self.links.monotonic()
         offers.sort(key=lambda o: (-o[0], peers.index(o[2])))

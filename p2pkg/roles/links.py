@@ -2,9 +2,10 @@
 
 Every part that asks peers for something — the root follower, the object
 source, the file downloader — shares one :class:`PeerLinks`, so a ban for
-bad data, a measured rate or a newly discovered peer is seen by all of
-them, and a peer's HTTP connections are reused across files. Links are made
-by ``link_factory`` (HTTP in the product; fakes in unit tests and netsim).
+bad data, a measured rate, a back-off for a slow peer or a newly discovered
+peer is seen by all of them, and a peer's HTTP connections are reused
+across files. Links are made by ``link_factory`` (HTTP in the product;
+fakes in unit tests and netsim).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from p2pkg.core.link import Link
 from p2pkg.core.peers import PeerBook, PeerRecord, Tier
+from p2pkg.errors import PeerError, TooSlowError, TransportError
 from p2pkg.io.http.client import ClientConfig
 from p2pkg.io.http.link import HttpLink
 
@@ -62,8 +64,25 @@ class PeerLinks:
         return link
 
     def live(self) -> list[PeerRecord]:
-        """Peers not banned now, best tier first."""
+        """Peers not banned now, best first (backed-off peers last; see :meth:`PeerBook.live`)."""
         return self.book.live(self.monotonic())
+
+    def failed(self, url: str, exc: PeerError) -> None:
+        """Note what a request to ``url`` ended with: a transport failure backs it off.
+
+        A peer that was too slow also gets the rate it showed. A 404, a 503
+        or a peer that cannot answer a batch (a static server) is no failure.
+        """
+        now = self.monotonic()
+        if isinstance(exc, TooSlowError):
+            self.book.observe_slow(url, now, exc.rate)
+        elif isinstance(exc, TransportError):
+            self.book.observe_failure(url, now)
+
+    def outrun(self, url: str) -> None:
+        """``url`` had not answered when another peer's answer came: back it off."""
+        log.info("peer %s was outrun by another peer: asked last for a while", url)
+        self.book.observe_slow(url, self.monotonic())
 
     def ban(self, url: str, reason: str) -> None:
         """Ban ``url`` for data that failed verification (every part stops asking it)."""

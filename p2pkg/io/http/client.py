@@ -7,34 +7,53 @@ per chunk, hashed with BLAKE3 as soon as it is full and written with
 ``pwrite`` at its offset. A sink raising :class:`BadDataError` aborts the
 connection at once, so a bad peer's bytes never reach the file.
 
-Every wait is bounded: connect, head, and "no progress for ``stall``
-seconds" while a body streams (slow-retrieval defence).
+Every wait is bounded (slow retrieval, TUF's attack): connect; the head
+(``head_timeout``, and one ``rate_window`` from its first byte); the body,
+which must make progress (``stall_timeout``) *and* keep a floor: at least
+``min_rate`` bytes/s over every ``rate_window`` seconds, or its end within
+the window. A peer trickling a byte a second never trips "no progress" but
+trips the floor, so a body of ``n`` bytes never takes much longer than
+``rate_window + n / min_rate`` (the overall deadline). Such a peer is cut
+off with a :class:`TooSlowError` that says how slow it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from p2pkg.core.link import Sink, SinkDone
-from p2pkg.errors import BadDataError, P2pkgError, ProtocolError, TransportError
+from p2pkg.errors import BadDataError, P2pkgError, ProtocolError, TooSlowError, TransportError
 from p2pkg.io.http import wire
 
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     connect_timeout: float = 5.0
-    head_timeout: float = 10.0
+    head_timeout: float = 10.0  # for the whole head (a cache pulling through may think first)
     stall_timeout: float = 5.0  # abort when a body makes no progress for this long
+    # The floor (slow retrieval): every rate_window seconds a body must bring
+    # min_rate * rate_window bytes or its end, and a head must be whole
+    # rate_window after its first byte. 0 (either) turns the floor off.
+    min_rate: float = 32 * 1024
+    rate_window: float = 2.0
     idle_connections: int = 4  # kept per peer for reuse
     max_error_body: int = 64 * 1024
     # Sent with every request (a cache sends wire.ONLY_IF_CACHED: peers that
     # pull through must not do so on its behalf, so two caches never loop).
     extra_headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def has_floor(self) -> bool:
+        """Whether bodies and heads are held to ``min_rate`` (both settings positive)."""
+        return self.min_rate > 0 and self.rate_window > 0
 
 
 class BytesSink:
@@ -80,6 +99,7 @@ class SkipSink:
 
 
 SinkFactory = Callable[[wire.ResponseHead], Sink]
+_T = TypeVar("_T")
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -95,9 +115,22 @@ class _Protocol(asyncio.BufferedProtocol):
         self._method = "GET"
         self.head_future: asyncio.Future[wire.ResponseHead] | None = None
         self.body_future: asyncio.Future[bool] | None = None  # True: connection reusable
-        self.progress = 0.0
+        self.progress = 0.0  # monotonic time of the last bytes received
+        self.head_first = 0.0  # when the current head's first byte came (0: not yet)
+        self.body_started = 0.0  # when the current head was complete
+        self.body_size = 0
         self.closed = False
         self._reusable = False
+
+    @property
+    def head_bytes(self) -> int:
+        """Bytes of the current head received so far."""
+        return self._head_len
+
+    @property
+    def body_received(self) -> int:
+        """Bytes of the current body received so far."""
+        return self.body_size - self._remaining if self._in_body else self.body_size
 
     # -- asyncio callbacks
 
@@ -137,6 +170,8 @@ class _Protocol(asyncio.BufferedProtocol):
     # -- parsing
 
     def _head_bytes(self, nbytes: int) -> None:
+        if self._head_len == 0:
+            self.head_first = self.progress
         start = max(0, self._head_len - 3)
         self._head_len += nbytes
         end = self._head.find(b"\r\n\r\n", start, self._head_len)
@@ -159,6 +194,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self._sink = self._factory(head)
         self._in_body = True
         self._remaining = 0 if self._method == "HEAD" else head.content_length
+        self.body_size = self._remaining
+        self.body_started = self.progress
         if self.head_future is not None and not self.head_future.done():
             self.head_future.set_result(head)
         if self._remaining == 0:
@@ -206,6 +243,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.head_future = loop.create_future()
         self.body_future = loop.create_future()
         self.progress = time.monotonic()
+        self.head_first = 0.0
+        self.body_size = 0
         assert self.transport is not None
         self.transport.write(data)
 
@@ -218,6 +257,12 @@ class Connection:
         self._proto = proto
         self._config = config
         self.reusable = True
+        self.completed = 0  # requests answered on this connection (> 0: reused from the pool)
+
+    @property
+    def answered(self) -> bool:
+        """Whether any byte of the current request's response has arrived."""
+        return self._proto.head_first != 0.0
 
     @classmethod
     async def open(cls, peer: str, host: str, port: int, config: ClientConfig) -> Connection:
@@ -254,16 +299,16 @@ class Connection:
         self.reusable = False
         proto.start(method, data, factory)
         assert proto.head_future is not None and proto.body_future is not None
+        sent = proto.progress
         try:
-            head = await asyncio.wait_for(
-                asyncio.shield(proto.head_future), self._config.head_timeout
-            )
-            await self._wait_body(proto.body_future)
+            head = await self._wait(proto.head_future, lambda now: self._check_head(sent, now))
+            # (time, bytes received then), oldest first: the floor is checked
+            # against the newest sample at least one window old.
+            samples = deque([(proto.body_started, 0)])
+            await self._wait(proto.body_future, lambda now: self._check_body(samples, now))
             self.reusable = proto.body_future.result() and not proto.closed
+            self.completed += 1
             return head
-        except TimeoutError:
-            self.close()
-            raise TransportError(self.peer, "timed out waiting for a response") from None
         except BaseException:
             self.close()
             raise
@@ -277,14 +322,54 @@ class Connection:
                 elif not fut.cancelled():
                     fut.exception()  # mark retrieved: the error was raised once, here
 
-    async def _wait_body(self, fut: asyncio.Future[bool]) -> None:
-        stall = self._config.stall_timeout
+    async def _wait(self, fut: asyncio.Future[_T], check: Callable[[float], None]) -> _T:
+        """``fut``'s result; every tick ``check(now)`` may raise (late, stalled, too slow)."""
+        cfg = self._config
+        window = cfg.rate_window if cfg.has_floor else math.inf
+        tick = min(cfg.head_timeout, cfg.stall_timeout, window) / 4
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), stall)
-                return
-            if time.monotonic() - self._proto.progress >= stall:
-                raise TransportError(self.peer, f"stalled: no data for {stall:g}s")
+                return await asyncio.wait_for(asyncio.shield(fut), max(tick, 0.01))
+            check(time.monotonic())
+
+    def _check_head(self, sent: float, now: float) -> None:
+        """The head within ``head_timeout``, and within a window of its first byte."""
+        cfg, proto = self._config, self._proto
+        if now - sent >= cfg.head_timeout:
+            raise TransportError(self.peer, "timed out waiting for a response")
+        if proto.head_first and cfg.has_floor and now - proto.head_first >= cfg.rate_window:
+            elapsed = now - proto.head_first
+            raise TooSlowError(
+                self.peer,
+                f"response head not complete {elapsed:.1f}s after its first byte",
+                proto.head_bytes / elapsed,
+            )
+
+    def _check_body(self, samples: deque[tuple[float, int]], now: float) -> None:
+        """Progress within ``stall_timeout``; the floor over the last ``rate_window``."""
+        cfg, proto = self._config, self._proto
+        if now - proto.progress >= cfg.stall_timeout:
+            raise TransportError(self.peer, f"stalled: no data for {cfg.stall_timeout:g}s")
+        if not cfg.has_floor:
+            return
+        received = proto.body_received
+        samples.append((now, received))
+        while len(samples) > 1 and samples[1][0] <= now - cfg.rate_window:
+            samples.popleft()
+        then, before = samples[0]
+        elapsed = now - then
+        if elapsed < cfg.rate_window:
+            return  # not streaming for a whole window yet
+        got = received - before
+        # The floor, or the rest of the body when that is less: a small object
+        # must simply be whole by the end of its first window.
+        if got < min(cfg.min_rate * elapsed, proto.body_size - before):
+            raise TooSlowError(
+                self.peer,
+                f"{got / elapsed:.0f} B/s below the floor {cfg.min_rate:.0f} B/s "
+                f"({received} of {proto.body_size} bytes)",
+                got / elapsed,
+            )
 
 
 class PeerClient:
@@ -331,19 +416,44 @@ class PeerClient:
     ) -> wire.ResponseHead:
         conn = await self._connection()
         try:
-            head = await conn.request(
-                method,
-                self.base_path + path,
-                self.host_header,
-                factory,
-                headers=self.config.extra_headers + headers,
-                body=body,
-            )
+            head = await self._send(conn, method, path, factory, headers, body)
+        except TransportError:
+            conn.close()
+            if not conn.completed or conn.answered:
+                raise
+            # A pooled connection the peer closed while it sat idle (its idle
+            # timeout, or its slot freed for another client) fails before any
+            # byte of the answer: that says nothing about the peer. Requests
+            # here are reads (idempotent): once more on a fresh connection.
+            conn = await Connection.open(self.url, self.host, self.port, self.config)
+            try:
+                head = await self._send(conn, method, path, factory, headers, body)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
             conn.close()
             raise
         self._release(conn)
         return head
+
+    async def _send(
+        self,
+        conn: Connection,
+        method: str,
+        path: str,
+        factory: SinkFactory,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+    ) -> wire.ResponseHead:
+        return await conn.request(
+            method,
+            self.base_path + path,
+            self.host_header,
+            factory,
+            headers=self.config.extra_headers + headers,
+            body=body,
+        )
 
     def _bounded(self, path: str, limit: int, sinks: list[BytesSink]) -> SinkFactory:
         """A factory collecting a whole body: ``limit`` for 200, small for errors."""
