@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_cache
 	$(BIN)/python -m netsim.bench_dht
 	$(BIN)/python -m netsim.bench_flood
+	$(BIN)/python -m netsim.bench_slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
