@@ -274,14 +274,17 @@ class RootFollower:
         *,
         interval: float,
         max_backoff: float = 300.0,
+        min_gap: float = 1.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Refresh every ``interval`` seconds until cancelled; ``on_root`` after each.
 
         A failed round (no peer reachable, ``on_root`` raised a p2pkg error)
         backs off from ``interval`` doubling up to ``max_backoff``; a
-        :meth:`poke` still wakes the loop at once. :attr:`state` tells how
-        it went.
+        :meth:`poke` still wakes the loop at once, but rounds start at least
+        ``min_gap`` seconds apart: a burst of pushes (anyone may POST an
+        empty notify) costs one upstream poll per gap, not one each.
+        :attr:`state` tells how it went.
         """
         task_status.started()
         st = self.state
@@ -289,6 +292,7 @@ class RootFollower:
             # A fresh event before the round: a poke that arrives while the round
             # runs (a push during a long sync) wakes the next wait at once.
             self._wake = anyio.Event()
+            started = anyio.current_time()
             delay = interval
             st.last_attempt = self.clock()
             try:
@@ -311,6 +315,9 @@ class RootFollower:
                 st.last_success = self.clock()
             with anyio.move_on_after(delay):
                 await self._wake.wait()
+            # Woken early by a poke: pushes arriving until the gap is over
+            # join the next round.
+            await anyio.sleep(max(0.0, started + min_gap - anyio.current_time()))
 
     # ------------------------------------------------------------------ internals
 
