@@ -8,6 +8,7 @@ from packaging.version import Version
 from p2pkg.config import CHUNK_PARAMS
 from p2pkg.core.chunking import ChunkId, ChunkRef
 from p2pkg.core.objects import (
+    PROJECT_STATUSES,
     TREE_LEVELS,
     Blob,
     CoreMetadata,
@@ -19,6 +20,8 @@ from p2pkg.core.objects import (
     NodeEntry,
     ObjectId,
     Project,
+    Provenance,
+    Tombstone,
     name_hash,
 )
 from p2pkg.core.root import Root
@@ -72,6 +75,7 @@ def manifests(draw: st.DrawFn) -> FileManifest:
         upload_time=draw(st.integers(0, 1 << 40)),
         core_metadata=core,
         chunks=chunks,
+        provenance=draw(st.none() | st.builds(Provenance, oids, st.integers(0, 1 << 20))),
     )
 
 
@@ -79,7 +83,21 @@ def manifests(draw: st.DrawFn) -> FileManifest:
 def projects(draw: st.DrawFn) -> Project:
     files = draw(st.dictionaries(filenames, oids, max_size=10))
     entries = tuple(FileEntry(f, m) for f, m in sorted(files.items(), key=lambda x: x[0].encode()))
-    return Project(draw(names), entries)
+    if not draw(st.booleans()):
+        return Project(draw(names), entries)
+    gone = draw(st.dictionaries(filenames, st.integers(0, 1 << 40), max_size=4))
+    tombstones = tuple(
+        Tombstone(f, t, draw(texts))
+        for f, t in sorted(gone.items(), key=lambda x: x[0].encode())
+        if f not in files
+    )
+    return Project(
+        draw(names),
+        entries,
+        draw(st.sampled_from(PROJECT_STATUSES)),
+        draw(st.none() | texts),
+        tombstones,
+    )
 
 
 @st.composite

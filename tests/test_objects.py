@@ -19,6 +19,8 @@ from p2pkg.core.objects import (
     Kind,
     ObjectId,
     Project,
+    Provenance,
+    Tombstone,
     TreeObject,
     compress,
     decode,
@@ -309,3 +311,84 @@ def test_oversized_chunk_in_any_manifest_rejected(m: FileManifest, data: st.Data
         encode(bad)
     with pytest.raises(DecodeError, match="exceeds limit"):
         decode(_unchecked(bad))
+
+
+# ---------------------------------------------------------------------- format 2 (§3.3, §3.4)
+
+
+def _plain_manifest(**change: object) -> FileManifest:
+    base = FileManifest(
+        "demo-1.0-py3-none-any.whl",
+        "1.0",
+        3,
+        b"s" * 32,
+        b"b" * 32,
+        "",
+        None,
+        0,
+        None,
+        (ChunkRef(ChunkId(b"c" * 32), 3),),
+    )
+    return dataclasses.replace(base, **change)  # type: ignore[arg-type]
+
+
+def test_format_1_objects_keep_their_bytes_and_ids() -> None:
+    """Nothing published before format 2 changes id: plain objects stay format 1."""
+    assert encode(_plain_manifest())[1] == 1
+    assert encode(Project("demo", ()))[1] == 1
+    assert (
+        object_id(encode(Project("demo", ()))).hex()
+        == object_id(bytes([3, 1]) + b"\x04demo\x00").hex()
+    )
+
+
+def test_provenance_makes_a_manifest_format_2_and_round_trips() -> None:
+    m = _plain_manifest(provenance=Provenance(ObjectId(b"p" * 32), 1234))
+    data = encode(m)
+    assert data[:2] == bytes([2, 2])
+    assert decode(data) == m
+
+
+def test_status_and_tombstones_make_a_project_format_2_and_round_trip() -> None:
+    p = Project(
+        "demo",
+        (FileEntry("demo-2.0.tar.gz", ObjectId(b"m" * 32)),),
+        "deprecated",
+        "use demo2",
+        (Tombstone("demo-1.0.tar.gz", 1_700_000_000, "removed upstream"),),
+    )
+    data = encode(p)
+    assert data[:2] == bytes([3, 2])
+    assert decode(data) == p
+    for plain in (dataclasses.replace(p, status="archived", status_reason=None, tombstones=()),):
+        assert decode(encode(plain)) == plain
+
+
+def test_format_2_without_an_extension_is_not_canonical() -> None:
+    plain = encode(Project("demo", ()))
+    # The same fields as format 2 with every extension at its default.
+    forged = bytes([3, 2]) + plain[2:] + b"\x06active" + b"\x00" + b"\x00"
+    with pytest.raises(DecodeError, match="format 2 project without"):
+        decode(forged)
+
+
+def test_format_2_is_only_for_manifests_and_projects() -> None:
+    data = bytearray(encode(Blob(b"x")))
+    data[1] = 2
+    with pytest.raises(DecodeError, match="unsupported format version 2 for BLOB"):
+        decode(bytes(data))
+
+
+def test_a_filename_both_listed_and_tombstoned_is_refused() -> None:
+    p = Project(
+        "demo",
+        (FileEntry("demo-1.0.tar.gz", ObjectId(b"m" * 32)),),
+        tombstones=(Tombstone("demo-1.0.tar.gz", 1, "gone"),),
+    )
+    with pytest.raises(ValueError, match="both listed and tombstoned"):
+        encode(p)
+
+
+def test_unknown_project_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="status"):
+        encode(Project("demo", (), "frobnicated"))

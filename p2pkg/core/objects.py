@@ -29,6 +29,13 @@ T = TypeVar("T")
 ObjectId = NewType("ObjectId", bytes)
 
 FORMAT = 1
+#: Format 2 extends file manifests (provenance) and projects (status,
+#: tombstones), §3.3-§3.4; an object without those fields is format 1, so
+#: every namespace published before keeps its ids.
+FORMAT_EXTENDED = 2
+
+#: PEP 792 project statuses (§3.4); "active" is the default and format 1.
+PROJECT_STATUSES = ("active", "archived", "quarantined", "deprecated")
 
 # Tree shape (§3.5): two 256-way levels indexed by the first two bytes of
 # BLAKE3(normalized name), then leaves that list projects.
@@ -120,6 +127,14 @@ class CoreMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a file's PEP 740 provenance document lives (a blob) and its size."""
+
+    blob: ObjectId
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class FileManifest:
     """One archive: identity, hashes, chunk list and the index-page data."""
 
@@ -133,6 +148,7 @@ class FileManifest:
     upload_time: int
     core_metadata: CoreMetadata | None
     chunks: tuple[ChunkRef, ...]
+    provenance: Provenance | None = None  # PEP 740, mirrored from an upstream index
 
     def chunk_offsets(self) -> list[int]:
         """Offset of each chunk in the file."""
@@ -146,11 +162,36 @@ class FileEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A file the namespace once listed and no longer does (it vanished upstream).
+
+    Kept so that mirrors and lockfiles can tell "removed at ``removed`` because
+    ``reason``" from "never existed"; never a silent deletion.
+    """
+
+    filename: str
+    removed: int  # seconds since the epoch
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Project:
-    """A project: its normalized name and its files, sorted by filename."""
+    """A project: its normalized name and its files, sorted by filename.
+
+    ``status`` and ``status_reason`` are PEP 792's; ``tombstones`` lists files
+    removed from the namespace (§3.4).
+    """
 
     name: str
     files: tuple[FileEntry, ...]
+    status: str = "active"
+    status_reason: str | None = None
+    tombstones: tuple[Tombstone, ...] = ()
+
+    @property
+    def extended(self) -> bool:
+        """Whether this project needs format 2 (status, reason or tombstones)."""
+        return self.status != "active" or self.status_reason is not None or bool(self.tombstones)
 
     def lookup(self, filename: str) -> ObjectId | None:
         for f in self.files:
@@ -199,9 +240,9 @@ TreeObject = Blob | FileManifest | Project | Leaf | Node
 # --------------------------------------------------------------------------- encode
 
 
-def _header(w: Writer, kind: Kind) -> None:
+def _header(w: Writer, kind: Kind, fmt: int = FORMAT) -> None:
     w.u8(kind)
-    w.u8(FORMAT)
+    w.u8(fmt)
 
 
 def encode(obj: TreeObject) -> bytes:
@@ -214,13 +255,7 @@ def encode(obj: TreeObject) -> bytes:
         case FileManifest():
             _encode_file(w, obj)
         case Project():
-            _header(w, Kind.PROJECT)
-            w.text(obj.name)
-            files = sorted(obj.files, key=lambda f: f.filename.encode())
-            w.uvarint(len(files))
-            for f in files:
-                w.text(f.filename)
-                w.hash(f.manifest)
+            _encode_project(w, obj)
         case Leaf():
             _header(w, Kind.LEAF)
             w.raw(obj.prefix)
@@ -241,6 +276,31 @@ def encode(obj: TreeObject) -> bytes:
     return w.getvalue()
 
 
+def _encode_project(w: Writer, p: Project) -> None:
+    if p.status not in PROJECT_STATUSES:
+        raise ValueError(f"project status {p.status!r} is not one of {PROJECT_STATUSES}")
+    files = sorted(p.files, key=lambda f: f.filename.encode())
+    gone = sorted(p.tombstones, key=lambda t: t.filename.encode())
+    if {f.filename for f in files} & {t.filename for t in gone}:
+        raise ValueError("a filename is both listed and tombstoned")
+    _header(w, Kind.PROJECT, FORMAT_EXTENDED if p.extended else FORMAT)
+    w.text(p.name)
+    w.uvarint(len(files))
+    for f in files:
+        w.text(f.filename)
+        w.hash(f.manifest)
+    if p.extended:
+        w.text(p.status)
+        w.flag(p.status_reason is not None)
+        if p.status_reason is not None:
+            w.text(p.status_reason)
+        w.uvarint(len(gone))
+        for t in gone:
+            w.text(t.filename)
+            w.uvarint(t.removed)
+            w.text(t.reason)
+
+
 def _encode_file(w: Writer, m: FileManifest) -> None:
     # Refuse what the decoder refuses (§3.3), so no id is ever minted for a
     # manifest nobody can read back.
@@ -254,7 +314,7 @@ def _encode_file(w: Writer, m: FileManifest) -> None:
 
 def write_manifest_fields(w: Writer, m: FileManifest) -> None:
     """A manifest's kind-2 bytes field by field (§3.3), without the format checks."""
-    _header(w, Kind.FILE)
+    _header(w, Kind.FILE, FORMAT if m.provenance is None else FORMAT_EXTENDED)
     w.text(m.filename)
     w.text(m.version)
     w.uvarint(m.size)
@@ -274,6 +334,9 @@ def write_manifest_fields(w: Writer, m: FileManifest) -> None:
     for c in m.chunks:
         w.hash(c.id)
         w.uvarint(c.length)
+    if m.provenance is not None:
+        w.hash(m.provenance.blob)
+        w.uvarint(m.provenance.size)
 
 
 # --------------------------------------------------------------------------- decode
@@ -287,8 +350,9 @@ def peek_kind(data: bytes) -> Kind:
         kind = Kind(data[0])
     except ValueError:
         raise DecodeError(f"unknown object kind {data[0]}") from None
-    if data[1] != FORMAT:
-        raise DecodeError(f"unsupported format version {data[1]}")
+    extendable = kind in (Kind.FILE, Kind.PROJECT)
+    if data[1] != FORMAT and not (extendable and data[1] == FORMAT_EXTENDED):
+        raise DecodeError(f"unsupported format version {data[1]} for {kind.name}")
     return kind
 
 
@@ -302,7 +366,7 @@ def decode(data: bytes, limits: Limits = LIMITS) -> TreeObject:
         raise DecodeError(f"{kind.name} is not a tree object")
     r = Reader(data)
     r.raw(2)
-    obj = decoder(r, limits)
+    obj = decoder(r, limits, data[1])
     r.end()
     return obj
 
@@ -315,7 +379,7 @@ def decode_as(data: bytes, cls: type[T], limits: Limits = LIMITS) -> T:
     return obj
 
 
-def _decode_blob(r: Reader, limits: Limits) -> Blob:
+def _decode_blob(r: Reader, limits: Limits, fmt: int) -> Blob:
     return Blob(r.bytes_(limits.max_core_metadata_size))
 
 
@@ -325,7 +389,7 @@ def _filename(r: Reader, limits: Limits) -> str:
     return name
 
 
-def _decode_file(r: Reader, limits: Limits) -> FileManifest:
+def _decode_file(r: Reader, limits: Limits, fmt: int) -> FileManifest:
     filename = _filename(r, limits)
     version = r.text(limits.max_version_len)
     check_version(version, limits)  # §3.3: PEP 440 normalized (so never empty)
@@ -352,6 +416,9 @@ def _decode_file(r: Reader, limits: Limits) -> FileManifest:
         chunks.append(ChunkRef(cid, length))
     if total != size:
         raise DecodeError(f"chunk lengths sum to {total}, file size is {size}")
+    provenance = None
+    if fmt == FORMAT_EXTENDED:  # §3.3: format 2 exactly when provenance is present
+        provenance = Provenance(ObjectId(r.hash()), r.uvarint(limits.max_core_metadata_size))
     return FileManifest(
         filename,
         version,
@@ -363,10 +430,11 @@ def _decode_file(r: Reader, limits: Limits) -> FileManifest:
         upload_time,
         core,
         tuple(chunks),
+        provenance,
     )
 
 
-def _decode_project(r: Reader, limits: Limits) -> Project:
+def _decode_project(r: Reader, limits: Limits, fmt: int) -> Project:
     name = r.text(limits.max_name_len)
     check_normalized_name(name, limits)
 
@@ -375,10 +443,27 @@ def _decode_project(r: Reader, limits: Limits) -> Project:
 
     files = r.items(limits.max_files_per_project, HASH_LEN + 2, entry)
     check_strictly_sorted([f.filename.encode() for f in files], "project files")
-    return Project(name, tuple(files))
+    if fmt != FORMAT_EXTENDED:
+        return Project(name, tuple(files))
+    status = r.text(limits.max_text_len)
+    if status not in PROJECT_STATUSES:
+        raise DecodeError(f"unknown project status {status!r}")
+    reason = r.text(limits.max_text_len) if r.flag() else None
+
+    def tombstone(r: Reader) -> Tombstone:
+        return Tombstone(_filename(r, limits), r.uvarint(), r.text(limits.max_text_len))
+
+    gone = r.items(limits.max_files_per_project, 3, tombstone)
+    check_strictly_sorted([t.filename.encode() for t in gone], "project tombstones")
+    if {f.filename for f in files} & {t.filename for t in gone}:
+        raise DecodeError("a filename is both listed and tombstoned")
+    project = Project(name, tuple(files), status, reason, tuple(gone))
+    if not project.extended:  # canonical: nothing extended is format 1
+        raise DecodeError("format 2 project without status, reason or tombstones")
+    return project
 
 
-def _decode_leaf(r: Reader, limits: Limits) -> Leaf:
+def _decode_leaf(r: Reader, limits: Limits, fmt: int) -> Leaf:
     prefix = r.raw(TREE_LEVELS)
 
     def entry(r: Reader) -> LeafEntry:
@@ -393,7 +478,7 @@ def _decode_leaf(r: Reader, limits: Limits) -> Leaf:
     return Leaf(prefix, tuple(projects))
 
 
-def _decode_node(r: Reader, limits: Limits) -> Node:
+def _decode_node(r: Reader, limits: Limits, fmt: int) -> Node:
     depth = r.u8()
     if depth >= TREE_LEVELS:
         raise DecodeError(f"node depth {depth} out of range")
@@ -407,7 +492,7 @@ def _decode_node(r: Reader, limits: Limits) -> Node:
     return Node(prefix, tuple(children))
 
 
-_DECODERS: dict[Kind, Callable[[Reader, Limits], TreeObject]] = {
+_DECODERS: dict[Kind, Callable[[Reader, Limits, int], TreeObject]] = {
     Kind.BLOB: _decode_blob,
     Kind.FILE: _decode_file,
     Kind.PROJECT: _decode_project,
