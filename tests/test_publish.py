@@ -12,7 +12,7 @@ from p2pkg.core.root import public_bytes
 from p2pkg.errors import ArchiveError, PublishError
 from p2pkg.io.store import Store
 from p2pkg.roles.namespace import open_store_namespace
-from p2pkg.roles.publish import publish
+from p2pkg.roles.publish import Edits, FileFacts, publish
 from p2pkg.roles.verify import verify_store
 from p2pkg.testing.archives import build_sdist, build_wheel
 
@@ -223,3 +223,94 @@ def test_store_accepts_the_same_root_twice_but_not_a_fork(
         with pytest.raises(StoreError, match="another root"):
             st.commit(root=fork)
         assert st.root_at(1) == root
+
+
+# ---------------------------------------------------------------------- an upstream's facts
+
+
+def _project(store_dir: Path, key: Ed25519PrivateKey, name: str):  # type: ignore[no-untyped-def]
+    with Store.open(store_dir) as st:
+        ns = open_store_namespace(st, frozenset({public_bytes(key)}))
+        project = ns.require_project(name)
+        return project, {m.filename: m for m in ns.manifests(project)}, ns.trusted.root
+
+
+def test_an_upstream_s_facts_are_carried_into_the_manifests(
+    dist: Path, store_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    whl = build_wheel(dist, "demo", "1.0", requires_python=">=3.8")
+    sdist = build_sdist(dist, "demo", "1.0")
+    provenance = b'{"attestation_bundles": []}'
+    edits = Edits(
+        files={
+            whl.name: FileFacts(
+                requires_python=">=3.9", upload_time=1_700_000_000, provenance=provenance
+            ),
+            sdist.name: FileFacts(yanked="broken", upload_time=1_600_000_000),
+        },
+        status={"demo": ("deprecated", "use demo2")},
+        upstream_serial=4242,
+    )
+    _publish(store_dir, key, dist, edits=edits)
+    project, manifests, root = _project(store_dir, key, "demo")
+    assert (project.status, project.status_reason) == ("deprecated", "use demo2")
+    assert root.upstream_serial == 4242
+    m = manifests[whl.name]
+    assert (m.requires_python, m.upload_time, m.yanked) == (">=3.9", 1_700_000_000, None)
+    assert m.provenance is not None and m.provenance.size == len(provenance)
+    with Store.open(store_dir) as st:
+        assert st.get_object(m.provenance.blob).endswith(provenance)
+        assert verify_store(st).ok
+    s = manifests[sdist.name]
+    assert (s.yanked, s.upload_time, s.provenance) == ("broken", 1_600_000_000, None)
+
+
+def test_an_upstream_yank_and_unyank_reach_files_already_published(
+    dist: Path, store_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    whl = build_wheel(dist, "demo", "1.0")
+    _publish(store_dir, key, dist, upload_time=1_500_000_000)
+    yanked = _publish(store_dir, key, edits=Edits(files={whl.name: FileFacts(yanked="oops")}))
+    assert yanked.changed
+    _, manifests, _ = _project(store_dir, key, "demo")
+    assert manifests[whl.name].yanked == "oops"
+    assert manifests[whl.name].upload_time == 1_500_000_000  # immutable but for the yank
+    _publish(store_dir, key, edits=Edits(files={whl.name: FileFacts()}))
+    _, manifests, _ = _project(store_dir, key, "demo")
+    assert manifests[whl.name].yanked is None
+    same = _publish(store_dir, key, edits=Edits(files={whl.name: FileFacts()}))
+    assert not same.changed  # nothing new: no root
+
+
+def test_a_removed_file_becomes_a_tombstone(
+    dist: Path, store_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    old = build_wheel(dist, "demo", "1.0")
+    build_wheel(dist, "demo", "2.0")
+    _publish(store_dir, key, dist)
+    result = _publish(
+        store_dir, key, edits=Edits(remove={old.name: "removed upstream"}), now=1_800_000_000
+    )
+    assert result.changed
+    project, manifests, _ = _project(store_dir, key, "demo")
+    assert old.name not in manifests and len(manifests) == 1
+    (stone,) = project.tombstones
+    assert (stone.filename, stone.removed, stone.reason) == (
+        old.name,
+        1_800_000_000,
+        "removed upstream",
+    )
+    with Store.open(store_dir) as st:
+        assert verify_store(st).ok
+    # Published again (the same bytes came back upstream): listed, no tombstone.
+    _publish(store_dir, key, old)
+    project, manifests, _ = _project(store_dir, key, "demo")
+    assert old.name in manifests and project.tombstones == ()
+
+
+def test_an_unknown_project_status_is_a_publish_error(
+    dist: Path, store_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    build_wheel(dist, "demo", "1.0")
+    with pytest.raises(PublishError, match="project status"):
+        _publish(store_dir, key, dist, edits=Edits(status={"demo": ("gone", None)}))

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, cast, get_args
@@ -37,12 +37,15 @@ from packaging.utils import (
 
 from p2pkg.core import tree
 from p2pkg.core.objects import (
+    PROJECT_STATUSES,
     Blob,
     CoreMetadata,
     FileEntry,
     FileManifest,
     ObjectId,
     Project,
+    Provenance,
+    Tombstone,
     decode_as,
 )
 from p2pkg.core.root import (
@@ -100,6 +103,40 @@ def parse_upload_time(text: str) -> UploadTime:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """What an upstream index says about one file, carried into its manifest.
+
+    A master that mirrors an index publishes the upstream's facts rather
+    than what the archive alone would give: ``requires_python`` (None: the
+    archive's), ``yanked`` (a reason, "" for none given; None: not yanked),
+    ``upload_time`` (PEP 700), ``provenance`` (the PEP 740 document's
+    bytes). Only ``yanked`` changes on a file already published (a manifest
+    is otherwise immutable).
+    """
+
+    requires_python: str | None = None
+    yanked: str | None = None
+    upload_time: int | None = None
+    provenance: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edits:
+    """Namespace changes beyond "add these archives" (the mirroring master's).
+
+    ``files``: facts per filename (:class:`FileFacts`); ``status``: a PEP 792
+    project status and reason per normalized project name; ``remove``:
+    filename to reason, each removed from its project and kept as a
+    tombstone (protocol §3.4); ``upstream_serial``: recorded in the root.
+    """
+
+    files: Mapping[str, FileFacts] = field(default_factory=dict)
+    status: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    remove: Mapping[str, str] = field(default_factory=dict)
+    upstream_serial: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +235,7 @@ def publish(
     workers: int | None = None,
     upload_time: UploadTime = "mtime",
     upload_times: Mapping[str, int] | None = None,
+    edits: Edits | None = None,
 ) -> PublishResult:
     """Publish ``paths`` (files or directories) and sign a new root.
 
@@ -209,8 +247,14 @@ def publish(
     except those named in ``upload_times`` (filename to POSIX time, e.g. an
     upstream index's times), which get that time; names in it that are not
     being published are ignored. Files already published keep theirs.
+    ``edits`` carries an upstream index's facts, project statuses and
+    removals (:class:`Edits`).
     """
     now = time.time() if now is None else now
+    edits = edits or Edits()
+    for name, (status, _) in edits.status.items():
+        if status not in PROJECT_STATUSES:
+            raise PublishError(f"{name}: project status must be one of {PROJECT_STATUSES}")
     if not keys:
         raise PublishError("at least one signing key is needed")
     _check_upload_time(upload_time)
@@ -226,11 +270,12 @@ def publish(
             rotate_to=rotate_to,
             yank=dict(yank or {}),
             unyank=set(unyank),
-            resign=not paths,
+            resign=not paths and not (edits.status or edits.remove or edits.files),
             progress=progress,
             workers=workers or min(4, os.cpu_count() or 1),
             upload_time=upload_time,
             upload_times=dict(upload_times or {}),
+            edits=edits,
         )
 
 
@@ -271,6 +316,7 @@ def _publish_locked(
     workers: int,
     upload_time: UploadTime,
     upload_times: dict[str, int],
+    edits: Edits,
 ) -> PublishResult:
     current = _current_root(store, keys, namespace)
     if current is None:
@@ -312,6 +358,7 @@ def _publish_locked(
                 resign=resign,
                 upload_time=upload_time,
                 upload_times=upload_times,
+                edits=edits,
             )
         finally:
             for fut in futures:
@@ -341,6 +388,7 @@ def _apply(
     resign: bool,
     upload_time: UploadTime,
     upload_times: dict[str, int],
+    edits: Edits,
 ) -> PublishResult:
     get = store.get_object
     writer = tree.TreeWriter()
@@ -349,14 +397,19 @@ def _apply(
     added: list[str] = []
     unchanged: list[str] = []
     projects: dict[str, dict[str, ObjectId]] = {}
+    # status, reason and tombstones (by filename) of each loaded project
+    extras: dict[str, tuple[str, str | None, dict[str, Tombstone]]] = {}
 
     def load_project(name: str) -> dict[str, ObjectId]:
         if name not in projects:
             files: dict[str, ObjectId] = {}
+            extras[name] = ("active", None, {})
             if current is not None:
                 found = tree.resolve(get, current.tree, name).project
                 if found is not None:
                     files = {f.filename: f.manifest for f in found.files}
+                    gone = {t.filename: t for t in found.tombstones}
+                    extras[name] = (found.status, found.status_reason, gone)
             projects[name] = files
         return projects[name]
 
@@ -394,22 +447,60 @@ def _apply(
         if item.info.core_metadata is not None:
             meta = item.info.core_metadata
             core = CoreMetadata(hashlib.sha256(meta).digest(), put(Blob(meta)), len(meta))
+        facts = edits.files.get(filename, FileFacts())
+        provenance = None
+        if facts.provenance is not None:
+            provenance = Provenance(put(Blob(facts.provenance)), len(facts.provenance))
+        when = facts.upload_time if facts.upload_time is not None else upload_times.get(filename)
         manifest = FileManifest(
             filename=filename,
             version=item.info.version,
             size=h.size,
             sha256=h.sha256,
             blake3=h.blake3,
-            requires_python=item.info.requires_python,
-            yanked=None,
-            upload_time=_upload_time_of(item, upload_time, upload_times.get(filename), int(now)),
+            requires_python=(
+                item.info.requires_python
+                if facts.requires_python is None
+                else facts.requires_python
+            ),
+            yanked=facts.yanked,
+            upload_time=_upload_time_of(item, upload_time, when, int(now)),
             core_metadata=core,
             chunks=h.chunks,
+            provenance=provenance,
         )
         files[filename] = put(manifest)
+        extras[item.info.project][2].pop(filename, None)  # published again: no tombstone
         new_files[h.blake3] = h
         changed_projects.add(item.info.project)
         added.append(filename)
+
+    # Facts about files already published: only the yank may change.
+    for filename, facts in edits.files.items():
+        owner = project_of(filename)
+        if filename in seen or owner is None or filename in yank or filename in unyank:
+            continue
+        held = load_project(owner).get(filename)
+        if held is not None and manifest_of(held).yanked != facts.yanked:
+            if facts.yanked is None:
+                unyank.add(filename)
+            else:
+                yank[filename] = facts.yanked
+
+    for filename, why in sorted(edits.remove.items()):
+        owner = _project_of(filename)
+        files = load_project(owner)
+        if filename in files:
+            del files[filename]
+            extras[owner][2][filename] = Tombstone(filename, int(now), why)
+            changed_projects.add(owner)
+
+    for name, wanted in sorted(edits.status.items()):
+        load_project(name)
+        listed = bool(projects[name] or extras[name][2])  # only for a project it has
+        if listed and extras[name][:2] != wanted:
+            extras[name] = (*wanted, extras[name][2])
+            changed_projects.add(name)
 
     for filename, reason in [*yank.items(), *((f, None) for f in unyank)]:
         project = _project_of(filename)
@@ -430,7 +521,8 @@ def _apply(
     changes: dict[str, ObjectId | None] = {}
     for name in sorted(changed_projects):
         entries = tuple(FileEntry(f, m) for f, m in projects[name].items())
-        changes[name] = writer.put(Project(name, entries))
+        status, note, gone = extras[name]
+        changes[name] = writer.put(Project(name, entries, status, note, tuple(gone.values())))
     tree_id = tree.update(get, current.tree if current else None, changes, writer)
 
     signing = list(keys)
@@ -450,7 +542,13 @@ def _apply(
         threshold=threshold,
         keys=tuple(sorted(new_keys)),
         tree=tree_id,
-        upstream_serial=current.upstream_serial if current else 0,
+        upstream_serial=(
+            edits.upstream_serial
+            if edits.upstream_serial is not None
+            else current.upstream_serial
+            if current
+            else 0
+        ),
         mirrors=current.mirrors if current else (),
     )
     signed = sign_root(root, signing)
