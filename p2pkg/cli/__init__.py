@@ -7,12 +7,17 @@
 * :mod:`.options` — option types and callbacks (URLs, keys, sizes,
   durations, addresses that must be bindable) and shared option groups;
 * :mod:`.namespace_commands` — keygen, publish, show, verify, export;
-* :mod:`.network_commands` — serve, seed, cache, fetch.
+* :mod:`.network_commands` — serve, seed, cache, fetch;
+* :mod:`.mirror_list_commands` — ``mirrors add|remove|list``: the signed mirror list.
 """
 
 from __future__ import annotations
 
-from p2pkg.cli import namespace_commands, network_commands  # register the commands
+from p2pkg.cli import (  # register the commands
+    mirror_list_commands,
+    namespace_commands,
+    network_commands,
+)
 from p2pkg.cli.app import main
 from p2pkg.cli.config import config_defaults
 from p2pkg.cli.exits import EXIT_CODES, errors_as_exit, exit_code_for
@@ -33,6 +38,7 @@ __all__ = [
     "errors_as_exit",
     "exit_code_for",
     "main",
+    "mirror_list_commands",
     "namespace_commands",
     "network_commands",
     "parse_duration",

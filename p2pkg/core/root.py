@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -29,6 +30,31 @@ _NAMESPACE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$")
 def check_namespace(name: str) -> None:
     if not _NAMESPACE_RE.match(name):
         raise DecodeError(f"invalid namespace name {name!r} (a-z, 0-9, '.', '-'; 1-64 chars)")
+
+
+def mirror_url_problem(url: str, limits: Limits = LIMITS) -> str | None:
+    """Why ``url`` cannot be in a root's mirror list (None when it can).
+
+    ``http(s)://host[:port][/path]``: no user info, query or fragment, no
+    whitespace, at most ``max_url_len`` bytes. (Clients use the http ones;
+    p2pkg's peer client speaks plain HTTP, content is verified by hash.)
+    """
+    if len(url.encode()) > limits.max_url_len:
+        return f"longer than {limits.max_url_len} bytes"
+    if any(c.isspace() or ord(c) < 0x20 for c in url):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be http://HOST[:PORT][/PATH] (or https)"
+    if parts.username is not None or parts.query or parts.fragment:
+        return "must not carry user info, a query or a fragment"
+    if port == 0:
+        return "port 0"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

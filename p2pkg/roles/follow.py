@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.config import LIMITS
 from p2pkg.core.objects import decompress
+from p2pkg.core.peers import Tier
 from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot, bootstrap, check_expiry, trust_chain, update, update_chain
 from p2pkg.errors import (
@@ -51,7 +52,7 @@ from p2pkg.errors import (
     TrustError,
 )
 from p2pkg.io.store import Store
-from p2pkg.roles.links import PeerLinks
+from p2pkg.roles.links import Peer, PeerLinks
 from p2pkg.roles.namespace import store_chain
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class RootFollower:
         #: Why the last refresh got no root at all (empty when some peer answered).
         self.unreachable: list[str] = []
         self._trusted: TrustedRoot | None = self._load()
+        if self._trusted is not None:
+            self._learn_mirrors(self._trusted)
         # Roots walked through to reach the current one (a key rotation): they
         # are recorded with it, or a restart could not re-walk the chain.
         self._walked: list[bytes] = []
@@ -229,8 +232,22 @@ class RootFollower:
         """
         self._trusted = trusted
         self._walked = list(walked)
+        self._learn_mirrors(trusted)
         if self.store is not None and self.persist:
             self.record(self.store)
+
+    def _learn_mirrors(self, trusted: TrustedRoot) -> None:
+        """Add the mirrors the signed root lists as configured-tier peers.
+
+        The master vouches for them by signing the list, so a client that
+        knows one URL learns every mirror (protocol §4.1). Their bytes are
+        verified like anyone's; https mirrors are skipped (the peer client
+        speaks plain HTTP: integrity comes from the hashes, not the channel).
+        """
+        for url in trusted.root.mirrors:
+            if url.startswith("http://") and url.rstrip("/") not in self.links.book:
+                log.info("learned mirror %s from root version %d", url, trusted.version)
+                self.links.add(Peer(url.rstrip("/"), Tier.MIRROR))
 
     def record(self, store: Store, *, full: bool | None = None) -> None:
         """Commit the current root, then the roots walked to reach it, to ``store``.

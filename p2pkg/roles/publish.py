@@ -35,6 +35,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from p2pkg.config import LIMITS
 from p2pkg.core import tree
 from p2pkg.core.objects import (
     PROJECT_STATUSES,
@@ -53,6 +54,7 @@ from p2pkg.core.root import (
     check_namespace,
     decode_signed_root,
     format_pubkey,
+    mirror_url_problem,
     public_bytes,
     sign_root,
 )
@@ -130,13 +132,15 @@ class Edits:
     ``files``: facts per filename (:class:`FileFacts`); ``status``: a PEP 792
     project status and reason per normalized project name; ``remove``:
     filename to reason, each removed from its project and kept as a
-    tombstone (protocol §3.4); ``upstream_serial``: recorded in the root.
+    tombstone (protocol §3.4); ``upstream_serial``: recorded in the root;
+    ``mirrors``: the root's signed mirror list, replaced (None: kept).
     """
 
     files: Mapping[str, FileFacts] = field(default_factory=dict)
     status: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
     remove: Mapping[str, str] = field(default_factory=dict)
     upstream_serial: int | None = None
+    mirrors: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +259,14 @@ def publish(
     for name, (status, _) in edits.status.items():
         if status not in PROJECT_STATUSES:
             raise PublishError(f"{name}: project status must be one of {PROJECT_STATUSES}")
+    for url in edits.mirrors or ():
+        problem = mirror_url_problem(url)
+        if problem is not None:
+            raise PublishError(f"mirror URL {url!r}: {problem}")
+    if edits.mirrors is not None and len(set(edits.mirrors)) != len(edits.mirrors):
+        raise PublishError("a mirror URL is listed twice")
+    if edits.mirrors is not None and len(edits.mirrors) > LIMITS.max_mirrors:
+        raise PublishError(f"at most {LIMITS.max_mirrors} mirrors")
     if not keys:
         raise PublishError("at least one signing key is needed")
     _check_upload_time(upload_time)
@@ -270,7 +282,8 @@ def publish(
             rotate_to=rotate_to,
             yank=dict(yank or {}),
             unyank=set(unyank),
-            resign=not paths and not (edits.status or edits.remove or edits.files),
+            resign=not paths
+            and not (edits.status or edits.remove or edits.files or edits.mirrors is not None),
             progress=progress,
             workers=workers or min(4, os.cpu_count() or 1),
             upload_time=upload_time,
@@ -512,7 +525,15 @@ def _apply(
             files[filename] = put(replace(old, yanked=reason))
             changed_projects.add(project)
 
-    if not changed_projects and not resign and rotate_to is None and current is not None:
+    mirrors = tuple(edits.mirrors) if edits.mirrors is not None else None
+    same_mirrors = mirrors is None or (current is not None and current.mirrors == mirrors)
+    if (
+        not changed_projects
+        and not resign
+        and rotate_to is None
+        and current is not None
+        and same_mirrors
+    ):
         data = store.latest_root()
         assert data is not None
         signed, _ = decode_signed_root(data)
@@ -549,7 +570,7 @@ def _apply(
             if current
             else 0
         ),
-        mirrors=current.mirrors if current else (),
+        mirrors=mirrors if mirrors is not None else current.mirrors if current else (),
     )
     signed = sign_root(root, signing)
     new_objects = {oid: data for oid, data in writer.objects.items() if not store.has_object(oid)}
