@@ -1,4 +1,9 @@
-"""The DHT on real UDP sockets bound to 127.0.0.1."""
+"""The DHT on real UDP sockets bound to loopback addresses.
+
+Each node of a test network has an address of its own in 127.0.0.0/8 (Linux
+routes all of it to lo; binding 127.x.y.z needs no privilege): the DHT caps
+what one host may hold, so nodes sharing 127.0.0.1 would be one host.
+"""
 
 from __future__ import annotations
 
@@ -29,24 +34,38 @@ from .helpers import await_until, wait_until
 pytestmark = pytest.mark.anyio
 
 
-# Every node of a loopback network shares 127.0.0.1: allow many records per source IP.
-LOOPBACK_LIMITS = ProviderLimits(per_source=64)
+def loopback(i: int, net: int = 1) -> str:
+    """The ``i``-th address of loopback network ``net``: 127.<net>.x.y, one host per node."""
+    return f"127.{net}.{i // 250}.{i % 250 + 1}"
+
+
+def addr(node: DhtNode) -> tuple[str, int]:
+    """Where ``node`` listens (its host is what others record as a provider's IP)."""
+    assert node.transport is not None
+    host, port = node.transport.get_extra_info("sockname")[:2]
+    return str(host), int(port)
+
+
+def host(node: DhtNode) -> str:
+    return addr(node)[0]
 
 
 @asynccontextmanager
-async def network(n: int, limits: ProviderLimits = LOOPBACK_LIMITS) -> AsyncIterator[list[DhtNode]]:
-    """``n`` joined nodes on 127.0.0.1 for the block, all stopped (sockets closed) after it."""
+async def network(
+    n: int, limits: ProviderLimits | None = None, net: int = 1
+) -> AsyncIterator[list[DhtNode]]:
+    """``n`` joined nodes, each on its own loopback address, stopped (sockets closed) after."""
     async with anyio.create_task_group() as tg:
         nodes = []
-        for _ in range(n):
-            node = DhtNode(providers=ProviderStore(limits))
-            await tg.start(node.run, "127.0.0.1", 0)
+        for i in range(n):
+            node = DhtNode(providers=ProviderStore(limits or ProviderLimits()))
+            await tg.start(node.run, loopback(i, net), 0)
             nodes.append(node)
-        seed = ("127.0.0.1", nodes[0].port)
+        seed = addr(nodes[0])
         for node in nodes[1:]:
             await node.bootstrap([seed])
         for node in nodes[1:]:  # a second pass so that early nodes learn about later ones
-            await node.bootstrap([seed, ("127.0.0.1", random.choice(nodes).port)])
+            await node.bootstrap([seed, addr(random.choice(nodes))])
         yield nodes
         tg.cancel_scope.cancel()
 
@@ -65,7 +84,7 @@ async def test_fifty_nodes_every_provider_is_found() -> None:
             announcers = random.Random(i).sample(nodes, 3)
             for a in announcers:
                 assert await a.announce(obj, port=9000 + nodes.index(a)) > 0
-            providers[obj] = {("127.0.0.1", 9000 + nodes.index(a)) for a in announcers}
+            providers[obj] = {(host(a), 9000 + nodes.index(a)) for a in announcers}
         for i, obj in enumerate(objects):
             asker = nodes[(i * 7) % len(nodes)]
             found = set(await asker.find_providers(obj))
@@ -104,29 +123,29 @@ async def test_hostile_node_cannot_break_the_others() -> None:
     rng = random.Random(5)
     async with network(12, limits) as nodes:
         target = nodes[4]
-        addr = ("127.0.0.1", target.port)
+        to = addr(target)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             for i in range(300):
-                sock.sendto(rng.randbytes(rng.randint(0, 100)), addr)  # garbage
+                sock.sendto(rng.randbytes(rng.randint(0, 100)), to)  # garbage
                 sock.sendto(
-                    b"\x00" + rng.randbytes(20) + b"\xff" * (MAX_DATAGRAM + 10), addr
+                    b"\x00" + rng.randbytes(20) + b"\xff" * (MAX_DATAGRAM + 10), to
                 )  # oversized
                 sock.sendto(
-                    b"\x00" + rng.randbytes(20) + umsgpack.packb(["ping", [1, 2, 3, 4, 5]]), addr
+                    b"\x00" + rng.randbytes(20) + umsgpack.packb(["ping", [1, 2, 3, 4, 5]]), to
                 )
-                sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(["__init__", []]), addr)
+                sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(["__init__", []]), to)
                 sock.sendto(
-                    b"\x01" + rng.randbytes(20) + umsgpack.packb([[b"x", "not-an-ip", -1]]), addr
+                    b"\x01" + rng.randbytes(20) + umsgpack.packb([[b"x", "not-an-ip", -1]]), to
                 )
                 key = content_key(i.to_bytes(4, "big"))
                 flood = ["add_provider", [rng.randbytes(20), key, 1000 + i % 100, 10**9]]
-                sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(flood), addr)
+                sock.sendto(b"\x00" + rng.randbytes(20) + umsgpack.packb(flood), to)
                 if i % 10 == 9:
                     await asyncio.sleep(0.005)  # same event loop: let the target read
 
             async def answered() -> bool:  # a ping behind the flood: answered once all is read
-                ok, _ = await nodes[0].protocol.call(addr, "ping", nodes[0].node.id)
+                ok, _ = await nodes[0].protocol.call(to, "ping", nodes[0].node.id)
                 return bool(ok)
 
             await await_until(answered, what="the target to read the flood")
@@ -140,8 +159,8 @@ async def test_hostile_node_cannot_break_the_others() -> None:
         # the network still works, including through the attacked node
         obj = b"\x42" * 32
         await nodes[1].announce(obj, 7777)
-        assert ("127.0.0.1", 7777) in await nodes[9].find_providers(obj)
-        assert await target.find_providers(obj) == [("127.0.0.1", 7777)]
+        assert (host(nodes[1]), 7777) in await nodes[9].find_providers(obj)
+        assert await target.find_providers(obj) == [(host(nodes[1]), 7777)]
 
 
 @pytest.mark.net
@@ -153,25 +172,25 @@ async def test_malformed_contacts_do_not_break_lookups() -> None:
 
     async def answer_with_junk() -> None:
         while True:
-            data, addr = await loop.sock_recvfrom(liar, 2048)
+            data, sender = await loop.sock_recvfrom(liar, 2048)
             junk = [
                 [b"short", "127.0.0.1", 1],
                 [b"\x01" * 20, "999.1.1.1", 5],
                 "x",
                 [b"\x02" * 20, "127.0.0.1", 0],
             ]
-            liar.sendto(b"\x01" + data[1:21] + umsgpack.packb(junk), addr)
+            liar.sendto(b"\x01" + data[1:21] + umsgpack.packb(junk), sender)
 
     with liar:
         async with network(6) as nodes, anyio.create_task_group() as tg:
             tg.start_soon(answer_with_junk)
             probe = DhtNode(wait_timeout=0.5)
             await tg.start(probe.run, "127.0.0.1", 0)
-            found = await probe.bootstrap([liar.getsockname(), ("127.0.0.1", nodes[0].port)])
+            found = await probe.bootstrap([liar.getsockname(), addr(nodes[0])])
             assert all(len(n.id) == 20 and n.port > 0 for n in found)
             obj = b"\x07" * 32
             await nodes[2].announce(obj, 8123)
-            assert ("127.0.0.1", 8123) in await probe.find_providers(obj)
+            assert (host(nodes[2]), 8123) in await probe.find_providers(obj)
             tg.cancel_scope.cancel()
 
 
@@ -190,7 +209,7 @@ async def test_lookups_survive_dead_nodes() -> None:
             start = time.monotonic()
             found = await asker.find_providers(obj)
             times.append(time.monotonic() - start)
-            assert {("127.0.0.1", 6000), ("127.0.0.1", 6001)} & set(found)
+            assert {(host(nodes[1]), 6000), (host(nodes[2]), 6001)} & set(found)
         times.sort()
         assert times[len(times) // 2] < 2.0, times
         assert all(d.transport is None for d in dead)  # stopped: their sockets are closed
@@ -223,12 +242,29 @@ def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
 
     master = make_master(tmp_path, big_size=2 << 20)
     boot = free_port()
-    dht = ["--dht-listen", "127.0.0.1:0", "--dht-bootstrap", f"127.0.0.1:{boot}"]
+    # One loopback address per process, HTTP and DHT alike: a provider's address is
+    # the source address of its announcements, and one host's share is capped.
+    boot_at = f"{loopback(0, 3)}:{boot}"
+
+    def on(i: int) -> list[str]:
+        return ["--listen", f"{loopback(i, 3)}:0", "--dht-listen", f"{loopback(i, 3)}:0"]
+
     with Testbed() as bed:
-        _, murl = bed.serve(master.store, "--dht-listen", f"127.0.0.1:{boot}")
+        _, murl = bed.serve(
+            master.store, "--listen", f"{loopback(0, 3)}:0", "--dht-listen", boot_at
+        )
         seeds = []
-        for i in range(3):
-            _, url = bed.seed(tmp_path / f"s{i}", master.pub, [murl], "--interval", "1s", *dht)
+        for i in range(1, 4):
+            _, url = bed.seed(
+                tmp_path / f"s{i}",
+                master.pub,
+                [murl],
+                "--interval",
+                "1s",
+                *on(i),
+                "--dht-bootstrap",
+                boot_at,
+            )
             seeds.append(url)
         for url in seeds:
             wait_synced(url, 1)
@@ -241,7 +277,10 @@ def test_end_to_end_client_knows_only_one_dht_address(tmp_path: Path) -> None:
             "--trust",
             master.pub,
             "--no-lan",
-            *dht,
+            "--dht-listen",
+            f"{loopback(4, 3)}:0",
+            "--dht-bootstrap",
+            boot_at,
             "--dest",
             str(tmp_path / "out"),
             "--json",
@@ -303,7 +342,7 @@ async def test_cancelled_rpcs_leave_no_state() -> None:
 async def test_restarted_node_rejoins_from_saved_contacts(tmp_path: Path) -> None:
     state = tmp_path / "dht.json"
     async with network(8) as nodes:
-        first = DhtService(("127.0.0.1", 0), [("127.0.0.1", nodes[0].port)], state)
+        first = DhtService(("127.0.0.1", 0), [addr(nodes[0])], state)
         async with first.running() as node:
             node_id = node.node.id
         assert state.exists()  # saved on the way out: id + contacts
@@ -312,7 +351,7 @@ async def test_restarted_node_rejoins_from_saved_contacts(tmp_path: Path) -> Non
             assert node.node.id == node_id
             obj = b"\x55" * 32
             await nodes[3].announce(obj, 5555)
-            assert ("127.0.0.1", 5555) in await node.find_providers(obj)
+            assert (host(nodes[3]), 5555) in await node.find_providers(obj)
 
 
 def ping_from(node_id: bytes) -> bytes:
@@ -386,7 +425,7 @@ async def test_cancelling_a_join_propagates_and_stops_at_once(tmp_path: Path) ->
 async def test_keep_announcing_waits_for_the_node_and_goes_again_when_poked() -> None:
     key = content_key(b"announced")
     async with network(5) as nodes:
-        svc = DhtService(("127.0.0.1", 0), [("127.0.0.1", nodes[0].port)])
+        svc = DhtService(("127.0.0.1", 0), [addr(nodes[0])])
         rounds = 0
         done = anyio.Event()
 
@@ -409,3 +448,52 @@ async def test_keep_announcing_waits_for_the_node_and_goes_again_when_poked() ->
                 await done.wait()
             assert rounds == 2
             tg.cancel_scope.cancel()
+
+
+def test_capped_table_counts_hosts_through_splits_and_replacements() -> None:
+    """The routing table's per-host limits (pure: no socket, a protocol that records pings)."""
+    from collections import Counter
+
+    from p2pkg.core.dht_records import RoutingLimits
+    from p2pkg.io.dht import CappedTable
+
+    class Heads:
+        def __init__(self) -> None:
+            self.checked: list[Node] = []
+
+        def check_head(self, node: Node) -> None:
+            self.checked.append(node)
+
+    rng = random.Random(3)
+    heads = Heads()
+    table = CappedTable(heads, 4, Node(b"\x00" * 20), RoutingLimits(per_bucket=2, per_table=4))
+
+    def held() -> list[Node]:
+        return [n for b in table.buckets for n in (*b.get_nodes(), *b.replacement_nodes.values())]
+
+    for i in range(50):  # one host, many ports and ids: one bucket so far, 2 of them
+        table.add_contact(Node(rng.randbytes(20), "10.6.6.6", 1000 + i))
+    assert len(held()) == 2 and table.refused == 48
+    for i in range(300):  # many hosts: buckets fill, split, keep replacements
+        table.add_contact(Node(rng.randbytes(20), f"10.0.{i // 250}.{i % 250}", 4000))
+        if i % 10 == 0:  # and the one host keeps trying
+            table.add_contact(Node(rng.randbytes(20), "10.6.6.6", 2000 + i))
+    assert len(table.buckets) > 3 and heads.checked  # full far buckets: heads pinged
+    for bucket in table.buckets:
+        count = Counter(n.ip for n in (*bucket.get_nodes(), *bucket.replacement_nodes.values()))
+        assert bucket.hosts == count  # the running count matches what the bucket holds
+        assert count["10.6.6.6"] <= 2
+        assert not set(bucket.nodes) & set(bucket.replacement_nodes)
+    assert table.host_entries("10.6.6.6") == sum(1 for n in held() if n.ip == "10.6.6.6") == 4
+    # A known contact is always re-admitted (a refresh), even at its host's cap.
+    sybil = next(n for n in held() if n.ip == "10.6.6.6")
+    assert table.admits(sybil)
+    assert not table.admits(Node(rng.randbytes(20), "10.6.6.6", 9999))
+    # Removing a contact promotes a replacement; the counts follow.
+    full = next(b for b in table.buckets if b.replacement_nodes)
+    gone = full.head()
+    table.remove_contact(gone)
+    assert gone.id not in full.nodes and len(full.nodes) == 4
+    assert full.hosts == Counter(
+        n.ip for n in (*full.get_nodes(), *full.replacement_nodes.values())
+    )

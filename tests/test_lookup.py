@@ -19,7 +19,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pkg.core.lookup import Address, Contact, Lookup, LookupResult, StopReason, distance
+from p2pkg.core.lookup import (
+    Address,
+    Contact,
+    HintRules,
+    Lookup,
+    LookupResult,
+    StopReason,
+    distance,
+)
 
 K = 20
 ALPHA = 3
@@ -304,15 +312,122 @@ def test_provider_lookup_stops_early_with_enough_providers(seed: int) -> None:
 
 
 def test_providers_are_distinct_and_capped_at_want() -> None:
-    a, b = (Contact(bytes([i]) * 20, ("10.0.0.1", i)) for i in (1, 2))
-    lookup = Lookup(b"\x00" * 20, [a, b], 0.0, want=3)
+    a, b, c = (Contact(bytes([i]) * 20, (f"10.0.0.{i}", i)) for i in (1, 2, 3))
+    lookup = Lookup(b"\x00" * 20, [a, b, c], 0.0, want=3)
     lookup.next_requests(0.0)
     p = [(f"10.9.9.{i}", 1) for i in range(5)]
-    assert lookup.on_response(a, [], [p[0], p[0], p[1]], 0.1)
-    assert not lookup.done
+    assert lookup.on_response(a, [], [p[0], p[0], p[1], p[2]], 0.1)
     assert lookup.on_response(b, [], [p[1], p[2], p[3], p[4]], 0.1)
-    assert lookup.result.providers == (p[0], p[1], p[2])
+    assert not lookup.done  # two confirmed (p1, p2): not yet `want`
+    assert lookup.on_response(c, [], [p[4], p[0]], 0.1)
     assert lookup.result.reason is StopReason.ENOUGH_PROVIDERS
+    assert lookup.result.providers == (p[0], p[1], p[2])  # p4 too: named twice, came later
+    assert lookup.result.hints == ()
+
+
+# ---------------------------------------------------------------------- provider hints
+
+VICTIM = "10.66.0.1"
+
+
+def test_one_reply_cannot_aim_the_answer_at_a_victim() -> None:
+    """16 ports of one host in one reply: at most HintRules.unconfirmed of them come out."""
+    liar, honest = (Contact(bytes([i]) * 20, (f"10.0.0.{i}", 4000)) for i in (1, 2))
+    lookup = Lookup(b"\x00" * 20, [liar, honest], 0.0, want=16)
+    lookup.next_requests(0.0)
+    aimed = [(VICTIM, 8000 + i) for i in range(16)]
+    assert lookup.on_response(liar, [], aimed, 0.01)
+    assert not lookup.done  # unconfirmed addresses never end a lookup
+    assert lookup.on_response(honest, [], [], 0.02)
+    result = lookup.result
+    assert result.reason is StopReason.CONVERGED
+    assert len(result.providers) == HintRules().unconfirmed == 2
+    assert result.hints == result.providers and {h for h, _ in result.providers} == {VICTIM}
+
+
+def test_two_liars_confirm_a_victim_but_get_two_ports_of_it() -> None:
+    liars = [Contact(bytes([i]) * 20, (f"10.0.0.{i}", 4000)) for i in (1, 2)]
+    lookup = Lookup(b"\x00" * 20, liars, 0.0, want=16)
+    lookup.next_requests(0.0)
+    aimed = [(VICTIM, 8000 + i) for i in range(16)]
+    for liar in liars:
+        assert lookup.on_response(liar, [], aimed, 0.01)
+    # The first two ports are confirmed; the reply's other 14 were never taken.
+    assert lookup.result.providers == ((VICTIM, 8000), (VICTIM, 8001))
+    assert lookup.result.hints == ()
+
+
+def test_confirmation_needs_two_hosts_or_the_provider_itself() -> None:
+    # Two responders on one host are one voucher.
+    same = [Contact(bytes([i]) * 20, ("10.0.0.1", 4000 + i)) for i in (1, 2)]
+    lookup = Lookup(b"\x00" * 20, same, 0.0, want=1)
+    lookup.next_requests(0.0)
+    for responder in same:
+        lookup.on_response(responder, [], [("10.5.0.1", 80)], 0.01)
+    assert lookup.result.reason is StopReason.CONVERGED
+    assert lookup.result.hints == (("10.5.0.1", 80),)
+    # A responder naming its own host confirms it: it can only send us to itself.
+    me = Contact(b"\x01" * 20, ("10.5.0.1", 4000))
+    lookup = Lookup(b"\x00" * 20, [me, *same], 0.0, want=1)
+    lookup.next_requests(0.0)
+    assert lookup.on_response(me, [], [("10.5.0.1", 80)], 0.01)
+    assert lookup.result.reason is StopReason.ENOUGH_PROVIDERS
+    assert lookup.result.providers == (("10.5.0.1", 80),) and lookup.result.hints == ()
+    # IPv6: one /64 is one host, as responder and as provider.
+    v6 = [Contact(bytes([i]) * 20, (f"2001:db8::{i}", 4000)) for i in (1, 2)]
+    lookup = Lookup(b"\x00" * 20, v6, 0.0, want=4)
+    lookup.next_requests(0.0)
+    for responder in v6:
+        lookup.on_response(responder, [], [(f"2001:db8:1::{i}", 80) for i in range(4)], 0.01)
+    assert lookup.result.providers == tuple((f"2001:db8:1::{i}", 80) for i in range(2))
+    assert lookup.result.hints == lookup.result.providers  # 2 ports of the /64, unconfirmed
+
+
+def test_the_most_vouched_for_come_first_then_a_few_hints() -> None:
+    responders = [Contact(bytes([i]) * 20, (f"10.0.0.{i}", 4000)) for i in range(1, 5)]
+    lookup = Lookup(b"\x00" * 20, responders, 0.0, alpha=4, want=16)
+    lookup.next_requests(0.0)
+    p = [(f"10.9.{i}.1", 80) for i in range(6)]
+    named = [[p[0], p[1], p[2]], [p[1], p[3]], [p[1], p[0], p[4]], [p[5]]]
+    for responder, providers in zip(responders, named, strict=True):
+        assert lookup.on_response(responder, [], providers, 0.01)
+    result = lookup.result
+    assert result.providers == (p[1], p[0], p[2], p[3])  # 3 vouchers, 2, then two hints
+    assert result.hints == (p[2], p[3])
+
+
+def test_one_reply_contributes_want_addresses_and_two_ports_per_host() -> None:
+    a, b = (Contact(bytes([i]) * 20, (f"10.0.0.{i}", 4000)) for i in (1, 2))
+    lookup = Lookup(b"\x00" * 20, [a, b], 0.0, want=3)
+    lookup.next_requests(0.0)
+    reply = [("10.7.0.1", 1), ("10.7.0.1", 2), ("10.7.0.1", 3), ("10.7.0.2", 1), ("10.7.0.3", 1)]
+    assert lookup.on_response(a, [], reply, 0.01)
+    assert lookup.on_response(b, [], reply, 0.01)
+    # a's reply gave 10.7.0.1:1, :2 and 10.7.0.2 (want = 3); :3 was over the per-host cap.
+    assert lookup.result.providers == (("10.7.0.1", 1), ("10.7.0.1", 2), ("10.7.0.2", 1))
+    assert lookup.result.reason is StopReason.ENOUGH_PROVIDERS
+
+
+def test_one_host_cannot_fill_a_lookup_with_node_ids() -> None:
+    target = b"\x00" * 20
+    honest = Contact(b"\x7f" * 20, ("10.0.0.1", 4000))
+    sybils = [
+        Contact(bytes([0, 0, i]) + b"\x00" * 17, ("10.6.6.6", 5000 + i)) for i in range(1, 30)
+    ]
+    lookup = Lookup(target, [honest], 0.0, per_host=4)
+    assert lookup.next_requests(0.0) == [honest]
+    assert lookup.on_response(honest, sybils, [], 0.01)
+    asked = lookup.next_requests(0.01)
+    assert asked == sybils[:3]  # closest first, alpha at a time: only 4 of 29 were learned
+    for sybil in asked:
+        lookup.on_response(sybil, sybils, [], 0.02)
+    assert lookup.next_requests(0.02) == [sybils[3]]
+    lookup.on_response(sybils[3], [], [], 0.03)
+    assert lookup.done and len(lookup.result.nodes) == 5
+    with pytest.raises(ValueError):
+        Lookup(target, [honest], 0.0, per_host=0)
+    with pytest.raises(ValueError):
+        HintRules(per_host=0)
 
 
 def test_unsolicited_responses_are_ignored() -> None:
@@ -424,7 +539,9 @@ def test_any_network_terminates_and_returns_only_nodes_that_answered(
         assert result.providers == (), f"seed {seed}"
     else:
         assert len(result.providers) <= want, f"seed {seed}"
-        enough = len(result.providers) == want
+        assert len(result.hints) <= HintRules().unconfirmed, f"seed {seed}"
+        assert set(result.hints) <= set(result.providers), f"seed {seed}"
+        enough = len(result.providers) - len(result.hints) == want
         assert (result.reason is StopReason.ENOUGH_PROVIDERS) == enough, f"seed {seed}"
     if not (dead or slow or late):
         # Everyone answers within 50 ms: no soft timeout, no budget.

@@ -25,8 +25,29 @@ The rules (docs/protocol.md §9):
   have all answered (or none is left to ask) and no query is still within its
   soft timeout.
 * A provider lookup (``want`` given) stops as soon as ``want`` distinct
-  providers are known.
+  *confirmed* providers are known (below).
 * The whole lookup gives up after ``budget`` seconds with what it has.
+* With ``per_host`` set, at most that many node ids per host
+  (:func:`~p2pkg.core.dht_records.host_key`) are learned in one lookup, the
+  first ones met: one machine with many ports cannot fill a lookup with ids
+  of its choosing (the routing table has the same limit).
+
+Provider addresses in replies are **hints** (docs/security.md, "DHT"): a
+client opens connections to what a lookup returns, so a lying node must not
+be able to aim those connections at a third party. The rules
+(:class:`HintRules`):
+
+* one reply contributes at most ``want`` addresses, and at most
+  ``per_host`` ports of any one host; the rest of it is ignored;
+* an address is *confirmed* when responders on ``vouchers`` distinct hosts
+  named it, or when the responder naming it is on the address's own host
+  (a node can always send us to itself, whatever we do);
+* the answer holds the confirmed addresses first (most vouched for first,
+  then in arrival order), then at most ``unconfirmed`` others, never more
+  than ``per_host`` ports of one host, never more than ``want`` in all.
+
+So one reply naming 16 ports of a victim yields at most ``unconfirmed``
+(2) addresses, and a liar needs hosts of its own to get more confirmed.
 
 Contacts are sanitized by the caller (well-formed ids and addresses); the
 machine ignores duplicates, its own id, and responses to queries it is not
@@ -40,6 +61,8 @@ import enum
 from bisect import insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from p2pkg.core.dht_records import host_key
 
 Address = tuple[str, int]
 
@@ -56,9 +79,22 @@ class StopReason(enum.Enum):
     """Why a lookup ended."""
 
     CONVERGED = "converged"  # the k closest known nodes answered or failed
-    ENOUGH_PROVIDERS = "enough_providers"  # `want` providers are known
+    ENOUGH_PROVIDERS = "enough_providers"  # `want` confirmed providers are known
     DEADLINE = "deadline"  # the lookup's whole budget ran out
     STOPPED = "stopped"  # the driver called stop()
+
+
+@dataclass(frozen=True, slots=True)
+class HintRules:
+    """How provider addresses named in replies become a lookup's answer (see the module)."""
+
+    per_host: int = 2  # ports of one host: taken from one reply, and in the answer
+    unconfirmed: int = 2  # addresses in the answer that no second host vouched for
+    vouchers: int = 2  # distinct responder hosts that confirm an address
+
+    def __post_init__(self) -> None:
+        if self.per_host < 1 or self.unconfirmed < 0 or self.vouchers < 1:
+            raise ValueError("need per_host >= 1, unconfirmed >= 0, vouchers >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +102,15 @@ class LookupResult:
     """What a finished lookup found."""
 
     nodes: tuple[Contact, ...]  # the (up to) k closest nodes that answered, closest first
-    providers: tuple[Address, ...]  # distinct providers in the order learned, at most `want`
+    # The answer of a provider lookup, at most `want`: confirmed providers first
+    # (most vouched for first), then the few unconfirmed hints (HintRules).
+    providers: tuple[Address, ...]
     reason: StopReason
     queried: int  # queries sent
     answered: int  # queries answered (late answers included)
     failed: int  # queries that failed or passed the hard timeout
     elapsed: float  # seconds from the start to the stop
+    hints: tuple[Address, ...] = ()  # the unconfirmed addresses among `providers`
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,22 +150,30 @@ class Lookup:
         budget: float | None = None,
         want: int | None = None,
         exclude: Iterable[bytes] = (),
+        per_host: int | None = None,
+        hints: HintRules | None = None,
     ) -> None:
         """Start a lookup from ``contacts`` (the routing table's closest to ``target``).
 
         ``budget`` defaults to ``4 * hard_timeout + 2`` seconds; ``want`` makes it
-        a provider lookup; ``exclude`` lists ids never to ask (our own).
+        a provider lookup; ``exclude`` lists ids never to ask (our own);
+        ``per_host`` caps the node ids learned per host (None: no cap);
+        ``hints`` says how provider addresses become the answer.
         """
         if k < 1 or alpha < 1:
             raise ValueError("k and alpha must be at least 1")
         if not 0 < soft_timeout <= hard_timeout:
             raise ValueError("need 0 < soft_timeout <= hard_timeout")
+        if per_host is not None and per_host < 1:
+            raise ValueError("per_host must be at least 1")
         self.target = target
         self.k = k
         self.alpha = alpha
         self.soft_timeout = soft_timeout
         self.hard_timeout = hard_timeout
         self.want = want
+        self.per_host = per_host
+        self.hints = hints or HintRules()
         self._start = now
         self._now = now
         self._end = now + (4 * hard_timeout + 2.0 if budget is None else budget)
@@ -136,7 +183,9 @@ class Lookup:
         self._in_flight: dict[bytes, _Query] = {}
         self._answered: dict[bytes, Contact] = {}
         self._failed: set[bytes] = set()
-        self._providers: dict[Address, None] = {}  # a dict: distinct, in arrival order
+        self._hosts: dict[str, int] = {}  # node ids learned per host (with per_host)
+        # provider address -> hosts of the responders that named it, in arrival order
+        self._vouched: dict[Address, set[str]] = {}
         self._queried = 0
         self._result: LookupResult | None = None
         self._learn(contacts)
@@ -210,11 +259,9 @@ class Lookup:
         del self._in_flight[contact.id]
         self._answered[contact.id] = contact
         if self.want is not None:
-            for provider in providers:
-                if len(self._providers) >= self.want:
-                    break
-                self._providers.setdefault(provider, None)
-            if len(self._providers) >= self.want:
+            self._tally(contact, providers, self.want)
+            confirmed, _ = self._answer()
+            if len(confirmed) >= self.want:
                 self._finish(StopReason.ENOUGH_PROVIDERS)
                 return True
         self._learn(nodes)
@@ -248,6 +295,11 @@ class Lookup:
             # First address wins: a later reply cannot redirect a node we know.
             if contact.id in self._known or contact.id in self._exclude:
                 continue
+            if self.per_host is not None:
+                host = host_key(contact.address[0])
+                if self._hosts.get(host, 0) >= self.per_host:
+                    continue
+                self._hosts[host] = self._hosts.get(host, 0) + 1
             self._known[contact.id] = contact
             insort(self._order, (distance(contact.id, self.target), contact.id))
 
@@ -306,16 +358,65 @@ class Lookup:
 
     def _finish(self, reason: StopReason) -> None:
         answered = sorted(self._answered.values(), key=lambda c: distance(c.id, self.target))
+        confirmed, hints = self._answer()
         self._result = LookupResult(
             nodes=tuple(answered[: self.k]),
-            providers=tuple(self._providers),
+            providers=(*confirmed, *hints),
             reason=reason,
             queried=self._queried,
             answered=len(self._answered),
             failed=len(self._failed),
             elapsed=self._now - self._start,
+            hints=tuple(hints),
         )
         self._in_flight.clear()
 
+    def _tally(self, contact: Contact, providers: Sequence[Address], want: int) -> None:
+        """Count ``contact``'s host as a voucher for the addresses its reply names."""
+        responder = host_key(contact.address[0])
+        taken: dict[str, int] = {}
+        seen: set[Address] = set()
+        for provider in providers:
+            if len(seen) >= want:
+                break  # one reply contributes at most `want` addresses
+            host = host_key(provider[0])
+            if provider in seen or taken.get(host, 0) >= self.hints.per_host:
+                continue
+            seen.add(provider)
+            taken[host] = taken.get(host, 0) + 1
+            self._vouched.setdefault(provider, set()).add(responder)
 
-__all__ = ["Address", "Contact", "Lookup", "LookupResult", "StopReason", "distance"]
+    def _confirmed(self, provider: Address) -> bool:
+        vouchers = self._vouched[provider]
+        return len(vouchers) >= self.hints.vouchers or host_key(provider[0]) in vouchers
+
+    def _answer(self) -> tuple[list[Address], list[Address]]:
+        """The answer so far: (confirmed providers, unconfirmed hints), under HintRules."""
+        if self.want is None:
+            return [], []
+        rules = self.hints
+        per_host: dict[str, int] = {}
+
+        def room(provider: Address) -> bool:
+            host = host_key(provider[0])
+            if per_host.get(host, 0) >= rules.per_host:
+                return False
+            per_host[host] = per_host.get(host, 0) + 1
+            return True
+
+        ranked = sorted(  # stable: among equals, the order they arrived in
+            (p for p in self._vouched if self._confirmed(p)),
+            key=lambda p: len(self._vouched[p]),
+            reverse=True,
+        )
+        confirmed = [p for p in ranked if room(p)][: self.want]
+        hints: list[Address] = []
+        for provider in self._vouched:
+            if len(confirmed) + len(hints) >= self.want or len(hints) >= rules.unconfirmed:
+                break
+            if not self._confirmed(provider) and room(provider):
+                hints.append(provider)
+        return confirmed, hints
+
+
+__all__ = ["Address", "Contact", "HintRules", "Lookup", "LookupResult", "StopReason", "distance"]

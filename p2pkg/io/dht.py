@@ -11,6 +11,18 @@ What the subclass changes (docs/security.md, "DHT"):
 * A request's sender is added to the routing table only after it answers a
   ping with the id it claimed (one id per address): a node cannot fill
   others' tables with made-up ids.
+* Per-host limits, S/Kademlia-style (:class:`CappedTable`,
+  :class:`~p2pkg.core.dht_records.RoutingLimits`): one host (an IPv4
+  address, an IPv6 /64) holds at most 2 entries per bucket and 4 per table,
+  and a lookup learns at most 4 node ids per host; contact checks in flight
+  are capped per host too. Ids are free, addresses are not: one machine
+  with many ports gets a share, not the table.
+* FIND_NODE and GET_PROVIDERS answer with the k contacts closest to the key
+  in the whole table (kademlia's ``find_neighbors`` can miss some).
+* Provider addresses in GET_PROVIDERS replies are hints, weighed by the
+  lookup (:class:`~p2pkg.core.lookup.HintRules`): confirmed by two hosts
+  (or by the provider's own) first, a few unconfirmed ones, two ports per
+  host, so one lying reply cannot aim a client's connections at a victim.
 * Generic STORE / FIND_VALUE of arbitrary values are disabled. The records
   are provider records (ADD_PROVIDER / GET_PROVIDERS, the provider's address
   taken from the packet's source) and namespace roots (PUT_ROOT / GET_ROOT,
@@ -24,7 +36,8 @@ What the subclass changes (docs/security.md, "DHT"):
 Structured concurrency: a node runs as ``await tg.start(node.run, host, port)``.
 Requests are answered in ``datagram_received`` itself (every handler is
 synchronous and bounded), and the only work that outlives a datagram —
-checking a new contact's id, the hourly bucket refresh — runs as children of
+checking a new contact's id, pinging a full bucket's head, the hourly bucket
+refresh — runs as children of
 ``run``'s task group. Cancelling ``run`` stops them and closes the socket;
 a datagram arriving after that starts nothing. kademlia's own ``listen``
 (which schedules free tasks) is not used.
@@ -38,7 +51,9 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +63,26 @@ from anyio.abc import TaskGroup, TaskStatus
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
+from kademlia.routing import KBucket, RoutingTable
 
-from p2pkg.core.dht_records import KEY_LEN, ProviderStore, RootStore, content_key, root_key
-from p2pkg.core.lookup import Address, Contact, Lookup, LookupResult, distance
+from p2pkg.core.dht_records import (
+    KEY_LEN,
+    ProviderStore,
+    RootStore,
+    RoutingLimits,
+    content_key,
+    host_key,
+    root_key,
+)
+from p2pkg.core.lookup import Address, Contact, HintRules, Lookup, LookupResult
 
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 1200  # real networks fragment above ~1,200 bytes
 MAX_ARGS = 8
 HEADER = 21  # kind byte + 20-byte message id
+MAX_CHECKS = 64  # contact checks (pings) in flight
+CHECKS_PER_HOST = 2  # of which one host may cause at most this many
 
 
 def _valid_contact(item: Any) -> bool:
@@ -107,20 +133,136 @@ def _reply(payload: Any, want: int | None) -> tuple[list[Contact], list[Address]
     return nodes, providers
 
 
-def _nearest(router: Any, key: bytes, k: int) -> list[Contact]:
-    """The ``k`` contacts of the routing table closest to ``key``, where a lookup starts.
+def _nearest(
+    router: Any, key: bytes, k: int, exclude: tuple[str, int] | None = None
+) -> list[Contact]:
+    """The ``k`` contacts of the routing table closest to ``key`` (none at ``exclude``).
 
-    Not ``router.find_neighbors``: its traversal (kademlia 2.2.3) stops one
+    Where a lookup starts, and what FIND_NODE / GET_PROVIDERS answer. Not
+    ``router.find_neighbors``: its traversal (kademlia 2.2.3) stops one
     bucket to the left once the buckets to the right run out, so for a key in
     the last buckets it can return few contacts, or none, from a full table
-    (bmuller/kademlia#28, #52) and the lookup would end before it began.
+    (bmuller/kademlia#28, #52): a lookup would end before it began, and a
+    reply would steer the asker away from the closest nodes we know.
     """
     index = router.get_bucket_for(Node(key))
     if index is not None:  # like find_neighbors: the hourly refresh skips buckets in use
         router.buckets[index].touch_last_updated()
-    nodes = [n for bucket in router.buckets for n in bucket.get_nodes()]
-    nodes.sort(key=lambda n: distance(n.id, key))
+    target = int.from_bytes(key, "big")
+    nodes = [
+        n
+        for bucket in router.buckets
+        for n in bucket.get_nodes()
+        if exclude is None or (n.ip, n.port) != exclude
+    ]
+    nodes.sort(key=lambda n: n.long_id ^ target)
     return [Contact(n.id, (n.ip, n.port)) for n in nodes[:k]]
+
+
+class CappedBucket(KBucket):  # type: ignore[misc]
+    """A k-bucket that counts its entries per host, its replacement list included.
+
+    ``add_node`` and ``remove_node`` are the package's, rewritten to keep the
+    count (and to hold a node in one list only: the package leaves a
+    replacement that moves up in both).
+    """
+
+    def __init__(self, range_lower: int, range_upper: int, ksize: int) -> None:
+        super().__init__(range_lower, range_upper, ksize)
+        self.hosts: Counter[str] = Counter()
+
+    def _count(self, node: Node, delta: int) -> None:
+        host = host_key(node.ip)
+        self.hosts[host] += delta
+        if self.hosts[host] <= 0:
+            del self.hosts[host]
+
+    def add_node(self, node: Node) -> bool:
+        """Add or refresh ``node``; False if it went to the replacement list (bucket full)."""
+        held = self.nodes.pop(node.id, None)
+        if held is None:
+            held = self.replacement_nodes.pop(node.id, None)
+            was_main = False
+        else:
+            was_main = True
+        if held is not None:
+            self._count(held, -1)
+        self._count(node, +1)
+        if was_main or len(self.nodes) < self.ksize:
+            self.nodes[node.id] = node
+            return True
+        self.replacement_nodes[node.id] = node
+        while len(self.replacement_nodes) > self.max_replacement_nodes:
+            _, gone = self.replacement_nodes.popitem(last=False)
+            self._count(gone, -1)
+        return False
+
+    def remove_node(self, node: Node) -> None:
+        """Forget ``node``; the newest replacement takes a freed place."""
+        gone = self.replacement_nodes.pop(node.id, None)
+        if gone is None:
+            gone = self.nodes.pop(node.id, None)
+            if gone is not None and self.replacement_nodes:
+                new_id, new = self.replacement_nodes.popitem()
+                self.nodes[new_id] = new
+        if gone is not None:
+            self._count(gone, -1)
+
+    def split(self) -> tuple[CappedBucket, CappedBucket]:
+        midpoint = (self.range[0] + self.range[1]) // 2
+        one = CappedBucket(self.range[0], midpoint, self.ksize)
+        two = CappedBucket(midpoint + 1, self.range[1], self.ksize)
+        for node in chain(self.nodes.values(), self.replacement_nodes.values()):
+            (one if node.long_id <= midpoint else two).add_node(node)
+        return one, two
+
+
+class CappedTable(RoutingTable):  # type: ignore[misc]
+    """kademlia's routing table with per-host limits (:class:`RoutingLimits`).
+
+    A node id is free to choose, an address is not: one host (an IPv4
+    address, an IPv6 /64) holds at most ``per_bucket`` entries in a bucket
+    and ``per_table`` in the table, replacements included; a contact beyond
+    that is not added (``refused`` counts them). A full bucket's head is
+    pinged through the protocol (a child of the node's task group), not as
+    the package's free task.
+    """
+
+    def __init__(self, protocol: Any, ksize: int, node: Node, limits: RoutingLimits) -> None:
+        self.limits = limits
+        self.refused = 0
+        super().__init__(protocol, ksize, node)
+
+    def flush(self) -> None:
+        self.buckets = [CappedBucket(0, 2**160, self.ksize)]
+
+    def host_entries(self, host: str) -> int:
+        """Entries (replacements included) that ``host`` holds in the whole table."""
+        return sum(bucket.hosts[host] for bucket in self.buckets)
+
+    def admits(self, node: Node) -> bool:
+        """Whether :meth:`add_contact` would keep ``node`` (it is known, or its host has room)."""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        if node.id in bucket.nodes or node.id in bucket.replacement_nodes:
+            return True
+        host = host_key(node.ip)
+        return bool(self.limits.admits(bucket.hosts[host], self.host_entries(host)))
+
+    def add_contact(self, node: Node) -> None:
+        if not self.admits(node):
+            self.refused += 1
+            return
+        index = self.get_bucket_for(node)
+        bucket = self.buckets[index]
+        if bucket.add_node(node):
+            return
+        # Per section 4.2 of the paper (as the package): split if the bucket
+        # holds our own id, or if its depth is not congruent to 0 mod 5.
+        if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
+            self.split_bucket(index)
+            self.add_contact(node)
+        else:
+            self.protocol.check_head(bucket.head())
 
 
 class _Replies:
@@ -183,8 +325,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         roots: RootStore,
         clock: Callable[[], float] = time.time,
         wait_timeout: float = 2.0,
+        routing: RoutingLimits | None = None,
     ) -> None:
         super().__init__(source_node, storage, ksize)
+        self.router = CappedTable(self, ksize, source_node, routing or RoutingLimits())
         self._wait_timeout = wait_timeout
         self.providers = providers
         self.roots = roots
@@ -198,6 +342,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._sent_to: dict[bytes, tuple[str, int]] = {}
         self._addr_ids: dict[tuple[str, int], bytes] = {}
         self._verifying: set[tuple[str, int]] = set()
+        self._verifying_hosts: Counter[str] = Counter()
 
     def attach(self, tg: TaskGroup) -> None:
         """Start background work (contact checks) as children of ``tg`` from now on."""
@@ -342,17 +487,25 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         A message can claim any node id; inserting claims directly lets one
         address fill the routing table with fake contacts (an eclipse). So the
         sender is pinged and added only if it answers with the same id; one id
-        per address, and a bounded number of checks in flight.
+        per address, and the table's per-host limits on top (one host with
+        many ports gets its share, no more). At most ``MAX_CHECKS`` checks are
+        in flight, ``CHECKS_PER_HOST`` per host (one host cannot hold them all),
+        and none for a sender its host's share would refuse anyway.
         """
         if not isinstance(nodeid, bytes) or len(nodeid) != KEY_LEN or self._tg is None:
             return
         addr = (sender[0], sender[1])
         known = self._addr_ids.get(addr)
-        if known is not None or addr in self._verifying or len(self._verifying) >= 64:
+        if known is not None or addr in self._verifying or len(self._verifying) >= MAX_CHECKS:
             return
-        if not self.router.is_new_node(Node(nodeid, *addr)):
+        host = host_key(addr[0])
+        if self._verifying_hosts[host] >= CHECKS_PER_HOST:
+            return
+        node = Node(nodeid, *addr)
+        if not self.router.is_new_node(node) or not self.router.admits(node):
             return
         self._verifying.add(addr)
+        self._verifying_hosts[host] += 1
         self._tg.start_soon(self._verify, addr, nodeid)
 
     async def _verify(self, addr: tuple[str, int], claimed: bytes) -> None:
@@ -363,6 +516,29 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
                 self.welcome_if_new(Node(claimed, addr[0], addr[1]))
         finally:
             self._verifying.discard(addr)
+            host = host_key(addr[0])
+            self._verifying_hosts[host] -= 1
+            if self._verifying_hosts[host] <= 0:
+                del self._verifying_hosts[host]
+
+    def check_head(self, node: Node) -> None:
+        """Ping a full bucket's least recently seen contact (it goes after two misses).
+
+        The package does this as a free task; here it is a child of the running
+        node's task group, counted with the contact checks, and skipped when
+        none can start (not running, or too many in flight).
+        """
+        addr = (node.ip, node.port)
+        if self._tg is None or addr in self._verifying or len(self._verifying) >= MAX_CHECKS:
+            return
+        self._verifying.add(addr)
+        self._tg.start_soon(self._check_head, node)
+
+    async def _check_head(self, node: Node) -> None:
+        try:
+            await self.call_ping(node)  # answer or miss: handle_call_response
+        finally:
+            self._verifying.discard((node.ip, node.port))
 
     # ------------------------------------------------------------------ RPCs
 
@@ -377,9 +553,12 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not isinstance(key, bytes) or len(key) != KEY_LEN:
             raise ValueError("bad key")
         self._source(sender, nodeid)
-        source = Node(nodeid, sender[0], sender[1])
-        neighbors = self.router.find_neighbors(Node(key), exclude=source)
-        return [tuple(n) for n in neighbors]
+        return self._neighbours(key, sender)
+
+    def _neighbours(self, key: bytes, sender: tuple[str, int]) -> list[tuple[bytes, str, int]]:
+        """The k contacts closest to ``key`` we know, not the asker itself."""
+        nearest = _nearest(self.router, key, self.router.ksize, exclude=(sender[0], sender[1]))
+        return [(c.id, c.address[0], c.address[1]) for c in nearest]
 
     def rpc_find_value(self, sender: tuple[str, int], nodeid: bytes, key: bytes) -> list[Any]:
         return self.rpc_find_node(sender, nodeid, key)
@@ -398,11 +577,11 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self, sender: tuple[str, int], nodeid: bytes, key: bytes, want: int
     ) -> dict[str, Any]:
         self._source(sender, nodeid)
+        if not isinstance(key, bytes) or len(key) != KEY_LEN:
+            raise ValueError("bad key")
         found = self.providers.get(key, min(int(want), 16), self.clock())
         # Like FIND_VALUE: also the closest nodes we know, so a lookup can go on.
-        source = Node(nodeid, sender[0], sender[1])
-        neighbors = self.router.find_neighbors(Node(key), exclude=source)
-        return {"providers": [list(p) for p in found], "nodes": [tuple(n) for n in neighbors]}
+        return {"providers": [list(p) for p in found], "nodes": self._neighbours(key, sender)}
 
     def rpc_put_root(self, sender: tuple[str, int], nodeid: bytes, key: bytes, data: bytes) -> bool:
         self._source(sender, nodeid)
@@ -417,7 +596,12 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
 
 
 class DhtNode(Server):  # type: ignore[misc]
-    """A DHT node: join, announce providers and roots, look them up."""
+    """A DHT node: join, announce providers and roots, look them up.
+
+    ``routing`` caps what one host may hold in the routing table (and learn
+    in a lookup); ``hints`` says how provider addresses in replies become a
+    provider lookup's answer. Both default to the protocol's values.
+    """
 
     protocol_class = DhtProtocol
 
@@ -431,9 +615,13 @@ class DhtNode(Server):  # type: ignore[misc]
         roots: RootStore | None = None,
         wait_timeout: float = 2.0,
         soft_timeout: float = 0.25,
+        routing: RoutingLimits | None = None,
+        hints: HintRules | None = None,
     ) -> None:
         super().__init__(ksize=ksize, alpha=alpha, node_id=node_id or secrets.token_bytes(20))
         self.soft_timeout = soft_timeout
+        self.routing = routing or RoutingLimits()
+        self.hints = hints or HintRules()
         # `is None`, not `or`: an empty store is falsy (it has a length).
         self.providers = providers if providers is not None else ProviderStore()
         self.roots = roots if roots is not None else RootStore()
@@ -449,6 +637,7 @@ class DhtNode(Server):  # type: ignore[misc]
             self.providers,
             self.roots,
             wait_timeout=self.wait_timeout,
+            routing=self.routing,
         )
 
     @property
@@ -580,6 +769,8 @@ class DhtNode(Server):  # type: ignore[misc]
             hard_timeout=self.wait_timeout,
             want=want,
             exclude=(self.node.id,),
+            per_host=self.routing.per_table,
+            hints=self.hints,
         )
         calls = _Replies()
         try:
@@ -655,13 +846,19 @@ class DhtNode(Server):  # type: ignore[misc]
         return await self.find_key(content_key(object_id), want)
 
     async def find_key(self, key: bytes, want: int = 16) -> list[tuple[str, int]]:
-        """Providers recorded under a ready-made DHT key.
+        """Providers recorded under a ready-made DHT key: :meth:`lookup_providers`' answer."""
+        return list((await self.lookup_providers(key, want)).providers)
 
-        One lookup with GET_PROVIDERS (which also returns closer nodes); it stops
-        once ``want`` providers are known, or after the closest nodes answered.
+    async def lookup_providers(self, key: bytes, want: int = 16) -> LookupResult:
+        """One lookup with GET_PROVIDERS (which also returns closer nodes).
+
+        It stops once ``want`` confirmed providers are known, or after the
+        closest nodes answered. ``providers`` is the answer (confirmed first,
+        then at most ``hints.unconfirmed`` unconfirmed ones, ``hints.per_host``
+        ports per host); ``hints`` says which of them are unconfirmed
+        (:mod:`p2pkg.core.lookup`).
         """
-        result = await self.run_lookup(key, "get_providers", (want,), want=want)
-        return list(result.providers)
+        return await self.run_lookup(key, "get_providers", (want,), want=want)
 
     async def put_root(self, data: bytes, first_key: bytes) -> int:
         key = root_key(first_key)
@@ -712,4 +909,4 @@ class DhtNode(Server):  # type: ignore[misc]
         return node_id, contacts
 
 
-__all__ = ["MAX_DATAGRAM", "DhtNode", "DhtProtocol"]
+__all__ = ["MAX_DATAGRAM", "CappedBucket", "CappedTable", "DhtNode", "DhtProtocol"]

@@ -9,10 +9,11 @@ one-shot and bounded in time; what they find joins a :class:`PeerLinks`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from p2pkg.core.dht_records import bin_key
+from p2pkg.core.dht_records import bin_key, host_key
 from p2pkg.core.objects import name_hash
 from p2pkg.core.peers import Tier
 from p2pkg.roles.links import Peer
@@ -43,19 +44,60 @@ async def lan_peers(
     return [Peer(p.url, Tier.LAN) for p in found]
 
 
+#: Unconfirmed provider addresses (:attr:`LookupResult.hints`) one discovery
+#: returns in all: each lookup yields a few, and one discovery runs a lookup
+#: per bin, so the total is capped again here.
+MAX_HINTS = 4
+#: Ports of one host one discovery returns in all (seeds sharing an address).
+PER_HOST = 2
+
+
+def provider_url(host: str, port: int) -> str:
+    """The peer URL of a provider address (an IPv6 host in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 async def dht_peers(dht: DhtService, pinned: frozenset[bytes], names: Iterable[str]) -> list[Peer]:
     """Providers of the namespace bins holding ``names`` (normalized), as DHT-tier peers.
 
-    Runs the DHT node only for the lookups (one per distinct bin).
+    Runs the DHT node only for the lookups (one per distinct bin). Provider
+    addresses are hints a liar can aim at anyone (docs/security.md, "DHT"), and
+    each becomes a connection: the peers are the confirmed providers first,
+    then at most :data:`MAX_HINTS` unconfirmed ones, and at most
+    :data:`PER_HOST` ports of any one host, over all the lookups together.
     """
     slots = sorted({name_hash(n)[0] for n in names})
-    out: dict[str, Peer] = {}
+    confirmed: list[tuple[str, int]] = []
+    unconfirmed: list[tuple[str, int]] = []
     async with dht.running() as node:
         for slot in slots:
-            for host, port in await node.find_key(bin_key(trust_key(pinned), slot)):
-                url = f"http://{host}:{port}"
-                out.setdefault(url, Peer(url, Tier.DHT))
+            result = await node.lookup_providers(bin_key(trust_key(pinned), slot))
+            hints = set(result.hints)
+            for address in result.providers:
+                (unconfirmed if address in hints else confirmed).append(address)
+    per_host: Counter[str] = Counter()
+    out: dict[str, Peer] = {}
+    hinted = 0
+    for address in [*confirmed, *unconfirmed]:
+        url = provider_url(*address)
+        host = host_key(address[0])
+        if url in out or per_host[host] >= PER_HOST:
+            continue
+        if address not in confirmed:
+            if hinted >= MAX_HINTS:
+                continue
+            hinted += 1
+        per_host[host] += 1
+        out[url] = Peer(url, Tier.DHT)
     return list(out.values())
 
 
-__all__ = ["LAN_WAIT", "dht_peers", "lan_peers", "trust_key"]
+__all__ = [
+    "LAN_WAIT",
+    "MAX_HINTS",
+    "PER_HOST",
+    "dht_peers",
+    "lan_peers",
+    "provider_url",
+    "trust_key",
+]
