@@ -32,7 +32,7 @@ async def test_a_burst_of_empty_notifies_is_coalesced_into_one_poll(
             tmp_path / "seed",
             master.pins,
             [upstream.url],
-            config=SeedConfig(interval=3600),
+            config=SeedConfig(interval=3600, subscribe=False),
             on_synced=synced.set,
         )
         try:

@@ -57,6 +57,7 @@ from p2pkg.roles.discover import trust_key
 from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
+from p2pkg.roles.subscriptions import keep_subscribed
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class CacheConfig:
     max_index_projects: int = 100_000  # /simple/ lists at most this many
     lan: bool = False  # announce on, and discover other caches from, the LAN (DNS-SD)
     lan_interfaces: tuple[str, ...] | None = None  # None: every interface
+    subscribe: bool = True  # ask the configured peers to push new roots (§6.6)
 
 
 class Live:
@@ -149,7 +151,9 @@ class Cache:
         self.disk = DiskCondition(store_path)  # shown on the status page
         self.live: dict[bytes, Live] = {}
         self.started = time.time()
-        self.server = PeerServer(self.store, server_config, status_extra=self.status)
+        self.server = PeerServer(
+            self.store, server_config, on_notify=self._notified, status_extra=self.status
+        )
         CacheRoutes(self).install(self.server)
         self.lan: Lan | None = None
         self.by_blake3: dict[bytes, FileManifest] = {}  # archives signed manifests name
@@ -201,12 +205,20 @@ class Cache:
                     await self.dht.announce_on(
                         tg, lambda: held_file_keys(self.store), self.server.port
                     )
+                if self.config.subscribe:
+                    upstreams = [p.url for p in self.session.peers if p.tier == Tier.MIRROR]
+                    tg.start_soon(partial(keep_subscribed, upstreams, lambda: self.server.port))
                 log.info("cache serving %s on %s", self.store_path, url)
                 task_status.started(url)
         finally:
             self._tg = None
             self.session.close()
             self.store.close()
+
+    async def _notified(self, body: bytes, peer: str) -> None:
+        """A push (a root frame, or empty): refresh the root now, not at the next page."""
+        log.info("push from %s: refreshing the root", peer)
+        self.session.follower.poke()
 
     @property
     def key(self) -> str:

@@ -205,7 +205,10 @@ class RootFollower:
             try:
                 accepted, walked = await self._accept(base, data, version, url, now)
             except (TrustError, PeerError, FetchError) as exc:
-                log.warning("peer %s: root version %d rejected: %s", url, version, exc)
+                # An expired root is a stale peer (said once, by the caller's
+                # error when nothing better is on offer); the rest is a warning.
+                level = logging.INFO if isinstance(exc, ExpiredRootError) else logging.WARNING
+                log.log(level, "peer %s: root version %d rejected: %s", url, version, exc)
                 problems.append(f"peer {url}: root version {version} rejected: {exc}")
                 if isinstance(exc, ExpiredRootError):
                     expired = expired or exc  # a stale seed may do that: not banned

@@ -42,6 +42,7 @@ from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.follow import FollowState, open_root
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
+from p2pkg.roles.subscriptions import Subscriptions, keep_subscribed
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class SeedConfig:
     interval: float = 30.0  # poll period when nothing is pushed
     max_backoff: float = 300.0
     parallel_files: int = 8
+    subscribe: bool = True  # ask the upstreams to push new roots (§6.6)
 
 
 @dataclass
@@ -124,12 +126,17 @@ class Seeder:
         self.follower = self.session.follower
         self.freshness = Freshness(projects=self.projects)
         self.disk = DiskCondition(store_path)
+        self.upstreams = list(upstreams)
         self.server = PeerServer(
             self.store,
             server_config,
             on_notify=self._notified,
             status_extra=self.status,
         )
+        # Caches (and seeds) below this one subscribe here: each synced root is
+        # pushed on to them, so a new upload travels master -> seeds -> caches.
+        self.subscriptions = Subscriptions()
+        self.subscriptions.install(self.server)
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
         synced = self.follower.trusted  # the store's chain: what this seed serves
@@ -139,7 +146,11 @@ class Seeder:
 
     def status(self) -> dict[str, Any]:
         """The status page's fields: freshness, how following goes, the disk."""
-        return {**self.freshness.report(time.time(), self.follower.state), **self.disk.report()}
+        return {
+            **self.freshness.report(time.time(), self.follower.state),
+            **self.disk.report(),
+            **self.subscriptions.status(),
+        }
 
     async def close(self) -> None:
         # The server stops with run (cancelled); its store is this one, closed here.
@@ -164,6 +175,8 @@ class Seeder:
                 await self.dht.announce_on(
                     tg, lambda: keys(self.store), self.server.port, self.store.latest_root
                 )
+            if self.config.subscribe:
+                tg.start_soon(keep_subscribed, self.upstreams, lambda: self.server.port)
             task_status.started(url)
             log.info("seed serving %s on %s", self.store_path, url)
             await self.follower.follow(
@@ -220,6 +233,9 @@ class Seeder:
         f.synced_version = trusted.version
         f.synced_root_created = trusted.root.created
         log.info("seed synced root version %d", trusted.version)
+        latest = self.store.latest_root_stored()
+        if latest is not None and self.subscriptions.live():
+            await self.subscriptions.push(latest[2])
         if self.dht is not None:
             self.dht.poke()
         if self.on_synced is not None:

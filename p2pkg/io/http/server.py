@@ -259,6 +259,12 @@ class Exchange:
         self.head_only = req.method == "HEAD"
         self._writer = writer
 
+    @property
+    def peer_host(self) -> str:
+        """The client's IP address (without port), as the socket reports it."""
+        name = self._writer.get_extra_info("peername")
+        return str(name[0]) if isinstance(name, tuple) and name else ""
+
     async def reply(
         self,
         status: int,

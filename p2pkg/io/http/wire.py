@@ -86,6 +86,8 @@ MAX_OBJECT_BATCH = 1024  # ids per object batch request
 MAX_OBJECT_BATCH_BYTES = 64 << 20  # response size a client accepts
 STATUS_PATH = f"{PREFIX}/status"
 NOTIFY_PATH = f"{PREFIX}/notify"
+#: Where a node asks to be pushed new roots (protocol §6.6; only roles that push serve it).
+SUBSCRIBE_PATH = f"{PREFIX}/subscribe"
 
 
 def parse_target(target: str) -> Route | None:
