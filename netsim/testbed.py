@@ -63,6 +63,14 @@ def serve(store: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], st
 
 
 @contextmanager
+def master(store: Path, key: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``p2pkg master`` on a free loopback port (serves, re-signs, pushes new roots)."""
+    cmd = p2pkg_cmd("master", "--store", str(store), "--key", str(key), "--listen", "127.0.0.1:0")
+    with spawn([*cmd, *args]) as started:
+        yield started
+
+
+@contextmanager
 def seed(
     store: Path, trust: str, upstreams: Sequence[str], *args: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
@@ -109,6 +117,9 @@ class Testbed(ExitStack):
 
     def serve(self, store: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
         return self.enter_context(serve(store, *args))
+
+    def master(self, store: Path, key: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+        return self.enter_context(master(store, key, *args))
 
     def seed(
         self, store: Path, trust: str, upstreams: Sequence[str], *args: str

@@ -8,12 +8,14 @@
   durations, addresses that must be bindable) and shared option groups;
 * :mod:`.namespace_commands` — keygen, publish, show, verify, export;
 * :mod:`.network_commands` — serve, seed, cache, fetch;
+* :mod:`.master_commands` — ``master``: serve, re-sign, push;
 * :mod:`.mirror_list_commands` — ``mirrors add|remove|list``: the signed mirror list.
 """
 
 from __future__ import annotations
 
 from p2pkg.cli import (  # register the commands
+    master_commands,
     mirror_list_commands,
     namespace_commands,
     network_commands,
@@ -38,6 +40,7 @@ __all__ = [
     "errors_as_exit",
     "exit_code_for",
     "main",
+    "master_commands",
     "mirror_list_commands",
     "namespace_commands",
     "network_commands",
