@@ -68,6 +68,10 @@ def open_root(wire_bytes: bytes) -> bytes:
     return data
 
 
+#: Seconds before the first retry after a failed round (less when polls are closer).
+RETRY_BASE = 5.0
+
+
 @dataclass
 class FollowState:
     """What the follow loop last saw (a seed's and a cache's status report it)."""
@@ -300,7 +304,8 @@ class RootFollower:
         """Refresh every ``interval`` seconds until cancelled; ``on_root`` after each.
 
         A failed round (no peer reachable, ``on_root`` raised a p2pkg error)
-        backs off from ``interval`` doubling up to ``max_backoff``; a
+        backs off from ``interval`` (at most :data:`RETRY_BASE`) doubling up
+        to ``max_backoff``; a
         :meth:`poke` still wakes the loop at once, but rounds start at least
         ``min_gap`` seconds apart: a burst of pushes (anyone may POST an
         empty notify) costs one upstream poll per gap, not one each.
@@ -327,7 +332,9 @@ class RootFollower:
                 st.failures_in_a_row += 1
                 st.last_error = str(exc)
                 exponent = min(st.failures_in_a_row - 1, 16)
-                delay = min(max_backoff, interval * 2**exponent)
+                # From a short base, not the poll interval: a mirror polling
+                # hourly whose upstream is briefly away retries in seconds.
+                delay = min(max_backoff, min(interval, RETRY_BASE) * 2**exponent)
                 log.warning("root refresh failed (retry in %.0fs): %s", delay, exc)
             else:
                 st.failures_in_a_row = 0
@@ -379,4 +386,4 @@ class RootFollower:
             return update_chain(current, [data], now), walked
 
 
-__all__ = ["MAX_CHAIN_WALK", "FollowState", "RootFollower", "open_root"]
+__all__ = ["MAX_CHAIN_WALK", "RETRY_BASE", "FollowState", "RootFollower", "open_root"]
