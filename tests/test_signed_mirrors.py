@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,11 @@ from cryptography.hazmat.primitives import serialization
 
 from p2pkg.errors import PublishError
 from p2pkg.io.store import Store
+from p2pkg.roles.cache import Cache
+from p2pkg.roles.freshness import mirror_freshness
 from p2pkg.roles.publish import Edits, publish
 from p2pkg.roles.session import Session
+from p2pkg.testing.archives import build_wheel
 
 from .netutil import Master, make_master, services
 
@@ -88,3 +92,40 @@ def test_cli_mirrors_add_remove_list(master: Master, tmp_path: Path) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert run("remove", "http://a:1", *store, "--key", str(key)).returncode == 0
     assert run("list", *store).stdout.split() == ["http://b:2"]
+
+
+@pytest.mark.anyio
+@pytest.mark.net
+async def test_mirrors_status_reports_a_stale_mirror_behind_for_what_changed_since(
+    master: Master, tmp_path: Path
+) -> None:
+    stale_store = tmp_path / "stale"
+    shutil.copytree(master.store, stale_store)  # a seed that stopped syncing at version 1
+    build_wheel(master.dist, "small", "2.0")
+    build_wheel(master.dist, "fresh", "1.0")
+    with Store.open(master.store) as st:
+        publish(st, [master.key], [master.dist])
+    async with services() as svc:
+        stale = await svc.server(stale_store)
+        current = await svc.server(master.store)
+        _set_mirrors(master, [stale.url, current.url])  # version 3
+        newest, report = await mirror_freshness(
+            master.pins, [current.url], ["small", "big", "fresh", "nope"]
+        )
+        # A cache's status page shows its peers' roots the same way.
+        cache = Cache(tmp_path / "cache", master.pins, [stale.url, current.url])
+        await svc.start(cache.run)
+        await cache.trusted()
+        roots = cache.status()["peer_roots"]
+        assert roots[stale.url] == {"root_version": 1, "versions_behind": 2}
+        assert roots[current.url] == {"root_version": 3, "versions_behind": 0}
+    assert newest.version == 3
+    by_url = {m.url: m for m in report}
+    assert set(by_url) == {stale.url, current.url}  # the stale one learned from the root
+    up = by_url[current.url]
+    assert (up.version, up.versions_behind) == (3, 0)
+    assert up.projects == {"big": "fresh", "fresh": "fresh", "nope": "absent", "small": "fresh"}
+    old = by_url[stale.url]
+    assert (old.version, old.versions_behind) == (1, 2)
+    assert old.lag_seconds is not None and old.lag_seconds >= 0
+    assert old.projects == {"big": "fresh", "fresh": "missing", "nope": "absent", "small": "behind"}

@@ -13,7 +13,15 @@ import click
 
 from p2pkg.cli.app import main
 from p2pkg.cli.exits import errors_as_exit
-from p2pkg.cli.options import F, emit, json_option, parse_trust, store_option, trust_option
+from p2pkg.cli.options import (
+    F,
+    check_urls,
+    emit,
+    json_option,
+    parse_trust,
+    store_option,
+    trust_option,
+)
 from p2pkg.cli.values import DURATION
 
 
@@ -131,3 +139,65 @@ def list_(store: Path, trust: tuple[str, ...], as_json: bool) -> None:
         root = open_store_namespace(st, parse_trust(trust)).trusted.root
     urls = list(root.mirrors)
     emit(as_json, {"mirrors": urls, "version": root.version}, "\n".join(urls) or "(no mirrors)")
+
+
+@mirrors.command("status")
+@trust_option
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    callback=check_urls,
+    help="A peer to start from (repeatable); the root's mirror list is added.",
+)
+@click.option(
+    "--project", "projects", multiple=True, metavar="NAME", help="Compare these projects."
+)
+@json_option
+def status(
+    trust: tuple[str, ...], peers: tuple[str, ...], projects: tuple[str, ...], as_json: bool
+) -> None:
+    """How fresh each mirror is: root lag, and per project fresh/behind/missing.
+
+    \b
+      p2pkg mirrors status --trust KEY --peer http://seed1:8000 --project requests
+    Each mirror is asked for its root and, per project, resolves it through
+    its own tree: "fresh" (the current project object), "behind" (another
+    version of it), "missing" (it cannot serve it), "absent" (not in the
+    namespace).
+    """
+    import anyio
+
+    from p2pkg.roles.freshness import mirror_freshness
+
+    pinned = parse_trust(trust)
+    if pinned is None:
+        raise click.UsageError("--trust is required", ctx=click.get_current_context())
+    with errors_as_exit():
+        newest, report = anyio.run(mirror_freshness, pinned, list(peers), projects)
+    data = {
+        "root_version": newest.version,
+        "mirrors": [
+            {
+                "url": m.url,
+                "root_version": m.version,
+                "versions_behind": m.versions_behind,
+                "lag_seconds": m.lag_seconds,
+                "error": m.error,
+                "projects": m.projects,
+            }
+            for m in report
+        ],
+    }
+    lines = [f"newest root: version {newest.version}"]
+    for m in report:
+        if m.error is not None:
+            lines.append(f"{m.url}: unreachable ({m.error})")
+            continue
+        head = f"{m.url}: root v{m.version}"
+        if m.versions_behind:
+            head += f", {m.versions_behind} behind ({m.lag_seconds} s older)"
+        lines.append(head + "".join(f"\n  {n}: {s}" for n, s in m.projects.items()))
+    emit(as_json, data, "\n".join(lines))

@@ -363,6 +363,14 @@ class Cache:
             "banned_peers": sorted(self.session.banned),
             # what the peer book has measured: tier, rate, latency, failures, bans
             "peer_book": self.session.book.summary(self.session.monotonic()),
+            # each peer's root at the last refresh: how far behind it is
+            "peer_roots": {
+                url: {
+                    "root_version": version,
+                    "versions_behind": max(0, trusted.version - version) if trusted else None,
+                }
+                for url, version in sorted(self.session.follower.peer_versions.items())
+            },
             "files_held": files,
             "bytes_held": held,
             "max_size": self.config.max_size,

@@ -95,6 +95,7 @@ class RootFollower:
         clock: Callable[[], float] = time.time,
         grace: float = 0.05,
         deadline: float = 10.0,
+        learn_mirrors: bool = True,
     ) -> None:
         if not pinned:
             raise TrustError("at least one trusted key (--trust) is needed")
@@ -106,8 +107,11 @@ class RootFollower:
         self.grace = grace  # seconds others may still answer after the first usable root
         self.deadline = deadline  # seconds a refresh waits at most for any root
         self.state = FollowState()
+        self.learn_mirrors = learn_mirrors  # add a verified root's mirrors as peers
         #: Why the last refresh got no root at all (empty when some peer answered).
         self.unreachable: list[str] = []
+        #: The root version each peer offered at the last refresh (its freshness).
+        self.peer_versions: dict[str, int] = {}
         self._trusted: TrustedRoot | None = self._load()
         if self._trusted is not None:
             self._learn_mirrors(self._trusted)
@@ -192,6 +196,7 @@ class RootFollower:
             self.links.book.observe_failure(url, self.links.monotonic())
             problems.append(f"peer {url}: no root within the refresh deadline")
         self._refreshed = self.links.monotonic()
+        self.peer_versions = {url: version for version, _, url in offers}
         offers.sort(key=lambda o: (-o[0], peers.index(o[2])))
         self.unreachable = [] if offers else problems
         now = self.clock()
@@ -251,6 +256,8 @@ class RootFollower:
         verified like anyone's; https mirrors are skipped (the peer client
         speaks plain HTTP: integrity comes from the hashes, not the channel).
         """
+        if not self.learn_mirrors:
+            return
         for url in trusted.root.mirrors:
             if url.startswith("http://") and url.rstrip("/") not in self.links.book:
                 log.info("learned mirror %s from root version %d", url, trusted.version)

@@ -61,6 +61,7 @@ class Session:
         link_factory: Callable[[str], Link] | None = None,
         persist_roots: bool = True,
         commit_objects: bool = True,
+        learn_mirrors: bool = True,
     ) -> None:
         self.store = store
         self.links = PeerLinks(
@@ -70,7 +71,14 @@ class Session:
             client_config=client_config,
             monotonic=monotonic,
         )
-        self.follower = RootFollower(pinned, self.links, store, persist=persist_roots, clock=clock)
+        self.follower = RootFollower(
+            pinned,
+            self.links,
+            store,
+            persist=persist_roots,
+            clock=clock,
+            learn_mirrors=learn_mirrors,
+        )
         self.objects = ObjectSource(self.links, store, commit=commit_objects)
         self.downloader = FileDownloader(
             self.links.link,
