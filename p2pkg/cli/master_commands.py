@@ -1,4 +1,4 @@
-"""``p2pkg master``: serve the namespace, keep it signed, push every new root."""
+"""``p2pkg master`` (serve, keep signed, push) and ``p2pkg stats`` (downloads over mirrors)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from p2pkg.cli.exits import errors_as_exit
 from p2pkg.cli.options import (
     budget_options,
     check_bindable,
+    check_urls,
     dht_options,
     dht_service,
+    emit,
+    json_option,
     listen_option,
     run_forever,
     serve_role,
@@ -90,3 +93,76 @@ def master(
         await serve_role(role.run, host, port, lambda url: f"master serving {store} on {url}")
 
     run_forever(run)
+
+
+@main.command()
+@store_option
+@click.option(
+    "--since",
+    metavar="YYYY-MM-DD",
+    help="First day to count (UTC; default: 31 days ago).",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="URL",
+    callback=check_urls,
+    help="Also ask this node (besides the root's mirror list). Repeatable.",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="One row per day, source and file.")
+@json_option
+def stats(
+    store: Path, since: str | None, peers: tuple[str, ...], as_csv: bool, as_json: bool
+) -> None:
+    """Downloads summed over the master and every mirror, per file, project and mirror.
+
+    \b
+    Each mirror counts the downloads it served (no client addresses); a
+    download split across peers counts once. The sums are what each mirror
+    reports: a mirror can inflate its own counts, so one reporting far more
+    than the others is flagged as an outlier.
+      p2pkg stats --store /srv/p2pkg/store --since 2026-11-01 --csv > downloads.csv
+    """
+    import csv
+    import datetime
+    import sys
+
+    import anyio
+
+    from p2pkg.roles.stats import collect_stats
+
+    if since is None:
+        day = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=31)
+    else:
+        try:
+            day = datetime.date.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("must be YYYY-MM-DD", param_hint="'--since'") from None
+    with errors_as_exit():
+        result, errors = anyio.run(lambda: collect_stats(store, list(peers), since=day.isoformat()))
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["day", "source", "project", "filename", "downloads"])
+        for (d, source, project, filename), n in sorted(result.rows.items()):
+            writer.writerow([d, source, project, filename, n])
+        return
+    data = {
+        "since": day.isoformat(),
+        "total": result.total,
+        "by_project": dict(result.by_project.most_common()),
+        "by_file": dict(result.by_file.most_common()),
+        "by_source": dict(result.by_source.most_common()),
+        "by_day": dict(sorted(result.by_day.items())),
+        "unknown_archives": result.unknown,
+        "outliers": result.outliers,
+        "unreachable": errors,
+    }
+    lines = [f"{result.total} downloads since {day.isoformat()}"]
+    lines += [f"  {name}: {n}" for name, n in result.by_project.most_common(20)]
+    lines.append("by source:")
+    for source, n in result.by_source.most_common():
+        flag = "  (outlier: far above the others)" if source in result.outliers else ""
+        lines.append(f"  {source}: {n}{flag}")
+    lines += [f"  {url}: unreachable ({why})" for url, why in errors.items()]
+    emit(as_json, data, "\n".join(lines))

@@ -48,6 +48,7 @@ from p2pkg.core.trust import TrustedRoot
 from p2pkg.errors import LocalError, P2pkgError
 from p2pkg.io.dht_service import DhtService, held_file_keys
 from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
+from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import ClientConfig
 from p2pkg.io.http.server import PeerServer, ServerConfig
@@ -155,6 +156,8 @@ class Cache:
             self.store, server_config, on_notify=self._notified, status_extra=self.status
         )
         CacheRoutes(self).install(self.server)
+        self.counts = DownloadCounts(store_path)  # downloads it served, for the master's stats
+        self.counts.install(self.server)
         self.lan: Lan | None = None
         self.by_blake3: dict[bytes, FileManifest] = {}  # archives signed manifests name
         self.signed_ids: set[ObjectId] = set()  # ids below objects served (may be pulled)
@@ -185,6 +188,7 @@ class Cache:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 url = await tg.start(self.server.run, host, port)
+                tg.start_soon(self.counts.run)
                 # As a peer the cache serves the root too: follow it in the background.
                 tg.start_soon(
                     partial(

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import P2pkgError
 from p2pkg.io.dht_service import DhtService, full_store_keys
+from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.publish import publish
@@ -92,6 +93,8 @@ class Master:
         self.subscriptions = Subscriptions()
         self.server = PeerServer(self.store, server_config, status_extra=self.status)
         self.subscriptions.install(self.server)
+        self.counts = DownloadCounts(store_path)
+        self.counts.install(self.server)
         self._new_root = anyio.Event()
 
     def status(self) -> dict[str, Any]:
@@ -117,6 +120,7 @@ class Master:
         try:
             async with anyio.create_task_group() as tg:
                 url = await tg.start(self.server.run, host, port)
+                tg.start_soon(self.counts.run)
                 if self.dht is not None:
                     await self.dht.announce_on(
                         tg,

@@ -34,6 +34,7 @@ from p2pkg.core.trust import TrustedRoot
 from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
 from p2pkg.errors import DecodeError, FetchError, LocalError, P2pkgError, first_p2pkg_error
 from p2pkg.io.dht_service import DhtService, full_store_keys, held_file_keys
+from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
@@ -137,6 +138,8 @@ class Seeder:
         # pushed on to them, so a new upload travels master -> seeds -> caches.
         self.subscriptions = Subscriptions()
         self.subscriptions.install(self.server)
+        self.counts = DownloadCounts(store_path)  # downloads it served, for the master's stats
+        self.counts.install(self.server)
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
         synced = self.follower.trusted  # the store's chain: what this seed serves
@@ -155,6 +158,7 @@ class Seeder:
     async def close(self) -> None:
         # The server stops with run (cancelled); its store is this one, closed here.
         self.session.close()
+        self.counts.close()
         self.store.close()
 
     # ------------------------------------------------------------------ running
@@ -175,6 +179,7 @@ class Seeder:
                 await self.dht.announce_on(
                     tg, lambda: keys(self.store), self.server.port, self.store.latest_root
                 )
+            tg.start_soon(self.counts.run)
             if self.config.subscribe:
                 tg.start_soon(keep_subscribed, self.upstreams, lambda: self.server.port)
             task_status.started(url)

@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from p2pkg.io.dht_service import DhtService, full_store_keys
+from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 
@@ -44,8 +45,11 @@ class StoreServer:
         """Open the store, serve it, ``started(url)``; close it when cancelled."""
         with Store.open(self.store_path) as store:  # a clear error if there is none
             server = PeerServer(store, self.config)
+            counts = DownloadCounts(self.store_path)
+            counts.install(server)
             async with anyio.create_task_group() as tg:
                 url = await tg.start(server.run, host, port)
+                tg.start_soon(counts.run)
                 if self.dht is not None:
                     # A full store: one record per non-empty bin, and the latest root.
                     await self.dht.announce_on(

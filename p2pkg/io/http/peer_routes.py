@@ -33,6 +33,9 @@ class PeerProtocol:
     def __init__(self, store: Store, *, on_notify: NotifyHandler | None = None) -> None:
         self.store = store
         self.on_notify = on_notify
+        #: Called with an archive's BLAKE3 each time its first byte is served: a
+        #: download counts once across all the peers that share its spans.
+        self.on_download: Callable[[bytes], None] | None = None
 
     async def handle(self, ex: Exchange) -> bool:
         """Answer one request under ``/p2pkg/v1/``."""
@@ -164,6 +167,8 @@ class PeerProtocol:
             return False
         if on_sent is not None:
             on_sent(end - start)
+        if start == 0 and self.on_download is not None:
+            self.on_download(blake3)
         return True
 
     async def _chunks(self, ex: Exchange, ids: list[bytes], head_only: bool) -> bool:
