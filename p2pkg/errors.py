@@ -25,7 +25,8 @@
     │   ├── PeerBusyError          503 with Retry-After (the peer's "not now")
     │   ├── AbsentError            the peer does not hold it (404)
     │   └── BadDataError           bytes that fail verification: the peer is banned
-    └── FetchError             no peer could deliver (all failed, banned or absent)
+    ├── FetchError             no peer could deliver (all failed, banned or absent)
+    └── UpstreamError          an index being mirrored failed (status, connection, size)
 
 Every error carries the data a caller needs to act on it (object id,
 expected, actual); the CLI maps each class to one readable line and an exit
@@ -264,6 +265,20 @@ class BadDataError(PeerError):
 
 class FetchError(P2pkgError):
     """No peer could deliver what was asked (all failed, were banned, or none had it)."""
+
+
+class UpstreamError(P2pkgError):
+    """An upstream index that ``publish --from-index`` mirrors failed or misbehaved.
+
+    A connection failure, a timeout, an unexpected status (after the bounded
+    retries), a body over its size limit. ``url`` is what was asked for,
+    ``status`` the HTTP status when one came back. A network failure (exit 8).
+    """
+
+    def __init__(self, url: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"upstream {url}: {message}")
+        self.url = url
+        self.status = status
 
 
 def first_p2pkg_error(group: BaseExceptionGroup) -> BaseException:

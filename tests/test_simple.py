@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 
 from p2pkg.core.chunking import ChunkId, ChunkRef
-from p2pkg.core.objects import CoreMetadata, FileManifest, ObjectId
+from p2pkg.core.objects import CoreMetadata, FileManifest, ObjectId, Provenance
 from p2pkg.core.simple import (
     HTML,
     HTML_V1,
@@ -18,6 +18,7 @@ from p2pkg.core.simple import (
     project_html,
     project_json,
 )
+from p2pkg.core.upstream import parse_project_page
 
 
 def manifest(filename: str, **kw: object) -> FileManifest:
@@ -125,3 +126,56 @@ def test_versions_sort_by_pep_440_not_as_strings() -> None:
     ]
     page = json.loads(project_json("demo", files))
     assert page["versions"] == ["2.8.2", "2.9.post1", "2.14.3", "10.0rc1"]
+
+
+# ---------------------------------------------------------------------- what a mirror carries
+
+MIRRORED = [
+    replace(FILES[0], provenance=Provenance(ObjectId(b"\x02" * 32), 40)),
+    *FILES[1:],
+]
+PAGE_URL = "http://cache.example/simple/demo/"
+
+
+def test_provenance_links_follow_the_file_url() -> None:
+    page = json.loads(project_json("demo", MIRRORED))
+    files = {f["filename"]: f for f in page["files"]}
+    whl = files["demo-1.0-py3-none-any.whl"]
+    assert whl["provenance"] == whl["url"] + ".provenance"
+    assert "provenance" not in files["demo-1.0.tar.gz"]
+    p = Links()
+    p.feed(project_html("demo", MIRRORED).decode())
+    links = {link["href"].split("#")[0]: link for link in p.links}  # type: ignore[union-attr]
+    assert links[whl["url"]]["data-provenance"] == whl["url"] + ".provenance"
+
+
+@pytest.mark.parametrize("render", [project_json, project_html])
+def test_project_status_is_shown_and_claims_api_1_4(render: object) -> None:
+    body = render("demo", MIRRORED, "archived", "moved to demo2")  # type: ignore[operator]
+    ctype = JSON_V1 if render is project_json else "text/html"
+    # What any PEP 691/792 reader sees (p2pkg's own upstream parser here).
+    parsed = parse_project_page(body, ctype, PAGE_URL, "demo")
+    assert (parsed.status, parsed.status_reason, parsed.api_version) == (
+        "archived",
+        "moved to demo2",
+        "1.4",
+    )
+    whl = next(f for f in parsed.files if f.filename == "demo-1.0-py3-none-any.whl")
+    assert whl.provenance == f"http://cache.example/files/{'00' * 32}/{whl.filename}.provenance"
+    assert len(parsed.files) == len(MIRRORED)
+
+
+def test_without_a_status_pages_stay_at_api_1_1() -> None:
+    assert json.loads(project_json("demo", FILES))["meta"]["api-version"] == "1.1"
+    assert "project-status" not in json.loads(project_json("demo", FILES))
+    assert b"pypi:project-status" not in project_html("demo", FILES)
+    active = json.loads(project_json("demo", FILES, "active"))
+    assert active["project-status"] == {"status": "active"}
+
+
+@pytest.mark.parametrize("render", [project_json, project_html])
+def test_a_quarantined_project_offers_no_files(render: object) -> None:
+    body = render("demo", MIRRORED, "quarantined", "malware")  # type: ignore[operator]
+    ctype = JSON_V1 if render is project_json else "text/html"
+    parsed = parse_project_page(body, ctype, PAGE_URL, "demo")
+    assert (parsed.status, parsed.files) == ("quarantined", ())

@@ -26,6 +26,7 @@ from p2pkg.errors import (
     SpecError,
     StoreError,
     TrustError,
+    UpstreamError,
     local_error,
 )
 
@@ -41,6 +42,7 @@ EXIT_CODES: dict[type[P2pkgError], int] = {
     NotFoundError: 7,
     FetchError: 8,
     PeerError: 8,
+    UpstreamError: 8,  # the index publish --from-index mirrors
     LocalError: 9,
     SpecError: 2,  # a requirement that does not parse (e.g. in a file): usage
 }
@@ -48,8 +50,8 @@ EXIT_HELP = """\b
 Exit codes: 0 ok, 1 verify found problems, 2 usage error (an option, SPEC or
 config value), 3 trust failure (signature, rollback, expiry), 4 corrupt or
 malformed data, 5 bad input (archive, key, publish rule), 6 store error, 7 not
-found, 8 network (no peer could deliver), 9 local failure (disk full,
-permission, I/O error)."""
+found, 8 network (no peer could deliver; a mirrored index failed), 9 local
+failure (disk full, permission, I/O error)."""
 
 log = logging.getLogger("p2pkg")
 

@@ -1,4 +1,4 @@
-"""Commands on a store: keygen, publish, show, verify, export."""
+"""Commands on a store: keygen, publish (and publish --from-index), show, verify, export."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from p2pkg.cli.app import main
-from p2pkg.cli.exits import errors_as_exit
+from p2pkg.cli.exits import EXIT_CODES, errors_as_exit
 from p2pkg.cli.options import (
     check_upload_time,
     check_urls,
@@ -23,6 +23,7 @@ from p2pkg.cli.options import (
     trust_option,
 )
 from p2pkg.cli.values import DURATION
+from p2pkg.errors import UpstreamError
 
 
 @main.command()
@@ -47,6 +48,18 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
     with errors_as_exit():
         pub = format_pubkey(generate_key_file(out, force=force))
     emit(as_json, {"public_key": pub, "private_key_file": str(out)}, pub)
+
+
+def check_index_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Option callback: ``--from-index`` is an http(s) URL with a host."""
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not an http(s) index URL (https://HOST/simple/)")
+    return value
 
 
 @main.command()
@@ -93,6 +106,63 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
     "time, e.g. --upload-time 2024-05-01T12:00:00Z (a date alone is midnight UTC). "
     "Files already published keep theirs.",
 )
+@click.option(
+    "--from-index",
+    metavar="URL",
+    callback=check_index_url,
+    help="Mirror this upstream index's simple API (e.g. https://pypi.org/simple/) instead "
+    "of publishing PATHS: new files are downloaded, checked against the upstream's "
+    "sha256 and published in one root, with the upstream's yanks, Requires-Python, "
+    "upload times, provenance and project status. Incremental (docs/operators.md).",
+)
+@click.option(
+    "--project",
+    "projects",
+    multiple=True,
+    metavar="NAME",
+    help="With --from-index: a project to mirror. Repeatable.",
+)
+@click.option(
+    "--requirements",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --from-index: mirror the projects a requirements file names "
+    "(releases its version specifiers admit).",
+)
+@click.option(
+    "--all",
+    "all_projects",
+    is_flag=True,
+    help="With --from-index: mirror every project the index lists.",
+)
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="TAG",
+    help="With --from-index: only wheels for this platform tag or glob "
+    "(manylinux*_x86_64, win_amd64) or family (linux, macos, windows); pure "
+    "wheels and sdists always. Repeatable.",
+)
+@click.option(
+    "--python-version",
+    "python_versions",
+    multiple=True,
+    metavar="X.Y",
+    help="With --from-index: only files for this Python version "
+    "(Requires-Python and wheel tags). Repeatable.",
+)
+@click.option("--no-sdists", is_flag=True, help="With --from-index: leave sdists out.")
+@click.option(
+    "--latest",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --from-index: only each project's N newest releases (PEP 440).",
+)
+@click.option(
+    "--prereleases",
+    is_flag=True,
+    help="With --from-index: pre-releases count for --latest and requirement specifiers.",
+)
 @json_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def publish(
@@ -106,6 +176,15 @@ def publish(
     unyank: tuple[str, ...],
     notify: tuple[str, ...],
     upload_time: str,
+    from_index: str | None,
+    projects: tuple[str, ...],
+    requirements: Path | None,
+    all_projects: bool,
+    platforms: tuple[str, ...],
+    python_versions: tuple[str, ...],
+    no_sdists: bool,
+    latest: int | None,
+    prereleases: bool,
     as_json: bool,
     paths: tuple[Path, ...],
 ) -> None:
@@ -116,11 +195,45 @@ def publish(
     and the root are rewritten and signed with version + 1. Publishing a
     file that is already published is a no-op. With no PATHS (and no
     --yank/--rotate-to), the namespace is re-signed with a fresh expiry.
+
+    With --from-index URL (and --project, --requirements or --all), mirror
+    an upstream index instead; see docs/operators.md, "Mirroring an index".
     """
     from p2pkg.io.keys import load_private_key
     from p2pkg.io.store import Store
     from p2pkg.roles.publish import parse_upload_time
     from p2pkg.roles.publish import publish as do_publish
+
+    mirror_flags = {
+        "--project": bool(projects),
+        "--requirements": requirements is not None,
+        "--all": all_projects,
+        "--platform": bool(platforms),
+        "--python-version": bool(python_versions),
+        "--no-sdists": no_sdists,
+        "--latest": latest is not None,
+        "--prereleases": prereleases,
+    }
+    if from_index is None:
+        stray = [flag for flag, given in mirror_flags.items() if given]
+        if stray:
+            raise click.UsageError(f"{stray[0]} needs --from-index URL")
+    else:
+        _check_mirror_usage(paths, yank, unyank, rotate_to, projects, requirements, all_projects)
+        _publish_from_index(
+            store,
+            key,
+            namespace,
+            expires,
+            notify,
+            from_index,
+            projects,
+            requirements,
+            all_projects,
+            (platforms, python_versions, no_sdists, latest, prereleases),
+            as_json,
+        )
+        return
 
     when = parse_upload_time(upload_time)  # checked by check_upload_time
     with errors_as_exit():
@@ -163,6 +276,133 @@ def publish(
             f"({len(result.unchanged)} already published)"
         )
     emit(as_json, data, text)
+
+
+def _check_mirror_usage(
+    paths: tuple[Path, ...],
+    yank: tuple[str, ...],
+    unyank: tuple[str, ...],
+    rotate_to: Path | None,
+    projects: tuple[str, ...],
+    requirements: Path | None,
+    all_projects: bool,
+) -> None:
+    """--from-index publishes what the upstream has: no PATHS, yanks or rotation beside it."""
+    if paths:
+        raise click.UsageError("--from-index and archive PATHS cannot be combined")
+    for flag, given in (("--yank", yank), ("--unyank", unyank), ("--rotate-to", rotate_to)):
+        if given:
+            raise click.UsageError(f"{flag} cannot be combined with --from-index")
+    if all_projects and (projects or requirements is not None):
+        raise click.UsageError("--all cannot be combined with --project or --requirements")
+    if not (all_projects or projects or requirements is not None):
+        raise click.UsageError("--from-index needs --project NAME, --requirements FILE or --all")
+
+
+def _publish_from_index(
+    store: Path,
+    key: tuple[Path, ...],
+    namespace: str | None,
+    expires: int,
+    notify: tuple[str, ...],
+    index_url: str,
+    projects: tuple[str, ...],
+    requirements: Path | None,
+    all_projects: bool,
+    filter_values: tuple[tuple[str, ...], tuple[str, ...], bool, int | None, bool],
+    as_json: bool,
+) -> None:
+    """``publish --from-index``: mirror, print counts and problems, notify seeds."""
+    from p2pkg.core.mirror_plan import Filters, parse_requirements
+    from p2pkg.errors import SpecError
+    from p2pkg.io.keys import load_private_key
+    from p2pkg.io.store import Store
+    from p2pkg.roles.mirror import Selection, mirror_index
+
+    platforms, python_versions, no_sdists, latest, prereleases = filter_values
+    try:
+        filters = Filters(
+            platforms=platforms,
+            python_versions=python_versions,
+            sdists=not no_sdists,
+            latest=latest,
+            prereleases=prereleases,
+        )
+        wanted = {}
+        if requirements is not None:
+            text = requirements.read_text(encoding="utf-8", errors="replace")
+            wanted = parse_requirements(text, str(requirements))
+    except SpecError as exc:
+        raise click.UsageError(str(exc).splitlines()[0]) from None
+    selection = Selection(projects=projects, requirements=wanted, all=all_projects)
+    with errors_as_exit():
+        keys = [load_private_key(k) for k in key]
+        with (
+            Store.open(store, create=True) as st,
+            progress_bar("downloading") as bar,
+            progress_bar("publishing") as publishing,
+        ):
+            result = mirror_index(
+                st,
+                keys,
+                index_url,
+                selection,
+                filters=filters,
+                progress=bar,
+                publish_progress=publishing,
+                namespace=namespace,
+                expires_in=expires,
+            )
+    published = result.publish
+    pushed: dict[str, str] = {}
+    if notify and published is not None and published.changed:
+        pushed = _push_root(store, notify)
+    for kind, problems in (
+        ("refused", result.refused),
+        ("failed", result.failed),
+        ("conflict", result.conflicts),
+        ("note", result.notes),
+    ):
+        for problem in problems:
+            click.echo(f"p2pkg: {kind}: {problem}", err=True)
+    for name in result.missing:
+        click.echo(f"p2pkg: warning: {name}: no such project upstream", err=True)
+    data: dict[str, Any] = {
+        "index": index_url,
+        "notified": pushed,
+        "changed": bool(published and published.changed),
+        **result.counts(),
+        "added": list(result.added),
+        "removed": list(result.removed),
+        "refused": [_problem(p) for p in result.refused],
+        "failed": [_problem(p) for p in result.failed],
+        "conflicts": [_problem(p) for p in result.conflicts],
+        "notes": [_problem(p) for p in result.notes],
+        "missing": list(result.missing),
+    }
+    if published is not None:
+        data.update(
+            namespace=published.namespace,
+            version=published.version,
+            root_id=published.root_id.hex(),
+        )
+    c = result.counts()
+    text = (
+        f"{c['projects']} project(s) ({c['unchanged_projects']} unchanged), "
+        f"{c['files_added']} file(s) added, {c['removed']} removed, "
+        f"{c['yanked']} yanked, {c['unyanked']} unyanked, {c['refused']} refused, "
+        f"{c['failed']} failed; {c['upstream_requests']} upstream request(s), "
+        f"{c['bytes_downloaded']} bytes"
+    )
+    if published is not None and published.changed:
+        text += f"; root version {published.version} id {published.root_id.hex()}"
+    emit(as_json, data, text)
+    if result.failed:
+        sys.exit(EXIT_CODES[UpstreamError])  # what did arrive is published; the rest next run
+
+
+def _problem(p: Any) -> dict[str, Any]:
+    return {"project": p.project, "filename": p.filename, "reason": p.reason}
 
 
 def _push_root(store: Path, urls: tuple[str, ...]) -> dict[str, str]:

@@ -8,6 +8,15 @@ legacy ``data-dist-info-metadata`` (PEP 658/714), and in JSON the PEP 700
 (``../../files/<archive blake3>/<filename>``) so a cache serves them under any
 host, and name the archive's content, not its manifest: a yank or unyank
 rewrites the manifest but leaves every URL a lockfile recorded valid.
+
+What a master mirrored from an upstream index shows too: a file's PEP 740
+provenance (``provenance`` in JSON, ``data-provenance`` in HTML: the file's
+URL plus ``.provenance``) and, when the caller passes the project's status,
+PEP 792's ``project-status`` (JSON) / ``pypi:project-status`` meta tags
+(HTML). A page claims the API version it backs: 1.4 with a project status
+(PEP 792 is 1.4; PEP 740's provenance 1.3 and PEP 700 1.1 come with it), 1.1
+otherwise. A quarantined project's page lists no files (PEP 792: an index
+offers none of them).
 """
 
 from __future__ import annotations
@@ -31,7 +40,11 @@ from p2pkg.core.objects import FileManifest
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 HTML = "text/html"
+#: PEP 740's media type for a provenance document.
+PROVENANCE_TYPE = "application/vnd.pypi.integrity.v1+json"
 API_VERSION = "1.1"
+#: Claimed by pages that carry a project status (PEP 792).
+API_VERSION_STATUS = "1.4"
 # PEP 691: "latest" is an alias of the newest version the server speaks.
 _ALIASES = {
     "application/vnd.pypi.simple.latest+json": JSON_V1,
@@ -48,6 +61,11 @@ def file_url(m: FileManifest) -> str:
     BLAKE3 (docs/protocol.md §7).
     """
     return f"../../files/{m.blake3.hex()}/{m.filename}"
+
+
+def provenance_url(m: FileManifest) -> str | None:
+    """Where a file's PEP 740 provenance lives (None: it has none): its URL + ``.provenance``."""
+    return None if m.provenance is None else file_url(m) + ".provenance"
 
 
 def _upload_time(ts: int) -> str:
@@ -76,44 +94,76 @@ def _version_key(text: str) -> tuple[int, Version | str]:
         return (0, text)
 
 
-def project_json(name: str, manifests: Sequence[FileManifest]) -> bytes:
+def _offered(manifests: Sequence[FileManifest], status: str | None) -> list[FileManifest]:
+    # PEP 792: a quarantined project's files are not offered for download.
+    return [] if status == "quarantined" else sorted(manifests, key=lambda m: m.filename)
+
+
+def project_json(
+    name: str,
+    manifests: Sequence[FileManifest],
+    status: str | None = None,
+    status_reason: str | None = None,
+) -> bytes:
+    """The PEP 691 JSON page; with ``status``, PEP 792's ``project-status`` (API 1.4)."""
     files = []
-    for m in sorted(manifests, key=lambda m: m.filename):
+    offered = _offered(manifests, status)
+    for m in offered:
         core: dict[str, str] | bool = False
         if m.core_metadata is not None:
             core = {"sha256": m.core_metadata.sha256.hex()}
-        files.append(
-            {
-                "filename": m.filename,
-                "url": file_url(m),
-                "hashes": {"sha256": m.sha256.hex()},
-                "requires-python": m.requires_python or None,
-                "yanked": m.yanked if m.yanked else (m.yanked is not None),
-                "core-metadata": core,
-                "dist-info-metadata": core,
-                "size": m.size,
-                "upload-time": _upload_time(m.upload_time),
-            }
-        )
-    page = {
-        "meta": {"api-version": API_VERSION},
+        entry: dict[str, object] = {
+            "filename": m.filename,
+            "url": file_url(m),
+            "hashes": {"sha256": m.sha256.hex()},
+            "requires-python": m.requires_python or None,
+            "yanked": m.yanked if m.yanked else (m.yanked is not None),
+            "core-metadata": core,
+            "dist-info-metadata": core,
+            "size": m.size,
+            "upload-time": _upload_time(m.upload_time),
+        }
+        provenance = provenance_url(m)
+        if provenance is not None:
+            entry["provenance"] = provenance
+        files.append(entry)
+    page: dict[str, object] = {
+        "meta": {"api-version": API_VERSION if status is None else API_VERSION_STATUS},
         "name": name,
-        "versions": _versions(manifests),
+        "versions": _versions(offered),
         "files": files,
     }
+    if status is not None:
+        marker = {"status": status}
+        if status_reason is not None:
+            marker["reason"] = status_reason
+        page["project-status"] = marker
     return json.dumps(page, separators=(",", ":")).encode()
 
 
-def project_html(name: str, manifests: Sequence[FileManifest]) -> bytes:
+def project_html(
+    name: str,
+    manifests: Sequence[FileManifest],
+    status: str | None = None,
+    status_reason: str | None = None,
+) -> bytes:
+    """The PEP 503 HTML page; with ``status``, PEP 792's meta tags (API 1.4)."""
     esc = html.escape
+    version = API_VERSION if status is None else API_VERSION_STATUS
     lines = [
         "<!DOCTYPE html>",
         "<html><head>",
-        f'<meta name="pypi:repository-version" content="{API_VERSION}">',
+        f'<meta name="pypi:repository-version" content="{version}">',
+    ]
+    if status is not None:
+        lines.append(f'<meta name="pypi:project-status" content="{esc(status)}">')
+        if status_reason is not None:
+            lines.append(f'<meta name="pypi:project-status-reason" content="{esc(status_reason)}">')
+    lines += [
         f"<title>Links for {esc(name)}</title></head><body>",
         f"<h1>Links for {esc(name)}</h1>",
     ]
-    for m in sorted(manifests, key=lambda m: m.filename):
+    for m in _offered(manifests, status):
         attrs = [f'href="{esc(file_url(m))}#sha256={m.sha256.hex()}"']
         if m.requires_python:
             attrs.append(f'data-requires-python="{esc(m.requires_python)}"')
@@ -123,6 +173,9 @@ def project_html(name: str, manifests: Sequence[FileManifest]) -> bytes:
             value = f"sha256={m.core_metadata.sha256.hex()}"
             attrs.append(f'data-core-metadata="{value}"')
             attrs.append(f'data-dist-info-metadata="{value}"')
+        provenance = provenance_url(m)
+        if provenance is not None:
+            attrs.append(f'data-provenance="{esc(provenance)}"')
         lines.append(f"<a {' '.join(attrs)}>{esc(m.filename)}</a><br>")
     lines.append("</body></html>")
     return ("\n".join(lines) + "\n").encode()

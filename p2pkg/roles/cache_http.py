@@ -1,8 +1,10 @@
 """The cache's HTTP face: the routes it adds to its peer server.
 
-``/`` (status page), ``/simple/`` (PEP 503/691 pages), ``/files/`` (archives
-and PEP 658 metadata, streamed from the verified prefix of a live download)
-and the pull-through wrapper around the peer protocol (``/p2pkg/v1/``).
+``/`` (status page), ``/simple/`` (PEP 503/691 pages, with PEP 792 project
+status), ``/files/`` (archives streamed from the verified prefix of a live
+download, PEP 658 metadata, PEP 740 provenance; ``410 Gone`` with the
+reason for a file the namespace keeps a tombstone of) and the pull-through
+wrapper around the peer protocol (``/p2pkg/v1/``).
 What the pages show and which downloads run is :class:`~p2pkg.roles.cache.Cache`'s
 business; this module only turns requests into calls on it and bytes back.
 """
@@ -15,7 +17,8 @@ import logging
 from typing import IO, TYPE_CHECKING
 
 from p2pkg.core import simple
-from p2pkg.core.objects import Blob, FileManifest, ObjectId, decode_as, normalize_name
+from p2pkg.core.objects import Blob, FileManifest, ObjectId, Project, decode_as, normalize_name
+from p2pkg.core.select import project_of
 from p2pkg.errors import LocalError, NotFoundError, P2pkgError
 from p2pkg.io.http import wire
 from p2pkg.io.http.server import Exchange, Handler, PeerServer
@@ -183,10 +186,12 @@ class CacheRoutes:
         if media is None:
             return await ex.reply(406, b"not acceptable")
         manifests = await self.cache.project_manifests(name)
-        if manifests is None:
+        project = await self.cache.session.project(name)  # held now: no second fetch
+        if manifests is None or project is None:
             return await ex.reply(404, b"no such project")
         render = simple.project_json if media == simple.JSON_V1 else simple.project_html
-        return await self._page(ex, render(name, manifests), media)
+        body = render(name, manifests, project.status, project.status_reason)
+        return await self._page(ex, body, media)
 
     async def _page(self, ex: Exchange, body: bytes, media: str) -> bool:
         ctype = media if media != simple.HTML else "text/html; charset=utf-8"
@@ -194,24 +199,31 @@ class CacheRoutes:
         return await ex.reply(200, body, headers=headers, ctype=ctype)
 
     async def _archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
-        metadata = filename.endswith(".metadata")
-        archive = filename[: -len(".metadata")] if metadata else filename
+        if filename.endswith(".metadata"):
+            archive, extra = filename[: -len(".metadata")], "metadata"
+        elif filename.endswith(".provenance"):
+            archive, extra = filename[: -len(".provenance")], "provenance"
+        else:
+            archive, extra = filename, ""
         # Serve only what the signed namespace lists: the filename names the
         # project, and the project must list this filename with this content.
         # (An id alone could name any object some peer holds, signed or not.)
         manifest = await self.cache.listed_manifest(content_id, archive)
         if manifest is None:
-            return await ex.reply(404, b"no such file in the namespace")
-        if metadata:
+            return await self._not_listed(ex, archive)
+        # Listed, so the filename names its project (resolved just now: held).
+        project = await self.cache.session.project(project_of(archive) or archive)
+        if project is not None and project.status == "quarantined":
+            # PEP 792: no file of a quarantined project is offered for download.
+            return await ex.reply(403, _reason_line("quarantined", project.status_reason))
+        if extra == "metadata":
             if manifest.core_metadata is None:
                 return await ex.reply(404, b"no core metadata")
-            blob = decode_as(await self.cache.session.get_object(manifest.core_metadata.blob), Blob)
-            return await ex.reply(
-                200,
-                blob.data,
-                ctype="text/plain; charset=utf-8",
-                headers=[("Cache-Control", wire.IMMUTABLE)],
-            )
+            return await self._blob(ex, manifest.core_metadata.blob, "text/plain; charset=utf-8")
+        if extra == "provenance":
+            if manifest.provenance is None:
+                return await ex.reply(404, b"no provenance")
+            return await self._blob(ex, manifest.provenance.blob, simple.PROVENANCE_TYPE)
         if self.cache.store.has_file(manifest.blake3):
             self.cache.stats.hits += 1
             try:
@@ -222,6 +234,22 @@ class CacheRoutes:
                 self.cache.disk.note(exc)
             return await ex.send_file(manifest.blake3, on_sent=self._count_from_cache)
         return await self._pull_file(ex, manifest)
+
+    async def _blob(self, ex: Exchange, oid: ObjectId, ctype: str) -> bool:
+        """A signed blob (core metadata, provenance), immutable like the file it describes."""
+        blob = decode_as(await self.cache.session.get_object(oid), Blob)
+        return await ex.reply(
+            200, blob.data, ctype=ctype, headers=[("Cache-Control", wire.IMMUTABLE)]
+        )
+
+    async def _not_listed(self, ex: Exchange, filename: str) -> bool:
+        """404, or 410 Gone with the reason when the project keeps a tombstone of it."""
+        name = project_of(filename)
+        project: Project | None = await self.cache.session.project(name) if name else None
+        for gone in project.tombstones if project is not None else ():
+            if gone.filename == filename:
+                return await ex.reply(410, _reason_line("removed", gone.reason))
+        return await ex.reply(404, b"no such file in the namespace")
 
     def _count_from_cache(self, n: int) -> None:
         # Per response, not a difference of the server-wide counter: installers
@@ -297,3 +325,9 @@ class CacheRoutes:
             ctype="text/html; charset=utf-8",
             headers=[("Cache-Control", "no-cache")],
         )
+
+
+def _reason_line(what: str, reason: str | None) -> bytes:
+    """A one-line body naming why (an installer prints it)."""
+    line = f"p2pkg cache: {what}" + (f": {reason}" if reason else "")
+    return (" ".join(line.split())[:1000] + "\n").encode()
