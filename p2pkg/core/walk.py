@@ -368,9 +368,10 @@ class SyncWalk(_TreeWalk[SyncPlan]):
             for f in decode_as(data, Project).files:
                 self._follow(oid, f.manifest)
         elif self.depth == FILE_DEPTH:
-            core = decode_as(data, FileManifest).core_metadata
-            if core is not None:
-                self._follow(oid, core.blob)
+            manifest = decode_as(data, FileManifest)
+            # A manifest's blobs: core metadata (PEP 658), provenance (PEP 740).
+            for blob in manifest_blobs(manifest):
+                self._follow(oid, blob)
         else:
             decode_as(data, Blob)
 
@@ -380,6 +381,16 @@ class SyncWalk(_TreeWalk[SyncPlan]):
         children = {p: tuple(sorted(set(c))) for p, c in self._children.items()}
         absent = frozenset(self._hashes or ()) - self._listed
         return SyncPlan(levels, children, tuple(sorted(self._missing)), absent)
+
+
+def manifest_blobs(manifest: FileManifest) -> list[ObjectId]:
+    """The blobs a manifest points to: core metadata, then provenance."""
+    out = []
+    if manifest.core_metadata is not None:
+        out.append(manifest.core_metadata.blob)
+    if manifest.provenance is not None:
+        out.append(manifest.provenance.blob)
+    return out
 
 
 # --------------------------------------------------------------------------- drivers
@@ -427,6 +438,7 @@ __all__ = [
     "SyncPlan",
     "SyncWalk",
     "Walk",
+    "manifest_blobs",
     "run_async",
     "run_sync",
 ]

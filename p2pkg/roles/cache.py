@@ -45,6 +45,7 @@ from p2pkg.core.objects import FileManifest, Leaf, Node, ObjectId, Project, deco
 from p2pkg.core.peers import Tier
 from p2pkg.core.select import project_of
 from p2pkg.core.trust import TrustedRoot
+from p2pkg.core.walk import manifest_blobs
 from p2pkg.errors import LocalError, P2pkgError
 from p2pkg.io.dht_service import DhtService, held_file_keys
 from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
@@ -339,8 +340,7 @@ class Cache:
         elif isinstance(obj, Project):
             children = [f.manifest for f in obj.files]
         elif isinstance(obj, FileManifest):
-            if obj.core_metadata is not None:
-                children = [obj.core_metadata.blob]
+            children = manifest_blobs(obj)
             if len(self.by_blake3) > MAX_NOTED:
                 self.by_blake3.clear()
             self.by_blake3[obj.blake3] = obj

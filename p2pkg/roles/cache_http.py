@@ -292,6 +292,7 @@ class CacheRoutes:
                 end = manifest.size if live.done else live.prefix
                 await ex.sendfile(fh, sent, end - sent)
                 sent = end
+        self.cache.counts.count(manifest.blake3)  # a whole download, streamed as it arrived
         return True
 
     def _open_growing(self, manifest: FileManifest) -> IO[bytes] | None:

@@ -162,6 +162,10 @@ def _check_tree(store: Store, archives: int, report: Report) -> None:
                     manifest.core_metadata.blob
                 ):
                     absent.append(f"{f.filename}: core metadata object missing")
+                if manifest.provenance is not None and not store.has_object(
+                    manifest.provenance.blob
+                ):
+                    absent.append(f"{f.filename}: provenance object missing")
                 if store.has_file(manifest.blake3):
                     files_held += 1
                     listed.add(manifest.blake3)
