@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from netsim.testbed import Testbed, p2pkg_cmd, status, wait_synced
+from p2pkg.core.root import format_pubkey
 from p2pkg.testing.archives import build_wheel
 from tests.helpers import wait_until
 from tests.netutil import make_master
@@ -87,3 +88,74 @@ def test_a_new_root_reaches_seeds_and_a_cache_by_push_with_no_notify_list(tmp_pa
         took = time.monotonic() - started
         assert (out / fresh.name).read_bytes() == fresh.read_bytes()
         assert seeds_took < 5 and took < 10, (seeds_took, took)
+
+
+def test_an_upload_upstream_is_installable_through_a_cache_fed_by_five_seeds(
+    tmp_path: Path,
+) -> None:
+    """Upstream index -> master (polling it) -> 5 seeds -> cache -> pip: no --notify anywhere."""
+    from netsim.upstream_index import pypiserver
+    from p2pkg.io.keys import generate_key_file
+
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    build_wheel(packages, "base", "1.0")
+    key = tmp_path / "master.key"
+    pub = format_pubkey(generate_key_file(key))
+    store = tmp_path / "store"
+    with pypiserver(packages) as index, Testbed() as bed:
+        _, master_url = bed.master(
+            store,
+            key,
+            "--from-index",
+            f"{index}/simple/",
+            "--project",
+            "base",
+            "--project",
+            "fresh",
+            "--every",
+            "1s",
+        )
+        wait_until(lambda: status(master_url).get("root_version"), timeout=30, what="a first root")
+        seeds = [
+            bed.seed(tmp_path / f"seed{i}", pub, [master_url], "--interval", "1h")[1]
+            for i in range(5)
+        ]
+        version = status(master_url)["root_version"]
+        for url in seeds:
+            wait_synced(url, version)
+        _, cache_url = bed.cache(tmp_path / "cache", pub, seeds, "--refresh", "1h")
+        wait_until(
+            lambda: all(status(u).get("subscribers") == 1 for u in seeds),
+            what="the cache to subscribe to every seed",
+        )
+        fresh = build_wheel(tmp_path, "fresh", "1.0")
+        started = time.monotonic()
+        (packages / fresh.name).write_bytes(fresh.read_bytes())  # the upload upstream
+        out = tmp_path / "dl"
+
+        def installable() -> bool:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    *ISOLATED_PIP,
+                    "download",
+                    "--no-deps",
+                    "-d",
+                    str(out),
+                    "--index-url",
+                    f"{cache_url}/simple/",
+                    "fresh==1.0",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            return done.returncode == 0
+
+        wait_until(installable, timeout=30, step=0.2, what="fresh to install through the cache")
+        took = time.monotonic() - started
+    assert (out / fresh.name).read_bytes() == fresh.read_bytes()
+    assert took < 15, took

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from p2pkg.cli.app import main
 from p2pkg.cli.exits import errors_as_exit
+from p2pkg.cli.mirror_options import mirror_options, mirror_selection
 from p2pkg.cli.options import (
     budget_options,
     check_bindable,
@@ -49,6 +52,14 @@ from p2pkg.cli.values import DURATION
     show_default=True,
     help="Re-sign the root (same tree, version + 1) when it expires within this.",
 )
+@click.option(
+    "--every",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="With --from-index: poll the upstream index this often.",
+)
+@mirror_options
 @budget_options
 @dht_options
 def master(
@@ -57,6 +68,16 @@ def master(
     listen: str,
     expires: int,
     resign_before: int,
+    every: int,
+    from_index: str | None,
+    projects: tuple[str, ...],
+    requirements: Path | None,
+    all_projects: bool,
+    platforms: tuple[str, ...],
+    python_versions: tuple[str, ...],
+    no_sdists: bool,
+    latest: int | None,
+    prereleases: bool,
     max_connections: int,
     rate: int | None,
     dht_listen: str | None,
@@ -71,6 +92,11 @@ def master(
     record. The root is re-signed before it expires; a stopped master lets
     it expire, and clients then refuse it (freeze protection).
       p2pkg master --store /srv/p2pkg/store --key master.key --listen 0.0.0.0:8000
+    \b
+    With --from-index it mirrors an upstream index every --every (what
+    `p2pkg publish --from-index` does, one root per run) and pushes the
+    result at once:
+      p2pkg master ... --from-index https://pypi.org/simple/ --requirements req.txt
     """
     from p2pkg.io.dht_service import STATE_FILE
     from p2pkg.io.keys import load_private_key
@@ -79,12 +105,24 @@ def master(
     if resign_before >= expires:
         raise click.BadParameter("must be shorter than --expires", param_hint="'--resign-before'")
     host, port = check_bindable("--listen", listen)
+    if from_index is None and (projects or requirements or all_projects):
+        raise click.UsageError("--project, --requirements and --all need --from-index")
+    if from_index is not None and not (projects or requirements or all_projects):
+        raise click.UsageError("--from-index needs --project, --requirements or --all")
+    filter_values = (platforms, python_versions, no_sdists, latest, prereleases)
     with errors_as_exit():
         keys = [load_private_key(k) for k in key]
+        poll = None
+        if from_index is not None:
+            selection, filters = mirror_selection(
+                projects, requirements, all_projects, filter_values
+            )
+            poll = _mirror_poll(store, keys, from_index, selection, filters, expires)
         role = Master(
             store,
             keys,
-            config=MasterConfig(expires=expires, resign_before=resign_before),
+            poll=poll,
+            config=MasterConfig(expires=expires, resign_before=resign_before, every=every),
             server_config=server_config(max_connections, rate),
             dht=dht_service(dht_listen, dht_bootstrap, store / STATE_FILE),
         )
@@ -93,6 +131,38 @@ def master(
         await serve_role(role.run, host, port, lambda url: f"master serving {store} on {url}")
 
     run_forever(run)
+
+
+def _mirror_poll(
+    store: Path, keys: list[Any], index_url: str, selection: Any, filters: Any, expires: int
+) -> Callable[[], Awaitable[object]]:
+    """One mirror run per call, in a worker thread with its own store connection.
+
+    (The mirror runs its own event loop for its downloads and publishes in
+    one transaction; the master's watcher sees the new root and pushes it.)
+    """
+    import logging
+
+    import anyio
+
+    from p2pkg.io.store import Store
+    from p2pkg.roles.mirror import mirror_index
+
+    log = logging.getLogger("p2pkg.master")
+
+    def once() -> object:
+        with Store.open(store) as st:
+            result = mirror_index(
+                st, keys, index_url, selection, filters=filters, expires_in=expires
+            )
+        counts = result.counts()
+        log.info("mirrored %s: %s", index_url, counts)
+        return counts
+
+    async def poll() -> object:
+        return await anyio.to_thread.run_sync(once)
+
+    return poll
 
 
 @main.command()

@@ -13,6 +13,7 @@ import click
 
 from p2pkg.cli.app import main
 from p2pkg.cli.exits import EXIT_CODES, errors_as_exit
+from p2pkg.cli.mirror_options import mirror_options, mirror_selection
 from p2pkg.cli.options import (
     check_upload_time,
     check_urls,
@@ -48,18 +49,6 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
     with errors_as_exit():
         pub = format_pubkey(generate_key_file(out, force=force))
     emit(as_json, {"public_key": pub, "private_key_file": str(out)}, pub)
-
-
-def check_index_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Option callback: ``--from-index`` is an http(s) URL with a host."""
-    from urllib.parse import urlsplit
-
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise click.BadParameter(f"{value!r} is not an http(s) index URL (https://HOST/simple/)")
-    return value
 
 
 @main.command()
@@ -106,63 +95,7 @@ def check_index_url(_ctx: click.Context, _param: click.Parameter, value: str | N
     "time, e.g. --upload-time 2024-05-01T12:00:00Z (a date alone is midnight UTC). "
     "Files already published keep theirs.",
 )
-@click.option(
-    "--from-index",
-    metavar="URL",
-    callback=check_index_url,
-    help="Mirror this upstream index's simple API (e.g. https://pypi.org/simple/) instead "
-    "of publishing PATHS: new files are downloaded, checked against the upstream's "
-    "sha256 and published in one root, with the upstream's yanks, Requires-Python, "
-    "upload times, provenance and project status. Incremental (docs/operators.md).",
-)
-@click.option(
-    "--project",
-    "projects",
-    multiple=True,
-    metavar="NAME",
-    help="With --from-index: a project to mirror. Repeatable.",
-)
-@click.option(
-    "--requirements",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="With --from-index: mirror the projects a requirements file names "
-    "(releases its version specifiers admit).",
-)
-@click.option(
-    "--all",
-    "all_projects",
-    is_flag=True,
-    help="With --from-index: mirror every project the index lists.",
-)
-@click.option(
-    "--platform",
-    "platforms",
-    multiple=True,
-    metavar="TAG",
-    help="With --from-index: only wheels for this platform tag or glob "
-    "(manylinux*_x86_64, win_amd64) or family (linux, macos, windows); pure "
-    "wheels and sdists always. Repeatable.",
-)
-@click.option(
-    "--python-version",
-    "python_versions",
-    multiple=True,
-    metavar="X.Y",
-    help="With --from-index: only files for this Python version "
-    "(Requires-Python and wheel tags). Repeatable.",
-)
-@click.option("--no-sdists", is_flag=True, help="With --from-index: leave sdists out.")
-@click.option(
-    "--latest",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="With --from-index: only each project's N newest releases (PEP 440).",
-)
-@click.option(
-    "--prereleases",
-    is_flag=True,
-    help="With --from-index: pre-releases count for --latest and requirement specifiers.",
-)
+@mirror_options
 @json_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def publish(
@@ -313,28 +246,11 @@ def _publish_from_index(
     as_json: bool,
 ) -> None:
     """``publish --from-index``: mirror, print counts and problems, notify seeds."""
-    from p2pkg.core.mirror_plan import Filters, parse_requirements
-    from p2pkg.errors import SpecError
     from p2pkg.io.keys import load_private_key
     from p2pkg.io.store import Store
-    from p2pkg.roles.mirror import Selection, mirror_index
+    from p2pkg.roles.mirror import mirror_index
 
-    platforms, python_versions, no_sdists, latest, prereleases = filter_values
-    try:
-        filters = Filters(
-            platforms=platforms,
-            python_versions=python_versions,
-            sdists=not no_sdists,
-            latest=latest,
-            prereleases=prereleases,
-        )
-        wanted = {}
-        if requirements is not None:
-            text = requirements.read_text(encoding="utf-8", errors="replace")
-            wanted = parse_requirements(text, str(requirements))
-    except SpecError as exc:
-        raise click.UsageError(str(exc).splitlines()[0]) from None
-    selection = Selection(projects=projects, requirements=wanted, all=all_projects)
+    selection, filters = mirror_selection(projects, requirements, all_projects, filter_values)
     with errors_as_exit():
         keys = [load_private_key(k) for k in key]
         with (

@@ -82,7 +82,9 @@ class Master:
     ) -> None:
         if config.resign_before >= config.expires:
             raise ValueError("resign_before must be shorter than expires")
-        self.store = Store.open(store_path)  # a clear error if there is none
+        # A clear error if there is no store, unless the master fills it itself
+        # (mirroring an index: the first poll publishes the first root).
+        self.store = Store.open(store_path, create=poll is not None)
         self.store_path = store_path
         self.keys = list(keys)
         self.config = config
