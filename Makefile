@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_dht
 	$(BIN)/python -m netsim.bench_flood
 	$(BIN)/python -m netsim.bench_slow
+	$(BIN)/python -m netsim.bench_mirror
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
