@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 import p2pkg.roles.follow as follow_mod
-from p2pkg.core.objects import ObjectId, object_id
+from p2pkg.core.objects import ObjectId, compress, object_id
 from p2pkg.core.root import SignedRoot, decode_signed_root, public_bytes
 from p2pkg.core.trust import TrustedRoot, trust_chain
 from p2pkg.errors import ExpiredRootError, FetchError
@@ -494,3 +494,33 @@ async def test_only_an_expired_root_on_offer_is_an_expiry_error_not_a_network_on
     with pytest.raises(ExpiredRootError):  # exit 3 (trust), as docs/operators.md says
         await f.refresh()
     assert not f.links.banned  # a stale seed is not a liar
+
+
+async def test_verified_pushes_are_served_at_once_and_unverified_ones_are_rate_limited() -> None:
+    h = honest_roots(8)
+    peer = FakeLink("ok", roots=h, latest=1)
+    f = follower([peer])
+    seen: list[int] = []
+
+    async def on_root(t: TrustedRoot) -> None:
+        seen.append(t.version)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            # A minute between rate-limited rounds: only unlimited pokes finish in time.
+            await tg.start(partial(f.follow, on_root, interval=3600, min_gap=60))
+            await until(lambda: seen == [1])
+            for v in range(2, 9):  # the master's roots, pushed one after another
+                peer.latest = v
+                assert f.pushed(compress(h[v]), "master")
+                await until(lambda v=v: seen[-1] == v)  # type: ignore[misc]
+            assert not f.pushed(compress(h[5]), "master")  # known: wakes nothing
+            rounds = peer.calls["root"]
+            for v in range(100, 110):  # forged "newer" roots: a burst, then one a minute
+                assert f.pushed(compress(bogus_root(v)), "mallory")
+                await anyio.sleep(0.02)
+            await anyio.sleep(0.1)
+            assert peer.calls["root"] - rounds <= follow_mod.POKE_BURST
+            # (each round reports the root it holds: the forgeries changed nothing)
+            assert seen[:8] == [1, 2, 3, 4, 5, 6, 7, 8] and set(seen[8:]) <= {8}
+            tg.cancel_scope.cancel()

@@ -9,6 +9,7 @@ import pytest
 
 from p2pkg.io.http import wire
 from p2pkg.io.http.client import PeerClient
+from p2pkg.roles.follow import POKE_BURST
 from p2pkg.roles.seed import SeedConfig, Seeder
 
 from .netutil import Master, make_master, services
@@ -50,8 +51,8 @@ async def test_a_burst_of_empty_notifies_is_coalesced_into_one_poll(
                 client.close()
             await anyio.sleep(1.0)  # the rounds those pushes cause have run
             polls = upstream.stats.requests - before
-            # One round for the first push and at most one more for the pushes
-            # that arrived while it ran; each round asks the upstream for its root.
-            assert 1 <= polls <= 2, polls
+            # A burst of POKE_BURST rounds, then one per second; each round asks
+            # the upstream for its root once.
+            assert 1 <= polls <= POKE_BURST + 2, polls
         finally:
             await seeder.close()

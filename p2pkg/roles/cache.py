@@ -222,8 +222,7 @@ class Cache:
 
     async def _notified(self, body: bytes, peer: str) -> None:
         """A push (a root frame, or empty): refresh the root now, not at the next page."""
-        log.info("push from %s: refreshing the root", peer)
-        self.session.follower.poke()
+        self.session.follower.pushed(body, peer)
 
     @property
     def key(self) -> str:

@@ -68,6 +68,9 @@ def open_root(wire_bytes: bytes) -> bytes:
     return data
 
 
+#: Pokes served at once before they are limited to one per ``min_gap``.
+POKE_BURST = 3
+
 #: Seconds before the first retry after a failed round (less when polls are closer).
 RETRY_BASE = 5.0
 
@@ -119,6 +122,8 @@ class RootFollower:
         # are recorded with it, or a restart could not re-walk the chain.
         self._walked: list[bytes] = []
         self._refreshed: float | None = None  # monotonic time of the last refresh
+        self._announced = 0  # the newest root version a push named
+        self._genuine = False  # the pending poke carries a root that verified
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
 
@@ -299,6 +304,41 @@ class RootFollower:
         """Wake :meth:`follow` now (a push said there is a new root)."""
         self._wake.set()
 
+    def pushed(self, frame: bytes, peer: str) -> bool:
+        """A push from ``peer``: a signed root frame, or empty ("poll now"); True if it pokes.
+
+        The frame is only a hint (never trusted or stored): it names a
+        version. A version this node holds, or one a push already announced,
+        wakes nothing — several upstreams pushing the same root cost one
+        round, not one each; an empty or undecodable body still pokes (the
+        follow loop rate-limits pokes).
+        """
+        version = None
+        if frame:
+            try:
+                version = decode_signed_root(open_root(frame))[1].version
+            except DecodeError as exc:
+                log.info("malformed push from %s: %s", peer, exc)
+                return False
+        if version is not None:
+            known = max(self._trusted.version if self._trusted else 0, self._announced)
+            if version <= known:
+                return False
+            self._announced = version
+            # A root that verifies against the trusted one is the master's own
+            # word: it is served at once. Anything else (empty, unverifiable)
+            # goes through the follow loop's rate limit.
+            if self._trusted is not None:
+                try:
+                    update(self._trusted, open_root(frame), self.clock())
+                except (TrustError, DecodeError):
+                    pass
+                else:
+                    self._genuine = True
+        log.info("push from %s%s: refreshing now", peer, f" (root v{version})" if version else "")
+        self.poke()
+        return True
+
     async def follow(
         self,
         on_root: Callable[[TrustedRoot], Awaitable[object]] | None = None,
@@ -313,18 +353,20 @@ class RootFollower:
         A failed round (no peer reachable, ``on_root`` raised a p2pkg error)
         backs off from ``interval`` (at most :data:`RETRY_BASE`) doubling up
         to ``max_backoff``; a
-        :meth:`poke` still wakes the loop at once, but rounds start at least
-        ``min_gap`` seconds apart: a burst of pushes (anyone may POST an
-        empty notify) costs one upstream poll per gap, not one each.
+        :meth:`poke` still wakes the loop at once, but pokes are rate-limited
+        (a burst of :data:`POKE_BURST`, then one per ``min_gap`` seconds): a
+        flood of pushes (anyone may POST an empty notify) costs one upstream
+        poll per gap, not one each.
         :attr:`state` tells how it went.
         """
         task_status.started()
         st = self.state
+        tokens, refilled = float(POKE_BURST), anyio.current_time()
         while True:
             # A fresh event before the round: a poke that arrives while the round
             # runs (a push during a long sync) wakes the next wait at once.
             self._wake = anyio.Event()
-            started = anyio.current_time()
+            self._genuine = False
             delay = interval
             st.last_attempt = self.clock()
             try:
@@ -347,11 +389,20 @@ class RootFollower:
                 st.failures_in_a_row = 0
                 st.last_error = None
                 st.last_success = self.clock()
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(delay) as waited:
                 await self._wake.wait()
-            # Woken early by a poke: pushes arriving until the gap is over
-            # join the next round.
-            await anyio.sleep(max(0.0, started + min_gap - anyio.current_time()))
+            if not waited.cancelled_caught and min_gap > 0 and not self._genuine:
+                # Woken by a poke without a verified root. Such pokes are
+                # rate-limited by a token bucket (a burst of POKE_BURST, then
+                # one per min_gap): a flood costs one poll per gap, and the
+                # pokes arriving while it waits join the next round.
+                now = anyio.current_time()
+                tokens = min(POKE_BURST, tokens + (now - refilled) / min_gap)
+                refilled = now
+                if tokens < 1:
+                    await anyio.sleep((1 - tokens) * min_gap)
+                    tokens, refilled = 1.0, anyio.current_time()
+                tokens -= 1
 
     # ------------------------------------------------------------------ internals
 
@@ -393,4 +444,4 @@ class RootFollower:
             return update_chain(current, [data], now), walked
 
 
-__all__ = ["MAX_CHAIN_WALK", "RETRY_BASE", "FollowState", "RootFollower", "open_root"]
+__all__ = ["MAX_CHAIN_WALK", "POKE_BURST", "RETRY_BASE", "FollowState", "RootFollower", "open_root"]

@@ -32,7 +32,7 @@ from p2pkg.core.objects import FileManifest, ObjectId, decode_as, normalize_name
 from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
-from p2pkg.errors import DecodeError, FetchError, LocalError, P2pkgError, first_p2pkg_error
+from p2pkg.errors import FetchError, LocalError, P2pkgError, first_p2pkg_error
 from p2pkg.io.dht_service import DhtService, full_store_keys, held_file_keys
 from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http import wire
@@ -190,18 +190,9 @@ class Seeder:
 
     async def _notified(self, body: bytes, peer: str) -> None:
         """A push: a root (zstd frame) or an empty body meaning "poll now"."""
-        if body:
-            try:
-                version = decode_signed_root(open_root(body))[1].version
-            except DecodeError as exc:
-                log.info("ignoring malformed push from %s: %s", peer, exc)
-                return
-            current = self.freshness.synced_version or 0
-            if version <= current:
-                return
+        if self.follower.pushed(body, peer) and body:
+            version = decode_signed_root(open_root(body))[1].version
             self.freshness.upstream_version = max(self.freshness.upstream_version or 0, version)
-        log.info("push from %s: syncing now", peer)
-        self.follower.poke()
 
     async def sync_once(self) -> bool:
         """Catch up with the newest root upstream; True if a new root was synced."""
