@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_flood
 	$(BIN)/python -m netsim.bench_slow
 	$(BIN)/python -m netsim.bench_mirror
+	$(BIN)/python -m netsim.bench_propagation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
