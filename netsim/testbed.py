@@ -39,15 +39,20 @@ def spawn(
             raise RuntimeError(f"{' '.join(cmd[2:5])} did not start: {line!r}")
         yield proc, found.group(1)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc`` (then kill it after 10 s) unless it has ended; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def p2pkg_cmd(*args: str) -> list[str]:

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from netsim.testbed import stop
+
 #: Longest a held request waits for :meth:`CountingProxy.release`.
 HOLD_LIMIT = 60.0
 
@@ -59,13 +61,7 @@ def pypiserver(packages: Path, timeout: float = 30.0) -> Iterator[str]:
                 time.sleep(0.05)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         if proc.stderr is not None:
             proc.stderr.close()
 

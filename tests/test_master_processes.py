@@ -21,6 +21,13 @@ pytestmark = [pytest.mark.net, pytest.mark.slow]
 ISOLATED_PIP = ["--isolated", "--no-cache-dir", "--disable-pip-version-check"]
 
 
+def _pip_downloads(cache_url: str, spec: str, out: Path) -> bool:
+    """Whether ``pip download SPEC`` through the cache succeeds (into ``out``)."""
+    cmd = [sys.executable, "-m", "pip", *ISOLATED_PIP, "download", "--no-deps", "-d", str(out)]
+    cmd += ["--index-url", f"{cache_url}/simple/", spec]
+    return subprocess.run(cmd, capture_output=True, timeout=60, check=False).returncode == 0
+
+
 def test_a_new_root_reaches_seeds_and_a_cache_by_push_with_no_notify_list(tmp_path: Path) -> None:
     origin = make_master(tmp_path, big_size=100_000)
     key = tmp_path / "master.key"
@@ -63,28 +70,12 @@ def test_a_new_root_reaches_seeds_and_a_cache_by_push_with_no_notify_list(tmp_pa
         seeds_took = time.monotonic() - started
         out = tmp_path / "dl"
 
-        def installable() -> bool:
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    *ISOLATED_PIP,
-                    "download",
-                    "--no-deps",
-                    "-d",
-                    str(out),
-                    "--index-url",
-                    f"{cache_url}/simple/",
-                    "fresh==1.0",
-                ],
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-            return done.returncode == 0
-
-        wait_until(installable, timeout=15, step=0.2, what="fresh to install through the cache")
+        wait_until(
+            lambda: _pip_downloads(cache_url, "fresh==1.0", out),
+            timeout=15,
+            step=0.2,
+            what="fresh to install through the cache",
+        )
         took = time.monotonic() - started
         assert (out / fresh.name).read_bytes() == fresh.read_bytes()
         assert seeds_took < 5 and took < 10, (seeds_took, took)
@@ -134,28 +125,12 @@ def test_an_upload_upstream_is_installable_through_a_cache_fed_by_five_seeds(
         (packages / fresh.name).write_bytes(fresh.read_bytes())  # the upload upstream
         out = tmp_path / "dl"
 
-        def installable() -> bool:
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    *ISOLATED_PIP,
-                    "download",
-                    "--no-deps",
-                    "-d",
-                    str(out),
-                    "--index-url",
-                    f"{cache_url}/simple/",
-                    "fresh==1.0",
-                ],
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-            return done.returncode == 0
-
-        wait_until(installable, timeout=30, step=0.2, what="fresh to install through the cache")
+        wait_until(
+            lambda: _pip_downloads(cache_url, "fresh==1.0", out),
+            timeout=30,
+            step=0.2,
+            what="fresh to install through the cache",
+        )
         took = time.monotonic() - started
     assert (out / fresh.name).read_bytes() == fresh.read_bytes()
     assert took < 15, took

@@ -22,6 +22,7 @@ import blake3
 import pytest
 from anyio.abc import SocketStream
 
+from netsim.testbed import stop
 from p2pkg.core.objects import ObjectId
 from p2pkg.errors import PeerBusyError
 from p2pkg.io.http import link as link_module
@@ -327,12 +328,7 @@ def _start_limited(store: Path, log: Path, soft: int, hard: int, free: int) -> t
 
 
 def _stop(proc: Any) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
 
 
 def _status(url: str) -> dict[str, Any] | None:

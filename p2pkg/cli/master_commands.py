@@ -14,7 +14,6 @@ from p2pkg.cli.mirror_options import mirror_options, mirror_selection
 from p2pkg.cli.options import (
     budget_options,
     check_bindable,
-    check_urls,
     dht_options,
     dht_service,
     emit,
@@ -23,20 +22,16 @@ from p2pkg.cli.options import (
     run_forever,
     serve_role,
     server_config,
+    signing_keys_option,
     store_option,
+    url_list_option,
 )
 from p2pkg.cli.values import DURATION
 
 
 @main.command()
 @store_option
-@click.option(
-    "--key",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Private key file to sign with (repeat for multi-key namespaces).",
-)
+@signing_keys_option
 @listen_option
 @click.option(
     "--expires",
@@ -172,13 +167,8 @@ def _mirror_poll(
     metavar="YYYY-MM-DD",
     help="First day to count (UTC; default: 31 days ago).",
 )
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    metavar="URL",
-    callback=check_urls,
-    help="Also ask this node (besides the root's mirror list). Repeatable.",
+@url_list_option(
+    "--peer", "Also ask this node (besides the root's mirror list). Repeatable.", dest="peers"
 )
 @click.option("--csv", "as_csv", is_flag=True, help="One row per day, source and file.")
 @json_option

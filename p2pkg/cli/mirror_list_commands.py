@@ -15,12 +15,13 @@ from p2pkg.cli.app import main
 from p2pkg.cli.exits import errors_as_exit
 from p2pkg.cli.options import (
     F,
-    check_urls,
     emit,
     json_option,
     parse_trust,
+    signing_keys_option,
     store_option,
     trust_option,
+    url_list_option,
 )
 from p2pkg.cli.values import DURATION
 
@@ -45,13 +46,7 @@ def _signing_options(f: F) -> F:
         show_default=True,
         help="How long the new root stays valid.",
     )(f)
-    return click.option(
-        "--key",
-        multiple=True,
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Private key file to sign with (repeat for multi-key namespaces).",
-    )(f)
+    return signing_keys_option(f)
 
 
 @main.group()
@@ -143,14 +138,11 @@ def list_(store: Path, trust: tuple[str, ...], as_json: bool) -> None:
 
 @mirrors.command("status")
 @trust_option
-@click.option(
+@url_list_option(
     "--peer",
-    "peers",
-    multiple=True,
+    "A peer to start from (repeatable); the root's mirror list is added.",
+    dest="peers",
     required=True,
-    metavar="URL",
-    callback=check_urls,
-    help="A peer to start from (repeatable); the root's mirror list is added.",
 )
 @click.option(
     "--project", "projects", multiple=True, metavar="NAME", help="Compare these projects."

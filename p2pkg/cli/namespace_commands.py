@@ -16,12 +16,13 @@ from p2pkg.cli.exits import EXIT_CODES, errors_as_exit
 from p2pkg.cli.mirror_options import mirror_options, mirror_selection
 from p2pkg.cli.options import (
     check_upload_time,
-    check_urls,
     emit,
     json_option,
     parse_trust,
+    signing_keys_option,
     store_option,
     trust_option,
+    url_list_option,
 )
 from p2pkg.cli.values import DURATION
 from p2pkg.errors import UpstreamError
@@ -53,13 +54,7 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 
 @main.command()
 @store_option
-@click.option(
-    "--key",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Private key file to sign with (repeat for multi-key namespaces).",
-)
+@signing_keys_option
 @click.option("--namespace", help="Namespace name (first publish only; default 'main').")
 @click.option(
     "--expires",
@@ -76,13 +71,7 @@ def keygen(out: Path, force: bool, as_json: bool) -> None:
 @click.option("--yank", multiple=True, metavar="FILENAME", help="Mark a published file yanked.")
 @click.option("--yank-reason", default="", help="Reason shown for --yank.")
 @click.option("--unyank", multiple=True, metavar="FILENAME", help="Clear a file's yank.")
-@click.option(
-    "--notify",
-    multiple=True,
-    metavar="URL",
-    callback=check_urls,
-    help="Push the new root to this seed. Repeatable.",
-)
+@url_list_option("--notify", "Push the new root to this seed. Repeatable.")
 @click.option(
     "--upload-time",
     default="mtime",

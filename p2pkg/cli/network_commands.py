@@ -15,7 +15,6 @@ from p2pkg.cli.options import (
     check_bindable,
     check_interfaces,
     check_specs,
-    check_urls,
     dht_options,
     dht_service,
     emit,
@@ -28,6 +27,7 @@ from p2pkg.cli.options import (
     server_config,
     store_option,
     trust_option,
+    url_list_option,
 )
 from p2pkg.cli.values import DURATION, SIZE
 
@@ -68,13 +68,10 @@ def serve(
 @listen_option
 @budget_options
 @trust_option
-@click.option(
+@url_list_option(
     "--upstream",
-    multiple=True,
+    "Peer to follow (the master, other seeds). Repeatable; fetched in parallel.",
     required=True,
-    metavar="URL",
-    callback=check_urls,
-    help="Peer to follow (the master, other seeds). Repeatable; fetched in parallel.",
 )
 @click.option(
     "--project", "projects", multiple=True, metavar="NAME", help="Mirror only these projects."
@@ -141,15 +138,7 @@ def seed(
 @listen_option
 @budget_options
 @trust_option
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    required=True,
-    metavar="URL",
-    callback=check_urls,
-    help="Peer base URL. Repeatable.",
-)
+@url_list_option("--peer", "Peer base URL. Repeatable.", dest="peers", required=True)
 @click.option(
     "--max-size",
     type=SIZE,
@@ -232,14 +221,7 @@ def cache(
 @main.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...", callback=check_specs)
 @trust_option
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    metavar="URL",
-    callback=check_urls,
-    help="Peer base URL. Repeatable.",
-)
+@url_list_option("--peer", "Peer base URL. Repeatable.", dest="peers")
 @click.option(
     "--dest",
     default=".",

@@ -127,9 +127,36 @@ def check_urls(
     return values
 
 
-#: Bounds on sizes and durations given as options: far beyond any real use,
-#: and small enough that what is computed from them stays in range (a root's
-#: expiry is a uvarint and is shown as a calendar date).
+def url_list_option(
+    name: str, help_text: str, *, dest: str | None = None, required: bool = False
+) -> Callable[[F], F]:
+    """A repeatable peer-URL option (``--peer``, ``--upstream``, ``--notify``), checked."""
+
+    def apply(f: F) -> F:
+        decls = (name, dest) if dest else (name,)
+        return click.option(
+            *decls,
+            multiple=True,
+            required=required,
+            metavar="URL",
+            callback=check_urls,
+            help=help_text,
+        )(f)
+
+    return apply
+
+
+def signing_keys_option(f: F) -> F:
+    """``--key FILE`` (repeatable, required): the master's private key(s)."""
+    return click.option(
+        "--key",
+        multiple=True,
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Private key file to sign with (repeat for multi-key namespaces).",
+    )(f)
+
+
 def _check_ips(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[str, ...]:

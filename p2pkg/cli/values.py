@@ -8,6 +8,9 @@ from typing import Any
 
 import click
 
+#: Bounds on sizes and durations given as options: far beyond any real use,
+#: and small enough that what is computed from them stays in range (a root's
+#: expiry is a uvarint and is shown as a calendar date).
 MAX_SIZE = 1 << 60  # 1 EiB
 MAX_DURATION = 100 * 365 * 86400  # 100 years
 
