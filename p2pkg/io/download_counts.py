@@ -24,8 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
-from p2pkg.errors import LocalError, local_io
+from p2pkg.errors import LocalError
 from p2pkg.io.http.server import Exchange, PeerServer
+from p2pkg.io.store import local_db
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class DownloadCounts:
         self.clock = clock
         self._pending: Counter[tuple[str, bytes]] = Counter()
         self._closed = False
-        with local_io(self.path, "opening"):
+        with local_db(self.path, "opening"):
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS downloads ("
@@ -67,7 +68,7 @@ class DownloadCounts:
         pending, self._pending = self._pending, Counter()
         oldest = (date.fromisoformat(day_of(self.clock())) - timedelta(days=KEEP_DAYS)).isoformat()
         try:
-            with local_io(self.path, "writing"):
+            with local_db(self.path, "writing"):
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany(
@@ -78,7 +79,8 @@ class DownloadCounts:
                     self._db.execute("DELETE FROM downloads WHERE day < ?", (oldest,))
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite may have rolled back itself (full)
+                        self._db.execute("ROLLBACK")
                     raise
         except LocalError:
             self._pending.update(pending)  # kept for the next try (a full disk)

@@ -116,7 +116,7 @@ class Store:
                     (path / sub).mkdir(parents=True, exist_ok=True)
         db = None
         try:
-            with _local_db(db_path, "opening"):
+            with local_db(db_path, "opening"):
                 db = sqlite3.connect(db_path, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
@@ -222,7 +222,7 @@ class Store:
 
     def mark_full(self, full: bool = True) -> None:
         """Set (or with ``full=False`` clear) the full-copy mark."""
-        with _local_db(self.db_path, "writing"):
+        with local_db(self.db_path, "writing"):
             _set_full(self._db, full)
 
     @property
@@ -303,7 +303,7 @@ class Store:
 
     def touch(self, blake3: bytes) -> None:
         """Record a use of an archive (for LRU eviction)."""
-        with _local_db(self.db_path, "writing"):
+        with local_db(self.db_path, "writing"):
             self._db.execute("UPDATE files SET last_used=? WHERE blake3=?", (time.time(), blake3))
 
     def evict_lru(self, max_bytes: int, keep: frozenset[bytes] = frozenset()) -> list[bytes]:
@@ -322,7 +322,7 @@ class Store:
             if b3 in keep:
                 continue
             db = self._db
-            with _local_db(self.db_path, "writing"):
+            with local_db(self.db_path, "writing"):
                 try:
                     db.execute("BEGIN IMMEDIATE")
                     db.execute("DELETE FROM chunks WHERE file=?", (b3,))
@@ -396,7 +396,7 @@ class Store:
         db = self._db
         placed: list[Path] = []
         try:
-            with _local_db(self.db_path, "writing"):
+            with local_db(self.db_path, "writing"):
                 db.execute("BEGIN IMMEDIATE")
                 # Placed under the write lock: no other writer can index (or
                 # evict) these archives until COMMIT, so a failure can take
@@ -512,7 +512,7 @@ def _sqlite_errno(exc: sqlite3.Error, path: Path) -> int | None:
 
 
 @contextmanager
-def _local_db(path: Path, doing: str) -> Iterator[None]:
+def local_db(path: Path, doing: str) -> Iterator[None]:
     """Map local failures of database (and file) calls to :class:`LocalError`."""
     try:
         with local_io(path, doing):

@@ -73,7 +73,6 @@ from p2pkg.errors import (
     ArchiveError,
     DecodeError,
     IntegrityError,
-    LocalError,
     PublishError,
     StoreError,
     UpstreamError,
@@ -81,7 +80,7 @@ from p2pkg.errors import (
     local_io,
 )
 from p2pkg.io.archives import inspect_archive
-from p2pkg.io.store import Store
+from p2pkg.io.store import Store, local_db
 from p2pkg.io.upstream_http import UpstreamClient
 from p2pkg.roles.publish import DEFAULT_EXPIRES, Edits, FileFacts, PublishResult, publish
 
@@ -184,12 +183,9 @@ class MirrorState:
                 " PRIMARY KEY (index_url, project)) WITHOUT ROWID"
             )
 
-    @contextlib.contextmanager
-    def _db(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise LocalError(str(self.path), None, doing, detail=str(exc)) from exc
+    def _db(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        # SQLite's "disk full" becomes ENOSPC, as for the store (p2pkg.io.store.local_db).
+        return local_db(self.path, doing)
 
     def close(self) -> None:
         self._conn.close()
