@@ -111,8 +111,8 @@ def announce_addresses(
     return [listening_on]
 
 
-def _ignore(peer: LanPeer) -> None:
-    """``browse`` reads :attr:`Lan.peers` at the end; nothing to do per peer."""
+#: Seconds a browse goes on after the first matching peer, for the others.
+SETTLE = 0.3
 
 
 def _text(value: bytes | None) -> str:
@@ -299,17 +299,30 @@ class Lan:
             f"http://{addresses[0]}:{info.port}", props.get("role", ""), props.get("key", "")
         )
 
-    async def browse(self, wait: float, key: str | None = None) -> list[LanPeer]:
+    async def browse(
+        self, wait: float, key: str | None = None, *, settle: float = SETTLE
+    ) -> list[LanPeer]:
         """Peers seen within ``wait`` seconds (those trusting ``key`` if given).
 
-        One shot: runs a browser for ``wait`` seconds — one timed wait, no
+        One shot: runs a browser until ``settle`` seconds after the first
+        matching peer was resolved (others on the LAN answer the same query
+        within milliseconds), or ``wait`` seconds when none is found — no
         polling — then gives services whose resolution is under way up to
-        :data:`RESOLVE_GRACE` more, and closes.
+        :data:`RESOLVE_GRACE` more, and closes. So a LAN with a cache costs
+        a fraction of ``wait``, and a busy machine still has all of it.
         """
         self.peers.clear()
+        found = anyio.Event()
+
+        def on_peer(peer: LanPeer) -> None:
+            if key is None or peer.key == key:
+                found.set()
+
         async with anyio.create_task_group() as tg:
-            await tg.start(partial(self.run, on_peer=_ignore))
-            await anyio.sleep(wait)
+            await tg.start(partial(self.run, on_peer=on_peer))
+            with anyio.move_on_after(wait):
+                await found.wait()
+                await anyio.sleep(settle)
             if self._resolving:
                 self._idle = anyio.Event()
                 with anyio.move_on_after(RESOLVE_GRACE):

@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # zeroconf and kademlia cost ~80 ms of start-up: imported whe
 
 log = logging.getLogger(__name__)
 
-#: Seconds to listen for DNS-SD answers.
-LAN_WAIT = 1.0
+#: Seconds to listen for DNS-SD answers when none comes (one that comes ends the
+#: wait soon after: see :meth:`Lan.browse`).
+LAN_WAIT = 3.0
 
 
 def trust_key(pinned: frozenset[bytes]) -> bytes:
