@@ -224,3 +224,34 @@ async def test_a_sole_trickling_peer_fails_the_fetch_saying_it_is_too_slow(tmp_p
     assert time.monotonic() - started < ScheduleConfig().max_failures * TRICKLE_CUT + 1.0
     assert link.requests == ScheduleConfig().max_failures
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".whl")]
+
+
+@pytest.mark.parametrize("size", [50_000, 3_000_000])  # the inline path and the worker's
+async def test_chunks_are_the_check_and_paranoid_re_hashes_the_whole_file(
+    tmp_path: Path, size: int
+) -> None:
+    """Only a manifest whose sha256 disagrees with its own chunks tells the two apart.
+
+    No honest master writes one (publish computes all three in one pass): by
+    default the chunks are the check; ``paranoid`` also re-hashes the file.
+    """
+    import dataclasses
+
+    from p2pkg.errors import IntegrityError
+
+    data = random.Random(size).randbytes(size)
+    odd = dataclasses.replace(manifest_of(data), sha256=b"\x00" * 32)
+    for paranoid in (False, True):
+        book = PeerBook()
+        book.add("ok", Tier.MIRROR)
+        link = FakeLink("ok", data, "ok", random.Random(1))
+        downloader = FileDownloader({"ok": link}.__getitem__, book, paranoid=paranoid)
+        dest = tmp_path / str(paranoid)
+        with anyio.fail_after(30):
+            if paranoid:
+                with pytest.raises(IntegrityError):
+                    await downloader.fetch_file(odd, dest)
+                assert not (dest / odd.filename).exists()  # nothing at the destination
+            else:
+                path, _ = await downloader.fetch_file(odd, dest)
+                assert path.read_bytes() == data

@@ -237,6 +237,11 @@ def cache(
 )
 @click.option("--jobs", default=8, show_default=True, help="Archives fetched at the same time.")
 @click.option(
+    "--paranoid",
+    is_flag=True,
+    help="Also re-hash each whole file (sha256 and BLAKE3) after its chunks were checked.",
+)
+@click.option(
     "--lan/--no-lan",
     default=None,
     help="Look for caches on the LAN (DNS-SD) and prefer them "
@@ -253,6 +258,7 @@ def fetch(
     filename: str | None,
     store: Path | None,
     jobs: int,
+    paranoid: bool,
     lan: bool | None,
     lan_interfaces: tuple[str, ...],
     dht_listen: str | None,
@@ -269,8 +275,8 @@ def fetch(
     pinned with ==.
 
     Chunks come from all peers in parallel and each is checked against its
-    BLAKE3 id as it arrives; a file appears in --dest only once its sha256
-    and BLAKE3 match the signed manifest. An interrupted fetch resumes.
+    BLAKE3 id (from the signed manifest) as it arrives; a file appears in
+    --dest only once every chunk has been. An interrupted fetch resumes.
     """
     from p2pkg.roles.client import Client
 
@@ -296,6 +302,7 @@ def fetch(
         lan_interfaces=lan_interfaces,
         dht_bootstrap=dht_bootstrap,
         dht_listen=dht_where,
+        paranoid=paranoid,
     )
     results: list[dict[str, Any]] = []
 

@@ -80,8 +80,10 @@ class Client:
         lan_wait: float = LAN_WAIT,
         dht_bootstrap: Sequence[str | tuple[str, int]] = (),
         dht_listen: tuple[str, int] = ("0.0.0.0", 0),
+        paranoid: bool = False,
     ) -> None:
         self._pins = pins_of(trust)
+        self._paranoid = paranoid  # re-hash each whole file too (chunks are always checked)
         self._peers = list(peers)
         self._store_path = Path(store) if store is not None else None
         self._lan = lan if lan is not None else (not peers and not dht_bootstrap)
@@ -101,7 +103,7 @@ class Client:
     async def __aenter__(self) -> Client:
         if self._store_path is not None:
             self._store = Store.open(self._store_path, create=True)
-        self._session = Session(self._pins, self._peers, self._store)
+        self._session = Session(self._pins, self._peers, self._store, paranoid=self._paranoid)
         try:
             if self._lan:
                 for peer in await lan_peers(self._pins, self._lan_interfaces, self._lan_wait):

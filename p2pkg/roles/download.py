@@ -15,8 +15,13 @@ honest peer needs (the scheduler duplicates its span within
 ``stall_after``).
 
 Every chunk is checked against its BLAKE3 id before it touches the disk
-(docs/protocol.md §2.2); the destination is written only when the whole
-file's sha256 and BLAKE3 match the manifest (temp name, fsync, rename).
+(docs/protocol.md §2.2), and the destination is written only when every
+chunk has been (temp name, fsync, rename). That is the whole check: the
+chunk list comes from a manifest reachable from the signed root, and the
+master computed the chunk list, sha256 and BLAKE3 in one pass over the same
+bytes at publish, so re-hashing the whole file would check nothing more
+(``p2pkg verify`` re-hashes stores; pip checks sha256 again). ``paranoid``
+re-hashes it anyway, trailing the download on a worker thread.
 
 A download in progress lives in a *partial* file (in the store's
 ``partial/`` or beside the destination). Re-running a fetch re-hashes the
@@ -141,17 +146,18 @@ class _SpanSink:
 
 
 class _PrefixHasher:
-    """sha256 + BLAKE3 of the whole file, on a worker thread, trailing the verified prefix.
+    """A worker trailing the verified prefix: flushes it, and (paranoid) hashes it whole.
 
     The final whole-file check (docs/protocol.md §3.3) would otherwise be a
     serial pass after the download; this way it overlaps it and only the
     last chunks remain to hash at the end.
     """
 
-    def __init__(self, fd: int, size: int, path: Path) -> None:
+    def __init__(self, fd: int, size: int, path: Path, *, hash: bool = True) -> None:
         self.fd = fd
         self.size = size
         self.path = path
+        self.hash = hash  # False: only flush the verified prefix to disk as it grows
         self.sha = hashlib.sha256()
         self.b3 = blake3.blake3()
         self.pos = 0
@@ -198,10 +204,11 @@ class _PrefixHasher:
                 target = self.target
             while self.pos < target:
                 end = min(target, self.pos + (4 << 20))
-                block = view[self.pos : end]
-                self.sha.update(block)
-                self.b3.update(block)
-                block.release()
+                if self.hash:
+                    block = view[self.pos : end]
+                    self.sha.update(block)
+                    self.b3.update(block)
+                    block.release()
                 self.pos = end
                 if self.pos - self.synced >= SYNC_EVERY:
                     # Flush as we go (off the event loop) so the final fsync that
@@ -274,12 +281,18 @@ class FileDownloader:
         *,
         schedule_config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
         clock: Callable[[], float] = time.monotonic,
+        paranoid: bool = False,
     ) -> None:
         self.links = links
         self.book = book
         self.store = store
         self.schedule_config = schedule_config
         self.clock = clock
+        # Every chunk is checked against its BLAKE3 id from a manifest the master
+        # signed (and the master checked at publish that the chunk list, sha256
+        # and BLAKE3 describe the same bytes): re-hashing the whole file checks
+        # nothing more. ``paranoid`` does it anyway (sha256 and BLAKE3).
+        self.paranoid = paranoid
 
     async def fetch_file(
         self,
@@ -355,20 +368,26 @@ class FileDownloader:
                     _reusable_chunks, fd, partial, manifest, elsewhere
                 )
             stats.from_local = sum(manifest.chunks[i].length for i in have)
-            hasher = None if small else _PrefixHasher(fd, manifest.size, partial)
+            # Large files: a worker trails the verified prefix, flushing it to
+            # disk as it grows (and hashing it when paranoid), so the end has
+            # only the tail left to do.
+            hasher = (
+                None if small else _PrefixHasher(fd, manifest.size, partial, hash=self.paranoid)
+            )
             try:
                 await self._download(manifest, fd, partial, have, stats, progress, hasher, watch)
-                if hasher is None:
-                    sha, b3 = _hash_fd(fd, partial, manifest.size)
-                else:
+                if hasher is not None:
                     sha, b3 = await anyio.to_thread.run_sync(hasher.finish)
+                elif self.paranoid:
+                    sha, b3 = _hash_fd(fd, partial, manifest.size)
             finally:
                 if hasher is not None:
                     hasher.stop()
-            if sha != manifest.sha256:
-                raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
-            if b3 != manifest.blake3:
-                raise IntegrityError(manifest.filename, manifest.blake3.hex(), b3.hex())
+            if self.paranoid:
+                if sha != manifest.sha256:
+                    raise IntegrityError(manifest.filename, manifest.sha256.hex(), sha.hex())
+                if b3 != manifest.blake3:
+                    raise IntegrityError(manifest.filename, manifest.blake3.hex(), b3.hex())
             with local_io(partial, "syncing"):
                 await anyio.to_thread.run_sync(os.fsync, fd)
         finally:

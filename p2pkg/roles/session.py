@@ -62,6 +62,7 @@ class Session:
         persist_roots: bool = True,
         commit_objects: bool = True,
         learn_mirrors: bool = True,
+        paranoid: bool = False,
     ) -> None:
         self.store = store
         self.links = PeerLinks(
@@ -86,6 +87,7 @@ class Session:
             store,
             schedule_config=schedule_config,
             clock=monotonic,
+            paranoid=paranoid,
         )
         #: Download a resolved manifest's file (:meth:`FileDownloader.fetch_file`).
         self.fetch_file = self.downloader.fetch_file
