@@ -103,12 +103,14 @@ class Bench:
                 curl.append(time.perf_counter() - start)
             proc, peer = bed.serve(self.store)
             cpu0 = ref.cpu_seconds(proc.pid)
-            walls, engine = [], []
+            walls, engine, paranoid = [], [], []
             for _ in range(REPS + 2):
                 wall, res = self.fetch_cli([peer], ["bigpkg"])
                 walls.append(wall)
                 engine.append(res["seconds"])
-            served_gib = (REPS + 2) * self.big.stat().st_size / (1 << 30)
+                # the same with the whole-file re-hash that "verify once" dropped
+                paranoid.append(self.fetch_cli([peer], ["bigpkg"], "--paranoid")[1]["seconds"])
+            served_gib = 2 * (REPS + 2) * self.big.stat().st_size / (1 << 30)
             cpu = (ref.cpu_seconds(proc.pid) - cpu0) / served_gib
             # the same client against nginx (a static export is a peer)
             static_walls = [self.fetch_cli([ngx], ["bigpkg"])[1]["seconds"] for _ in range(REPS)]
@@ -116,6 +118,7 @@ class Bench:
         r = {
             "curl_mib_s": size / median(curl),
             "p2pkg_engine_mib_s": size / median(engine),
+            "p2pkg_engine_paranoid_mib_s": size / median(paranoid),
             "p2pkg_cli_mib_s": size / median(walls),
             "p2pkg_from_nginx_engine_mib_s": size / median(static_walls),
             "server_cpu_s_per_gib": cpu,
