@@ -523,3 +523,46 @@ def test_range_requests_count_the_bytes_sent_not_whole_files(
             received = sum(pool.map(one, range(20)))
         assert received == 16 * 10_000 + 4 * wheel["size"]
         assert status(cache)["bytes_served_from_cache"] - before == received
+
+
+@pytest.mark.anyio
+async def test_a_range_of_an_archive_still_arriving_is_answered_once_verified(
+    namespace: tuple[Path, Ed25519PrivateKey, Path], tmp_path: Path
+) -> None:
+    """uv reads a wheel's central directory by Range: it must not wait for the whole file."""
+    import time as _time
+
+    from p2pkg.io.http.client import BytesSink, PeerClient
+    from p2pkg.io.http.server import ServerConfig
+    from p2pkg.roles.cache import Cache
+    from tests.netutil import services
+
+    store, key, dist = namespace
+    wheel = (dist / "base-2.0-py3-none-any.whl").read_bytes()  # 2.5 MB
+    async with services() as svc:
+        slow = await svc.server(store, ServerConfig(rate=1_000_000, burst=64 * 1024))  # 1 MB/s
+        cache = Cache(tmp_path / "cache", frozenset({public_bytes(key)}), [slow.url])
+        url = await svc.start(cache.run)
+        client = PeerClient(url)
+        try:
+            href = await archive_path(client, "base", "base-2.0-py3-none-any.whl")
+            a, b = len(wheel) - 8192, len(wheel)
+            sinks: list[BytesSink] = []
+
+            def factory(head):  # type: ignore[no-untyped-def]
+                sinks.append(BytesSink(head.content_length or 0))
+                return sinks[0]
+
+            start = _time.monotonic()
+            head = await client.request(
+                "GET", href, factory, headers=(("Range", f"bytes={a}-{b - 1}"),)
+            )
+            took = _time.monotonic() - start
+            assert head.status == 206 and bytes(sinks[0].data) == wheel[a:b]
+            assert head.content_range == (a, b, len(wheel))
+            assert took < 1.0, took  # the whole file needs ~2.5 s from this peer
+            # ...and the whole download went on: the file lands in the store.
+            blake3 = bytes.fromhex(href.split("/")[2])
+            await await_until(lambda: cache.store.has_file(blake3), timeout=20, what="the file")
+        finally:
+            client.close()

@@ -142,12 +142,39 @@ class CacheRoutes:
         self.cache.stats.misses += 1
         live = self.cache.download(manifest)
         if "range" in ex.req.headers:
-            while not live.done:
-                await live.wait_beyond(manifest.size)
-            if live.error is not None or not self.cache.store.has_file(manifest.blake3):
-                return await self._cannot_fetch(ex, manifest, live.error)
-            return await ex.send_file(manifest.blake3)
+            return await self._range_of_arriving(ex, manifest, live)
         return await self._stream(ex, manifest, live)
+
+    async def _range_of_arriving(self, ex: Exchange, manifest: FileManifest, live: Live) -> bool:
+        """A Range of an archive still arriving: answered as soon as that range is verified.
+
+        Installers read a wheel's metadata by Range (uv reads the zip's central
+        directory at the end) long before the whole file is in: the covering
+        chunks are fetched from a peer and checked on their own, while the
+        whole download goes on. If that fails, the answer waits for the file.
+        """
+        try:
+            rng = wire.parse_range(ex.req.headers.get("range"), manifest.size)
+        except wire.Unsatisfiable:
+            rng = None  # the held-file path answers 416 once the file is in
+        if rng is not None and not ex.head_only:
+            start, end = rng
+            try:
+                data = await self.cache.session.downloader.fetch_range(manifest, start, end)
+            except P2pkgError as exc:
+                log.info("cache: early range of %s failed, waiting: %s", manifest.filename, exc)
+            else:
+                headers = [
+                    ("Content-Range", f"bytes {start}-{end - 1}/{manifest.size}"),
+                    ("Accept-Ranges", "bytes"),
+                    ("Cache-Control", wire.IMMUTABLE),
+                ]
+                return await ex.reply(206, data, headers=headers, ctype="application/octet-stream")
+        while not live.done:
+            await live.wait_beyond(manifest.size)
+        if live.error is not None or not self.cache.store.has_file(manifest.blake3):
+            return await self._cannot_fetch(ex, manifest, live.error)
+        return await ex.send_file(manifest.blake3)
 
     async def _cannot_fetch(
         self, ex: Exchange, manifest: FileManifest, error: BaseException | None

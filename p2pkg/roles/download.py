@@ -38,6 +38,7 @@ reaches the caller unchanged, never as "no peer could deliver".
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -143,6 +144,22 @@ class _SpanSink:
                 raise SinkDone  # a duplicate finished this span first
         self.i += 1
         self.filled = 0
+
+
+class _RangeSink:
+    """Collects one span of known size (checked chunk by chunk once complete)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.filled = 0
+
+    def buffer(self) -> memoryview:
+        if self.filled >= len(self.data):
+            raise SinkDone
+        return memoryview(self.data)[self.filled :]
+
+    def advance(self, n: int) -> None:
+        self.filled += n
 
 
 class _PrefixHasher:
@@ -405,6 +422,49 @@ class FileDownloader:
         if sync_dir:
             fsync_path(dest)
         return path
+
+    async def fetch_range(self, manifest: FileManifest, start: int, stop: int) -> bytes:
+        """Bytes ``start``..``stop - 1`` of ``manifest``'s archive, verified, from one peer.
+
+        For a reader that needs a piece before the whole file is in (an
+        installer reading a wheel's metadata by Range while a cache is still
+        downloading it): the chunks covering the range are fetched as one span
+        from the best live peer and each is checked against its BLAKE3 id
+        before any byte is returned; a peer that sends bad bytes is banned,
+        one that fails is skipped.
+        """
+        if not 0 <= start < stop <= manifest.size:
+            raise ValueError(f"range {start}..{stop} outside 0..{manifest.size}")
+        offsets = manifest.chunk_offsets()
+        first = bisect.bisect_right(offsets, start) - 1
+        last = bisect.bisect_left(offsets, stop) - 1
+        lo, hi = offsets[first], offsets[last] + manifest.chunks[last].length
+        problems: list[str] = []
+        for record in self.book.live(self.clock()):
+            sink = _RangeSink(hi - lo)
+            try:
+                await self.links(record.url).span(manifest.blake3, lo, hi, manifest.size, sink)
+            except PeerError as exc:
+                problems.append(str(exc))
+                continue
+            data = bytes(sink.data)
+            bad = [
+                i
+                for i in range(first, last + 1)
+                if blake3.blake3(
+                    data[offsets[i] - lo : offsets[i] - lo + manifest.chunks[i].length]
+                ).digest()
+                != manifest.chunks[i].id
+            ]
+            if sink.filled != hi - lo or bad:
+                self.book.ban(record.url, f"bad bytes in {manifest.filename}", self.clock())
+                problems.append(f"peer {record.url}: bad bytes")
+                continue
+            return data[start - lo : stop - lo]
+        raise FetchError(
+            f"no peer could deliver bytes {start}-{stop - 1} of {manifest.filename}: "
+            + ("; ".join(problems[-3:]) or "no live peer")
+        )
 
     async def _download(
         self,
