@@ -1,7 +1,7 @@
 """Transfer benchmarks on 127.0.0.1 (issue: peers). Run: ``make bench``.
 
 Sections (all by default; pass names to run some): ``single``, ``multi``,
-``caps``, ``small``, ``upgrade``. Each measures p2pkg and a reference in the
+``caps``, ``small``, ``startup``, ``upgrade``. Each measures p2pkg and a reference in the
 same run and prints medians and ratios:
 
 * single  — one peer, one 256 MiB archive, verified and written:
@@ -12,6 +12,9 @@ same run and prints medians and ratios:
             p2pkg ``serve --rate`` vs aria2c through a capping proxy per nginx.
 * small   — 500 archives of 5–200 KB from one peer: one ``p2pkg fetch`` with
             500 specs vs ``aria2c -j16`` from nginx (wall time, process start included).
+* startup — one small archive end to end, ``STARTUP_RUNS`` times: ``p2pkg fetch``
+            (interpreter start and imports count) vs ``curl -o file`` from nginx,
+            with the bare interpreter and the fetch path's imports alone for scale.
 * upgrade — with version N of a real wheel in the local store, fetching N+1:
             bytes transferred / file size.
 """
@@ -44,6 +47,7 @@ MiB = 1 << 20
 BIG = 256 * MiB
 SMALL_COUNT = 500
 REPS = 3
+STARTUP_RUNS = 10
 
 
 class Bench:
@@ -232,6 +236,33 @@ class Bench:
         r["one_small_file_curl_s"] = median(curl)
         self.report("small", r)
 
+    def startup(self) -> None:
+        def timed(cmd: list[str]) -> float:
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            return time.perf_counter() - start
+
+        python = [timed([sys.executable, "-c", "pass"]) for _ in range(STARTUP_RUNS)]
+        imports = "import p2pkg.cli, p2pkg.cli.network_commands, p2pkg.roles.client"
+        imported = [timed([sys.executable, "-c", imports]) for _ in range(STARTUP_RUNS)]
+        with Testbed() as bed:
+            _, peer = bed.serve(self.store)
+            self.fetch_cli([peer], ["small-1"])  # warm the server and the page cache
+            walls = [self.fetch_cli([peer], ["small-1"])[0] for _ in range(STARTUP_RUNS)]
+        with ref.nginx(self.static, 1, self.work) as (ngx,):
+            url = self.url_of(ngx, self.small[1])
+            curl_cmd = ["curl", "-sf", "-o", str(self.work / "c1"), url]
+            curl = [timed(curl_cmd) for _ in range(STARTUP_RUNS)]
+        r: dict[str, Any] = {
+            "file_bytes": self.small[1].stat().st_size,
+            "python_bare_s": median(python),
+            "python_imports_s": median(imported),
+            "p2pkg_fetch_one_s": median(walls),
+            "curl_one_s": median(curl),
+        }
+        r["ratio_p2pkg_vs_curl"] = r["p2pkg_fetch_one_s"] / r["curl_one_s"]
+        self.report("startup", r)
+
     def upgrade(self) -> None:
         old, new = self._real_wheels()
         with Store.open(self.store) as st:
@@ -309,7 +340,7 @@ class Bench:
         sys.stdout.flush()
 
 
-SECTIONS = ("single", "multi", "caps", "small", "upgrade")
+SECTIONS = ("single", "multi", "caps", "small", "startup", "upgrade")
 
 
 def main() -> None:
@@ -320,6 +351,7 @@ def main() -> None:
         "multi": bench.multi,
         "caps": bench.caps,
         "small": bench.small_files,
+        "startup": bench.startup,
         "upgrade": bench.upgrade,
     }
     for name in wanted:

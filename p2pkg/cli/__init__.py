@@ -14,13 +14,11 @@
 
 from __future__ import annotations
 
-from p2pkg.cli import (  # register the commands
-    master_commands,
-    mirror_list_commands,
-    namespace_commands,
-    network_commands,
-)
-from p2pkg.cli.app import main
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from p2pkg.cli.app import COMMAND_MODULES, main
 from p2pkg.cli.config import config_defaults
 from p2pkg.cli.exits import EXIT_CODES, errors_as_exit, exit_code_for
 from p2pkg.cli.options import (
@@ -29,6 +27,14 @@ from p2pkg.cli.options import (
     parse_url,
 )
 from p2pkg.cli.values import DURATION, SIZE, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from p2pkg.cli import (
+        master_commands,
+        mirror_list_commands,
+        namespace_commands,
+        network_commands,
+    )
 
 __all__ = [
     "DURATION",
@@ -48,3 +54,11 @@ __all__ = [
     "parse_size",
     "parse_url",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # Lazy: the command modules are imported when a command runs (see
+    # p2pkg.cli.app.COMMAND_MODULES), so `p2pkg fetch` starts fast.
+    if f"p2pkg.cli.{name}" in COMMAND_MODULES.values():
+        return importlib.import_module(f"p2pkg.cli.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,7 @@ is one usage line naming the file, table and key)::
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
@@ -28,8 +29,42 @@ from p2pkg import __version__
 from p2pkg.cli.config import load_config
 from p2pkg.cli.exits import EXIT_HELP, OneLineUsageGroup
 
+#: The module that registers each command. A command's module is imported
+#: only when that command runs (or for ``--help`` and a config file, which
+#: need them all): start-up time counts for every small ``p2pkg fetch``, and
+#: the master, mirror and publish commands pull in imports fetch never uses.
+COMMAND_MODULES: dict[str, str] = {
+    "keygen": "p2pkg.cli.namespace_commands",
+    "publish": "p2pkg.cli.namespace_commands",
+    "show": "p2pkg.cli.namespace_commands",
+    "verify": "p2pkg.cli.namespace_commands",
+    "export": "p2pkg.cli.namespace_commands",
+    "serve": "p2pkg.cli.network_commands",
+    "seed": "p2pkg.cli.network_commands",
+    "cache": "p2pkg.cli.network_commands",
+    "fetch": "p2pkg.cli.network_commands",
+    "master": "p2pkg.cli.master_commands",
+    "stats": "p2pkg.cli.master_commands",
+    "mirrors": "p2pkg.cli.mirror_list_commands",
+}
 
-@click.group(cls=OneLineUsageGroup, epilog=EXIT_HELP)
+
+class LazyGroup(OneLineUsageGroup):
+    """The command group whose commands are imported on first use (see :data:`COMMAND_MODULES`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, registered or not yet imported (sorted, as click lists them)."""
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command, importing the module that registers it the first time."""
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(module)  # its @main.command() registers it
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_HELP)
 @click.version_option(__version__, prog_name="p2pkg")
 @click.option(
     "--config",

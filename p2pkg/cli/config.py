@@ -95,11 +95,14 @@ def config_defaults(
     """
     out: dict[str, Any] = {}
     top: dict[str, Any] = {}
+    # Through list_commands/get_command, not group.commands: p2pkg's group
+    # imports its commands lazily, and a config file may name any of them.
+    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
     for key, value in data.items():
-        command = group.commands.get(key)
+        command = commands.get(key)
         if command is None:
             if isinstance(value, dict):
-                known = ", ".join(sorted(group.commands))
+                known = ", ".join(sorted(commands))
                 raise click.BadParameter(f"{path}: [{key}] is not a command (one of {known})")
             top[key] = value
         elif not isinstance(value, dict):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from p2pkg.cli.options import (
     trust_option,
     url_list_option,
 )
+from p2pkg.cli.progress import progress_bar
 from p2pkg.cli.values import DURATION
 from p2pkg.errors import UpstreamError
 
@@ -324,27 +323,6 @@ def _push_root(store: Path, urls: tuple[str, ...]) -> dict[str, str]:
         if outcome != "ok":
             click.echo(f"p2pkg: warning: could not notify {url}: {outcome}", err=True)
     return out
-
-
-@contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on a terminal (created once the total is known), else nothing."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    bars: list[Any] = []
-
-    def advance(done: int, total: int) -> None:
-        if not bars:
-            bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
-            bars.append(bar.__enter__())
-        bars[0].update(done - bars[0].pos)
-
-    try:
-        yield advance
-    finally:
-        for bar in bars:
-            bar.__exit__(None, None, None)
 
 
 @main.command()

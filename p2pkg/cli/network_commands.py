@@ -9,7 +9,6 @@ import click
 
 from p2pkg.cli.app import main
 from p2pkg.cli.exits import errors_as_exit
-from p2pkg.cli.namespace_commands import progress_bar
 from p2pkg.cli.options import (
     budget_options,
     check_bindable,
@@ -29,6 +28,7 @@ from p2pkg.cli.options import (
     trust_option,
     url_list_option,
 )
+from p2pkg.cli.progress import progress_bar
 from p2pkg.cli.values import DURATION, SIZE
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
 
 import blake3
-from pyfastcdc import FastCDC
 
 from p2pkg.config import CHUNK_PARAMS, ChunkParams
+
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 ChunkId = NewType("ChunkId", bytes)
 
@@ -33,6 +35,10 @@ def b3(data: bytes | memoryview) -> bytes:
 
 
 def make_chunker(params: ChunkParams = CHUNK_PARAMS) -> FastCDC:
+    # Imported here: only publishing cuts; a fetch checks chunks by hash alone,
+    # and start-up time counts for every small fetch.
+    from pyfastcdc import FastCDC
+
     # pyfastcdc's avg_size is the "expected size after the minimum": its docs note
     # the output average is about avg_size + min_size; the format fixes the inputs.
     return FastCDC(

@@ -36,13 +36,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from p2pkg.core.chunking import ChunkId, ChunkRef, offsets
 from p2pkg.core.objects import Kind, ObjectId, compress, object_id, open_object, peek_kind
 from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import LocalError, NotFoundError, StoreError, local_io
 from p2pkg.io.fsutil import fsync_path
-from p2pkg.io.ingest import Hashed, hash_path
+
+if TYPE_CHECKING:
+    from p2pkg.io.ingest import Hashed
 
 SCHEMA_VERSION = 2
 DB_NAME = "index.sqlite"
@@ -598,6 +601,8 @@ def _rechunk(db: sqlite3.Connection, path: Path, files: list[tuple[bytes, int]])
     """
     if not files:
         return 0
+
+    from p2pkg.io.ingest import hash_path  # lazy: re-indexing only, not a fetch's start-up
 
     def hashed(b3: bytes) -> Hashed | None:
         h = b3.hex()

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from p2pkg.core.dht_records import bin_key, host_key
 from p2pkg.core.objects import name_hash
 from p2pkg.core.peers import Tier
 from p2pkg.roles.links import Peer
@@ -67,6 +66,8 @@ async def dht_peers(dht: DhtService, pinned: frozenset[bytes], names: Iterable[s
     then at most :data:`MAX_HINTS` unconfirmed ones, and at most
     :data:`PER_HOST` ports of any one host, over all the lookups together.
     """
+    from p2pkg.core.dht_records import bin_key, host_key  # lazy: only DHT lookups need it
+
     slots = sorted({name_hash(n)[0] for n in names})
     confirmed: list[tuple[str, int]] = []
     unconfirmed: list[tuple[str, int]] = []
