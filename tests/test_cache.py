@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,18 +25,10 @@ from p2pkg.io.store import Store
 from p2pkg.roles.publish import publish
 from p2pkg.testing.archives import build_sdist, build_wheel
 from tests.helpers import await_until, wait_until
+from tests.installers import ISOLATED
 from tests.netutil import archive_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.net]
-
-# Installers must see only our index: no user/global config, no caches.
-ISOLATED = {
-    **os.environ,
-    "PIP_CONFIG_FILE": os.devnull,
-    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    "UV_NO_CONFIG": "1",
-    "UV_NO_CACHE": "1",
-}
 
 
 @pytest.fixture(scope="module")

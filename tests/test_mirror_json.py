@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -39,16 +35,11 @@ from p2pkg.roles.mirror import MirrorResult, Selection, mirror_index
 from p2pkg.roles.namespace import open_store_namespace
 from p2pkg.testing.archives import build_wheel
 from tests.helpers import wait_until
+from tests.installers import uv_install
 
 pytestmark = [pytest.mark.net]
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
-ISOLATED = {
-    **os.environ,
-    "PIP_CONFIG_FILE": os.devnull,
-    "UV_NO_CONFIG": "1",
-    "UV_NO_CACHE": "1",
-}
 
 
 def ts(text: str) -> int:
@@ -199,29 +190,6 @@ def _get(url: str, accept: str | None = None) -> tuple[int, bytes, str]:
         return exc.code, exc.read(), exc.headers.get("Content-Type", "")
 
 
-def _uv() -> str:
-    here = Path(sys.executable).parent / "uv"
-    return str(here) if here.exists() else (shutil.which("uv") or "uv")
-
-
-def _uv_install(tmp_path: Path, venv: str, index: str, *args: str) -> str:
-    uv = _uv()
-    subprocess.run(
-        [uv, "venv", str(tmp_path / venv)], check=True, capture_output=True, env=ISOLATED
-    )
-    python = tmp_path / venv / "bin" / "python"
-    cmd = [uv, "pip", "install", "--python", str(python), "--index-url", index, *args, "prov"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=ISOLATED, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = subprocess.run(
-        [str(python), "-c", "import prov; print(prov.__version__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
-
-
 def _publish_fixture(index: Index, dist: Path) -> dict[str, Hosted]:
     provenance = json.dumps({"version": 1, "attestation_bundles": []}).encode()
     hosted = {
@@ -292,9 +260,10 @@ def test_json_index_facts_reach_the_cache_pages_and_uv(
 
         index_url = f"{cache}/simple/"
         assert (
-            _uv_install(tmp_path, "venv-old", index_url, "--exclude-newer", "2024-06-01") == "1.0"
+            uv_install(tmp_path, "venv-old", index_url, "prov", "--exclude-newer", "2024-06-01")
+            == "1.0"
         )
-        assert _uv_install(tmp_path, "venv-new", index_url) == "2.0"
+        assert uv_install(tmp_path, "venv-new", index_url, "prov") == "2.0"
 
         # Removed upstream: a tombstone, and the cache answers 410 with the reason.
         gone = hosted["v1"]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 import zipfile
@@ -27,6 +24,8 @@ from p2pkg.io.store import Store
 from p2pkg.roles.namespace import open_store_namespace
 from p2pkg.roles.publish import PublishResult, UploadTime, parse_upload_time, publish
 from p2pkg.testing.archives import build_sdist, build_wheel, metadata_text
+
+from .installers import uv_install
 
 # The publish time every test passes as ``now``: near the real one, since
 # reading the namespace back checks that the signed root has not expired.
@@ -298,39 +297,6 @@ def test_cli_bad_upload_time_is_a_usage_error(
 
 # ---------------------------------------------------------------------- installers
 
-# Installers must see only our index: no user/global config, no caches.
-ISOLATED = {
-    **os.environ,
-    "PIP_CONFIG_FILE": os.devnull,
-    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    "UV_NO_CONFIG": "1",
-    "UV_NO_CACHE": "1",
-}
-
-
-def _uv() -> str:
-    here = Path(sys.executable).parent / "uv"
-    return str(here) if here.exists() else (shutil.which("uv") or "uv")
-
-
-def _uv_install(tmp_path: Path, venv: str, index: str, *args: str) -> str:
-    """Install oldpkg into a fresh uv venv; return the version it imports."""
-    uv = _uv()
-    subprocess.run(
-        [uv, "venv", str(tmp_path / venv)], check=True, capture_output=True, env=ISOLATED
-    )
-    python = tmp_path / venv / "bin" / "python"
-    cmd = [uv, "pip", "install", "--python", str(python), "--index-url", index, *args, "oldpkg"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=ISOLATED, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = subprocess.run(
-        [str(python), "-c", "import oldpkg; print(oldpkg.__version__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
-
 
 @pytest.mark.slow
 @pytest.mark.net
@@ -359,5 +325,8 @@ def test_uv_exclude_newer_goes_by_the_published_upload_time(
             new.name: "2025-03-01T00:00:00.000000Z",
         }
 
-        assert _uv_install(tmp_path, "venv-old", index, "--exclude-newer", "2024-06-01") == "1.0"
-        assert _uv_install(tmp_path, "venv-new", index) == "2.0"
+        assert (
+            uv_install(tmp_path, "venv-old", index, "oldpkg", "--exclude-newer", "2024-06-01")
+            == "1.0"
+        )
+        assert uv_install(tmp_path, "venv-new", index, "oldpkg") == "2.0"

@@ -27,6 +27,7 @@ from p2pkg.errors import (
     StoreError,
     TrustError,
     UpstreamError,
+    first_p2pkg_error,
     local_error,
 )
 
@@ -100,8 +101,6 @@ def errors_as_exit() -> Iterator[None]:
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
-    from p2pkg.roles.client import first_p2pkg_error
-
     found = first_p2pkg_error(group)
     if found is not group:
         return found

@@ -34,6 +34,20 @@ class Sink(Protocol):
         ...
 
 
+class BytesSink:
+    """Collects a whole body of known, bounded size in memory (``data[:filled]``)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.filled = 0
+
+    def buffer(self) -> memoryview:
+        return memoryview(self.data)[self.filled :]
+
+    def advance(self, n: int) -> None:
+        self.filled += n
+
+
 class SinkDone(Exception):
     """Raised by a sink that needs no more bytes (the rest is discarded)."""
 
@@ -71,4 +85,4 @@ class Link(Protocol):
         ...
 
 
-__all__ = ["Link", "Sink", "SinkDone"]
+__all__ = ["BytesSink", "Link", "Sink", "SinkDone"]

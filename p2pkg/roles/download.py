@@ -54,7 +54,7 @@ from pathlib import Path
 import anyio
 import blake3
 
-from p2pkg.core.link import Link, SinkDone
+from p2pkg.core.link import BytesSink, Link, SinkDone
 from p2pkg.core.objects import FileManifest
 from p2pkg.core.peers import PeerBook
 from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
@@ -144,22 +144,6 @@ class _SpanSink:
                 raise SinkDone  # a duplicate finished this span first
         self.i += 1
         self.filled = 0
-
-
-class _RangeSink:
-    """Collects one span of known size (checked chunk by chunk once complete)."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-        self.filled = 0
-
-    def buffer(self) -> memoryview:
-        if self.filled >= len(self.data):
-            raise SinkDone
-        return memoryview(self.data)[self.filled :]
-
-    def advance(self, n: int) -> None:
-        self.filled += n
 
 
 class _PrefixHasher:
@@ -441,7 +425,7 @@ class FileDownloader:
         lo, hi = offsets[first], offsets[last] + manifest.chunks[last].length
         problems: list[str] = []
         for record in self.book.live(self.clock()):
-            sink = _RangeSink(hi - lo)
+            sink = BytesSink(hi - lo)
             try:
                 await self.links(record.url).span(manifest.blake3, lo, hi, manifest.size, sink)
             except PeerError as exc:

@@ -304,6 +304,11 @@ class RootFollower:
         """Wake :meth:`follow` now (a push said there is a new root)."""
         self._wake.set()
 
+    @property
+    def announced(self) -> int:
+        """The newest root version a push named (0: none yet)."""
+        return self._announced
+
     def pushed(self, frame: bytes, peer: str) -> bool:
         """A push from ``peer``: a signed root frame, or empty ("poll now"); True if it pokes.
 

@@ -71,16 +71,21 @@ async def mirror_freshness(
 
     async def one(url: str) -> None:
         # That mirror alone: its root, its tree, its objects (nothing learned).
-        session = Session(pinned, [url], learn_mirrors=False, persist_roots=False)
+        session = Session(pinned, [url], learn_mirrors=False)
         try:
             with anyio.fail_after(timeout):
                 theirs = await session.refresh_root()
-                held: dict[str, bytes | None] = {}
-                for name in names:
-                    try:
-                        held.update(_ids(await session.projects([name])))
-                    except P2pkgError:
-                        held[name] = None  # a partial mirror without that subtree
+                try:  # one walk for all the projects, a batch per tree level
+                    held = _ids(await session.projects(names)) if names else {}
+                except P2pkgError:
+                    # A partial mirror lacks some subtree: ask name by name to
+                    # tell which projects it can serve.
+                    held = {}
+                    for name in names:
+                        try:
+                            held.update(_ids(await session.projects([name])))
+                        except P2pkgError:
+                            held[name] = None
         except (P2pkgError, TimeoutError) as exc:
             out[url] = MirrorFreshness(url, error=str(exc) or "timed out")
             return

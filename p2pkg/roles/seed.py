@@ -29,7 +29,6 @@ import anyio
 from anyio.abc import TaskStatus
 
 from p2pkg.core.objects import FileManifest, ObjectId, decode_as, normalize_name
-from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import TrustedRoot
 from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
 from p2pkg.errors import FetchError, LocalError, P2pkgError, first_p2pkg_error
@@ -40,7 +39,7 @@ from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.disk import DiskCondition
-from p2pkg.roles.follow import FollowState, open_root
+from p2pkg.roles.follow import FollowState
 from p2pkg.roles.links import Peer
 from p2pkg.roles.session import Session
 from p2pkg.roles.subscriptions import Subscriptions, keep_subscribed
@@ -190,9 +189,9 @@ class Seeder:
 
     async def _notified(self, body: bytes, peer: str) -> None:
         """A push: a root (zstd frame) or an empty body meaning "poll now"."""
-        if self.follower.pushed(body, peer) and body:
-            version = decode_signed_root(open_root(body))[1].version
-            self.freshness.upstream_version = max(self.freshness.upstream_version or 0, version)
+        if self.follower.pushed(body, peer):
+            announced = self.follower.announced
+            self.freshness.upstream_version = max(self.freshness.upstream_version or 0, announced)
 
     async def sync_once(self) -> bool:
         """Catch up with the newest root upstream; True if a new root was synced."""

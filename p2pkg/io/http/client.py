@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from p2pkg.core.link import Sink, SinkDone
+from p2pkg.core.link import BytesSink, Sink, SinkDone
 from p2pkg.errors import BadDataError, P2pkgError, ProtocolError, TooSlowError, TransportError
 from p2pkg.io.http import wire
 
@@ -54,20 +54,6 @@ class ClientConfig:
     def has_floor(self) -> bool:
         """Whether bodies and heads are held to ``min_rate`` (both settings positive)."""
         return self.min_rate > 0 and self.rate_window > 0
-
-
-class BytesSink:
-    """Collects a whole body of known, bounded size."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-        self.filled = 0
-
-    def buffer(self) -> memoryview:
-        return memoryview(self.data)[self.filled :]
-
-    def advance(self, n: int) -> None:
-        self.filled += n
 
 
 class SkipSink:
