@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
+from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -34,42 +34,66 @@ def simulate(
     have: set[int] = frozenset(),  # type: ignore[assignment]
     seed: int = 1,
     max_steps: int = 100_000,
+    *,
+    known: dict[str, float] | None = None,
+    config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
+    learn: bool = True,
 ) -> tuple[Scheduler, float]:
-    """Discrete-event run: each span takes latency + bytes/rate on its peer."""
+    """Discrete-event run at flow level: a span's body starts ``latency`` after
+    its request, and a peer's rate is shared fairly by its bodies in flight.
+
+    ``known``: latencies the peer book already measured; ``learn``: report
+    each span's first byte, so the scheduler learns latencies as it goes.
+    """
     rng = random.Random(seed)
-    s = Scheduler(lengths(total), have, [(n, 0) for n in peers], now=0.0)
+    s = Scheduler(
+        lengths(total), have, [(n, 0) for n in peers], now=0.0, config=config, latencies=known
+    )
     now = 0.0
-    inflight: list[tuple[float, str, Span]] = []
+    # span id -> [peer, span, body starts at, bytes left]
+    flows: dict[int, list] = {}  # type: ignore[type-arg]
     for _ in range(max_steps):
         if s.complete:
             return s, now
         assert not s.failed(), f"seed={seed}: failed with peers {s.peer_summary()}"
         for name in s.ready_peers(now):
             while (span := s.assign(name, now)) is not None:
-                p = peers[name]
-                busy = sum(1 for _, n, _ in inflight if n == name) + 1
-                dt = p.latency + (span.stop - span.start) / (p.rate / busy)
-                inflight.append((now + dt * rng.uniform(0.9, 1.1), name, span))
+                lat = peers[name].latency * rng.uniform(0.9, 1.1)
+                flows[span.id] = [name, span, now + lat, span.stop - span.start]
+
+        def sharing(name: str, at: float) -> int:
+            return sum(1 for f in flows.values() if f[0] == name and f[2] <= at)
+
+        events = [f[2] for f in flows.values() if f[2] > now]
+        events += [
+            now + f[3] * sharing(f[0], now) / peers[f[0]].rate
+            for f in flows.values()
+            if f[2] <= now
+        ]
         wake = s.next_wakeup(now)
-        if not inflight:
-            assert wake is not None, "stuck: nothing in flight and nothing to wait for"
-            now = wake
-            continue
-        inflight.sort(key=lambda x: x[0])
-        if wake is not None and wake < inflight[0][0]:
-            now = wake  # a timer fires before the next request ends
-            continue
-        t, name, span = inflight.pop(0)
+        if wake is not None:
+            events.append(wake)
+        assert events, "stuck: nothing in flight and nothing to wait for"
+        t = min(events)
+        for f in flows.values():  # bodies move at their fair share until t
+            if f[2] <= now:
+                f[3] -= (t - now) * peers[f[0]].rate / sharing(f[0], now)
         now = t
-        p = peers[name]
-        if p.fail is not None:
-            s.span_failed(name, span, now, p.fail, retry_after=0.5)
-        elif p.bad_chunk:
-            s.span_failed(name, span, now, Failure.BAD)
-        else:
-            for i in range(span.first, span.end):
-                s.chunk_done(name, i)
-            s.span_finished(name, span, now, span.stop - span.start)
+        for sid, (name, span, body_at, left) in list(flows.items()):
+            p = peers[name]
+            if body_at == now:
+                if p.fail is not None or p.bad_chunk:
+                    del flows[sid]
+                    failure = Failure.BAD if p.bad_chunk else p.fail
+                    assert failure is not None
+                    s.span_failed(name, span, now, failure, retry_after=0.5)
+                elif learn:
+                    s.first_byte(name, span, now)
+            elif body_at < now and left <= 1e-6 * total:
+                del flows[sid]
+                for i in range(span.first, span.end):
+                    s.chunk_done(name, i)
+                s.span_finished(name, span, now, span.stop - span.start)
     raise AssertionError("did not finish")
 
 
@@ -231,3 +255,55 @@ def test_a_peer_too_slow_gets_the_smallest_spans_then_is_dropped_saying_why() ->
     assert s.failed()
     dropped = str(s.peer_summary()["slow"]["dropped"])
     assert "failed 4 times in a row" in dropped and "too slow: 1 B/s" in dropped
+
+
+@pytest.mark.parametrize("rtt", [0.02, 0.04, 0.08, 0.15])
+def test_long_links_keep_several_spans_in_flight(rtt: float) -> None:
+    """A round trip per span would idle each link; pipelined requests cover it.
+
+    What is left: the first round trip, one more before the first rate is
+    measured, and the endgame's last round trip.
+    """
+    peers = {n: SimPeer(25 * MiB, latency=rtt) for n in "abcd"}
+    _, one_at_a_time = simulate(256 * MiB, peers, learn=False)
+    s, t = simulate(256 * MiB, peers)
+    ideal = 256 / 100
+    assert t < ideal * 1.05 + 2 * rtt, (t, one_at_a_time)
+    assert t < one_at_a_time - 4 * rtt
+    for p in s.peers.values():
+        assert p.latency == pytest.approx(rtt, rel=0.1)
+        assert p.rate == pytest.approx(25 * MiB, rel=0.15)  # the round trip is not slowness
+
+
+def test_short_links_keep_one_span_in_flight() -> None:
+    s = Scheduler(lengths(64 * MiB), (), [("lan", 0)], 0.0, latencies={"lan": 0.0005})
+    assert s.assign("lan", 0.0) is not None
+    for t in (0.0, 0.4, 0.6, 5.0):  # 0.5 ms x 8 MiB/s: never worth a second request
+        assert s.assign("lan", t) is None
+
+
+def test_the_next_request_leaves_one_latency_before_the_link_frees() -> None:
+    rates = {"far": 10 * MiB}
+    s = Scheduler(lengths(64 * MiB), (), [("far", 0)], 0.0, rates=rates, latencies={"far": 0.1})
+    first = s.assign("far", 0.0)
+    assert first is not None  # 10 MiB: its body should arrive from 0.1 s to 1.1 s
+    assert s.assign("far", 0.9) is None
+    assert s.next_wakeup(0.9) == pytest.approx(1.0)
+    assert s.assign("far", 1.0) is not None
+
+
+def test_in_flight_spans_are_bounded() -> None:
+    cfg = ScheduleConfig()
+    s = Scheduler(lengths(256 * MiB), (), [("far", 0)], 0.0, latencies={"far": 5.0})
+    got = [s.assign("far", 100.0 * i) for i in range(cfg.max_slots + 2)]
+    assert sum(span is not None for span in got) == cfg.max_slots
+
+
+def test_the_first_span_goes_to_the_nearest_peer_of_the_best_tier() -> None:
+    """Latency orders peers before any rate is known (the prefix streams first)."""
+    peers = [("far", 1), ("near", 1), ("dht-near", 2)]
+    lat = {"far": 0.15, "near": 0.01, "dht-near": 0.001}
+    s = Scheduler(lengths(64 * MiB), (), peers, 0.0, latencies=lat)
+    assert s.ready_peers(0.0) == ["near", "far", "dht-near"]
+    first = s.assign(s.ready_peers(0.0)[0], 0.0)
+    assert first is not None and first.start == 0

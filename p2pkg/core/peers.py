@@ -129,6 +129,10 @@ class PeerBook:
         """Measured rates, to seed a scheduler's first spans."""
         return {r.url: r.rate for r in self._peers.values() if r.rate > 0}
 
+    def latencies(self) -> dict[str, float]:
+        """Measured latencies (seconds to a first byte), to order a scheduler's first spans."""
+        return {r.url: r.latency for r in self._peers.values() if r.latency is not None}
+
     def backoffs(self, now: float) -> dict[str, float]:
         """Peers backed off at ``now`` and until when (a scheduler defers them)."""
         return {

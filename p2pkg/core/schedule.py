@@ -5,7 +5,24 @@ needs about ``target_span_seconds`` for it at its measured rate (bounded by
 ``min_span`` / ``max_span``; a small file is one span). The verification unit
 is the chunk: the shell reports each verified chunk with :meth:`chunk_done`.
 
-Peers have ``slots`` concurrent spans. Failures are classified:
+Peers have ``slots`` concurrent spans. On a long link a request waits a
+round trip before its first byte, which would leave the link idle once
+per span; so when a peer's latency is worth a real share of its
+bandwidth (``latency × rate`` of at least ``pipeline_bytes``) its next
+span is *pipelined*: requested one latency before the bytes already asked
+of it should have arrived (the scheduler keeps each peer's expected
+``queue_end``), up to ``max_slots`` in flight — the link stays busy and
+each body still gets the whole of it. Latency and rate are learned within
+the file: the latency from each span's first byte (:meth:`first_byte`),
+the rate from the time each body took after its first byte (or after the
+peer's previous body ended), so a round trip is not counted as slowness.
+
+Ready peers are taken in tier order, then by when they should deliver a
+span (latency plus the span at their rate), so the file's first spans —
+the prefix a cache streams to an installer — go to the nearest fast peer
+even before any rate is known.
+
+Failures are classified:
 
 * ``busy`` (503): the peer is skipped until its Retry-After has passed;
 * ``absent`` (404): the peer does not hold the file; never asked again here;
@@ -34,6 +51,7 @@ timing exactly.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -45,12 +63,18 @@ class ScheduleConfig:
     min_span: int = 512 * 1024
     max_span: int = 32 * 1024 * 1024
     initial_span: int = 4 * 1024 * 1024
-    slots: int = 1
+    slots: int = 1  # spans in flight per peer on a short link
+    max_slots: int = 4  # ... and at most this many on a long one
+    # In-flight spans are added once a round trip costs a peer this many bytes
+    # of transfer (latency × rate): on loopback or a LAN one span is enough.
+    pipeline_bytes: int = 256 * 1024
+    assumed_latency: float = 0.0  # for a peer whose latency is not measured yet
     max_failures: int = 4
     backoff: float = 0.25
     backoff_cap: float = 8.0
     busy_cap: float = 30.0
     rate_alpha: float = 0.5  # EWMA weight of the newest throughput sample
+    latency_alpha: float = 0.3  # ... and of the newest latency sample
     # Endgame: duplicate a span only if an idle peer should finish its rest this
     # many times sooner than its owner. An owner is judged by its progress on the
     # span once overdue, or unmeasured and running for stall_after.
@@ -85,7 +109,11 @@ class PeerState:
     name: str
     tier: int = 0  # lower is preferred (LAN 0, configured 1, DHT 2)
     rate: float = 0.0  # bytes/s, EWMA over finished spans
+    latency: float | None = None  # seconds to a span's first byte (the peer book's)
     inflight: dict[int, float] = field(default_factory=dict)  # span id -> start time
+    first_bytes: dict[int, float] = field(default_factory=dict)  # span id -> first byte time
+    queue_end: float = 0.0  # when the bytes asked of it should all have arrived
+    last_end: float = float("-inf")  # when its last body ended
     failures: int = 0
     not_before: float = 0.0
     deferred_until: float = 0.0  # backed off by the peer book: only if nobody else can
@@ -105,10 +133,13 @@ class Scheduler:
         config: ScheduleConfig = ScheduleConfig(),
         rates: Mapping[str, float] | None = None,
         deferred: Mapping[str, float] | None = None,
+        latencies: Mapping[str, float] | None = None,
     ) -> None:
         """``rates``: throughput measured on earlier files (the peer book), so the
         first spans are sized for the peer instead of ``initial_span``.
-        ``deferred``: peers the book has backed off, and until when."""
+        ``deferred``: peers the book has backed off, and until when.
+        ``latencies``: measured seconds to a first byte (orders the first
+        assignment and sets spans in flight on long links)."""
         self.config = config
         self.lengths = list(lengths)
         self.offsets = [0, *itertools.accumulate(self.lengths)]
@@ -120,8 +151,15 @@ class Scheduler:
         self.cover = [0] * len(self.lengths)  # in-flight spans covering each chunk
         known = rates or {}
         later = deferred or {}
+        lat = latencies or {}
         self.peers = {
-            name: PeerState(name, tier, known.get(name, 0.0), deferred_until=later.get(name, 0.0))
+            name: PeerState(
+                name,
+                tier,
+                known.get(name, 0.0),
+                lat.get(name),
+                deferred_until=later.get(name, 0.0),
+            )
             for name, tier in peers
         }
         self.spans: dict[int, tuple[str, Span]] = {}
@@ -148,18 +186,44 @@ class Scheduler:
         )
 
     def ready_peers(self, now: float) -> list[str]:
-        """Peers that could take a span now, best first (tier, then rate)."""
+        """Peers that could take a span now, best first.
+
+        By tier, then by when each should deliver a span of its size
+        (latency plus transfer at its rate, or the assumed ones).
+        """
         ready = [p for p in self.peers.values() if self._ready(p, now)]
-        ready.sort(key=lambda p: (p.tier, -p.rate))
+        ready.sort(key=lambda p: (p.tier, self._delivery(p, self._span_bytes(p))))
         return [p.name for p in ready]
+
+    def _latency(self, peer: PeerState) -> float:
+        return self.config.assumed_latency if peer.latency is None else peer.latency
+
+    def _rate(self, peer: PeerState) -> float:
+        return peer.rate if peer.rate > 0 else self.config.assumed_rate
+
+    def _delivery(self, peer: PeerState, nbytes: int) -> float:
+        """Seconds ``peer`` should take to deliver ``nbytes`` from a new request."""
+        return self._latency(peer) + nbytes / self._rate(peer)
 
     def _ready(self, peer: PeerState, now: float) -> bool:
         return (
             self.usable(peer)
             and now >= peer.not_before
-            and len(peer.inflight) < self._slots(peer)
+            and self._has_room(peer, now)
             and not self._deferred(peer, now)
         )
+
+    def _has_room(self, peer: PeerState, now: float) -> bool:
+        """Another span now: a free slot, or time to pipeline the next request."""
+        if len(peer.inflight) < self._slots(peer):
+            return True
+        return len(peer.inflight) < self.config.max_slots and now >= self._pipeline_at(peer)
+
+    def _pipeline_at(self, peer: PeerState) -> float:
+        """When the next request should leave so its bytes follow the queued ones."""
+        if self._latency(peer) * self._rate(peer) < self.config.pipeline_bytes:
+            return math.inf  # one round trip costs less than it is worth
+        return peer.queue_end - self._latency(peer)
 
     def _deferred(self, peer: PeerState, now: float) -> bool:
         """Backed off by the book while some other peer can still work."""
@@ -181,6 +245,13 @@ class Scheduler:
             for t in (p.not_before, p.deferred_until)
             if t > now
         ]
+        times += [
+            t
+            for p in self.peers.values()
+            if p.inflight and self.usable(p)
+            for t in (self._pipeline_at(p),)
+            if now < t < math.inf
+        ]
         if self.spans and self.ready_peers(now):
             times.append(now + self.config.endgame_poll)
         return min(times) if times else None
@@ -191,7 +262,12 @@ class Scheduler:
 
     def peer_summary(self) -> dict[str, dict[str, object]]:
         return {
-            p.name: {"rate": p.rate, "received": p.received, "dropped": p.dropped}
+            p.name: {
+                "rate": p.rate,
+                "latency": p.latency,
+                "received": p.received,
+                "dropped": p.dropped,
+            }
             for p in self.peers.values()
         }
 
@@ -218,6 +294,8 @@ class Scheduler:
         for i in range(span.first, span.end):
             self.cover[i] += 1
         peer.inflight[span.id] = now
+        body_from = max(now + self._latency(peer), peer.queue_end)
+        peer.queue_end = body_from + (span.stop - span.start) / self._rate(peer)
         self.spans[span.id] = (name, span)
         return span
 
@@ -270,7 +348,7 @@ class Scheduler:
             if not left_bytes:
                 continue
             owner_eta = self._owner_eta(self.peers[owner_name], span, left_bytes, now)
-            mine = left_bytes / (peer.rate if peer.rate > 0 else self.config.assumed_rate)
+            mine = self._delivery(peer, left_bytes)
             saved = owner_eta - mine
             if owner_eta > self.config.endgame_factor * mine and (best is None or saved > best[0]):
                 best = (saved, sid, span)
@@ -302,23 +380,49 @@ class Scheduler:
 
     def _release(self, name: str, span: Span) -> float:
         self.spans.pop(span.id, None)
-        started = self.peers[name].inflight.pop(span.id, 0.0)
+        peer = self.peers[name]
+        peer.first_bytes.pop(span.id, None)
+        started = peer.inflight.pop(span.id, 0.0)
         for i in range(span.first, span.end):
             self.cover[i] -= 1
             if not self.done[i] and not self.cover[i]:
                 self._hint = min(self._hint, i)
         return started
 
-    def span_finished(self, name: str, span: Span, now: float, received: int) -> None:
-        """The request for ``span`` ended normally after ``received`` body bytes."""
-        started = self._release(name, span)
+    def first_byte(self, name: str, span: Span, now: float) -> None:
+        """The first body byte of ``span`` came: the wait since its request is ``name``'s
+        latency (learned within the file, so pipelining follows it)."""
         peer = self.peers[name]
+        started = peer.inflight.get(span.id)
+        if started is None or now < started:
+            return
+        peer.first_bytes[span.id] = now
+        sample = now - started
+        a = self.config.latency_alpha
+        peer.latency = sample if peer.latency is None else a * sample + (1 - a) * peer.latency
+
+    def span_finished(self, name: str, span: Span, now: float, received: int) -> float:
+        """The request for ``span`` ended normally after ``received`` body bytes.
+
+        Returns the seconds its body had the peer to itself: from its first
+        byte, or from the end of the peer's previous body if that came later
+        (a pipelined span), so a round trip does not count as slowness. A
+        span whose body mostly overlapped another's gives no rate sample.
+        """
+        peer = self.peers[name]
+        first = peer.first_bytes.get(span.id)
+        started = self._release(name, span)
         peer.failures = 0
-        elapsed = now - started
-        if received >= 64 * 1024 and elapsed > 0:
+        whole = now - started
+        elapsed = now - max(started, peer.last_end, first if first is not None else started)
+        peer.last_end = now
+        if not peer.inflight:
+            peer.queue_end = now
+        if received >= 64 * 1024 and elapsed > 0 and elapsed >= 0.25 * whole:
             sample = received / elapsed
             a = self.config.rate_alpha
             peer.rate = sample if peer.rate <= 0 else a * sample + (1 - a) * peer.rate
+        return elapsed if elapsed > 0 else whole
 
     def span_failed(
         self,
@@ -338,6 +442,8 @@ class Scheduler:
         """
         self._release(name, span)
         peer = self.peers[name]
+        if not peer.inflight:
+            peer.queue_end = now
         cfg = self.config
         match failure:
             case Failure.BUSY:

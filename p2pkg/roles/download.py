@@ -15,8 +15,9 @@ honest peer needs (the scheduler duplicates its span within
 ``stall_after``).
 
 Every chunk is checked against its BLAKE3 id before it touches the disk
-(docs/protocol.md §2.2), and the destination is written only when every
-chunk has been (temp name, fsync, rename). That is the whole check: the
+(docs/protocol.md §2.2) — in batches on a second core
+(:mod:`p2pkg.roles.chunk_writer`) — and the destination is written only
+when every chunk has been (temp name, fsync, rename). That is the whole check: the
 chunk list comes from a manifest reachable from the signed root, and the
 master computed the chunk list, sha256 and BLAKE3 in one pass over the same
 bytes at publish, so re-hashing the whole file would check nothing more
@@ -54,7 +55,7 @@ from pathlib import Path
 import anyio
 import blake3
 
-from p2pkg.core.link import BytesSink, Link, SinkDone
+from p2pkg.core.link import BytesSink, Link
 from p2pkg.core.objects import FileManifest
 from p2pkg.core.peers import PeerBook
 from p2pkg.core.schedule import Failure, ScheduleConfig, Scheduler, Span
@@ -74,6 +75,7 @@ from p2pkg.errors import (
 from p2pkg.io.fsutil import copy_atomic, fsync_path, pwrite_all
 from p2pkg.io.ingest import Hashed
 from p2pkg.io.store import Store
+from p2pkg.roles.chunk_writer import ChunkWriter, SpanSink
 
 log = logging.getLogger(__name__)
 
@@ -92,58 +94,6 @@ class FetchStats:
     from_local: int = 0  # chunks reused from the partial file or the store
     seconds: float = 0.0
     peers: dict[str, dict[str, object]] = field(default_factory=dict)
-
-
-class _SpanSink:
-    """Receives one span: verifies each chunk, writes it at its offset."""
-
-    def __init__(
-        self,
-        ctx: _Download,
-        peer: str,
-        span: Span,
-    ) -> None:
-        self.ctx = ctx
-        self.peer = peer
-        self.span = span
-        self.i = span.first
-        self.filled = 0
-        self.received = 0
-        self.started = 0.0  # when its request was sent (the downloader's clock)
-        lengths = ctx.sched.lengths
-        self.buf = bytearray(max(lengths[span.first : span.end]))
-        self.view = memoryview(self.buf)
-
-    def buffer(self) -> memoryview:
-        return self.view[self.filled : self.ctx.sched.lengths[self.i]]
-
-    def advance(self, n: int) -> None:
-        ctx = self.ctx
-        self.filled += n
-        self.received += n
-        length = ctx.sched.lengths[self.i]
-        if self.filled < length:
-            return
-        chunk = self.view[:length]
-        index = self.i
-        if not ctx.sched.done[index]:
-            # docs/protocol.md §2.2: a chunk is accepted only if it hashes to its id.
-            if blake3.blake3(chunk).digest() != ctx.manifest.chunks[index].id:
-                raise BadDataError(
-                    self.peer, f"chunk {index} of {ctx.manifest.filename} failed verification"
-                )
-            # Raised here, inside the link's read loop: a LocalError is a
-            # P2pkgError, so the link passes it through unchanged (it maps
-            # only its own socket failures) and the downloader aborts.
-            with local_io(ctx.path, "writing"):
-                pwrite_all(ctx.fd, chunk, ctx.sched.offsets[index])
-            ctx.chunk_verified(self.peer, index)
-        else:
-            ctx.sched.chunk_done(self.peer, index)
-            if not ctx.sched.still_needed(self.span):
-                raise SinkDone  # a duplicate finished this span first
-        self.i += 1
-        self.filled = 0
 
 
 class _PrefixHasher:
@@ -251,9 +201,18 @@ class _Download:
         self.done_bytes = sum(s.lengths[i] for i in range(len(s.lengths)) if s.done[i])
         self._advance_prefix()
 
+    def is_done(self, index: int) -> bool:
+        return bool(self.sched.done[index])
+
+    def needed(self, first: int, end: int) -> bool:
+        done = self.sched.done
+        return any(not done[i] for i in range(first, end))
+
     def chunk_verified(self, peer: str, index: int) -> None:
+        """Chunk ``index`` from ``peer`` was verified and written (maybe a second copy)."""
+        if not self.sched.chunk_done(peer, index):
+            return  # another peer's copy came first
         length = self.sched.lengths[index]
-        self.sched.chunk_done(peer, index)
         self.stats.from_network += length
         self.done_bytes += length
         if index == self.prefix:
@@ -473,25 +432,61 @@ class FileDownloader:
             self.schedule_config,
             rates=self.book.rates(),
             deferred=self.book.backoffs(now),
+            latencies=self.book.latencies(),
         )
         ctx = _Download(manifest, fd, partial, sched, stats, progress, hasher, watch)
         ctx.start()
+        writer = ChunkWriter(
+            fd,
+            partial,
+            manifest.filename,
+            [c.id for c in manifest.chunks],
+            sched.offsets,
+            ctx.chunk_verified,
+            ctx.is_done,
+            threaded=manifest.size > SMALL_FILE,
+        )
+        try:
+            await self._run_spans(manifest, sched, ctx, writer, stats)
+        finally:
+            writer.close()  # no write to the partial file after this
+
+    async def _run_spans(
+        self,
+        manifest: FileManifest,
+        sched: Scheduler,
+        ctx: _Download,
+        writer: ChunkWriter,
+        stats: FetchStats,
+    ) -> None:
         wake = anyio.Event()
         clock = self.clock
         fatal: LocalError | None = None
-        running: dict[int, _SpanSink] = {}  # span id -> its sink, while its request runs
+        # span id -> (span, its sink), while its request runs
+        running: dict[int, tuple[Span, SpanSink]] = {}
 
         async def run(peer: str, span: Span) -> None:
             nonlocal wake, fatal
-            sink = _SpanSink(ctx, peer, span)
+
+            def first_byte(t: float) -> None:
+                sched.first_byte(peer, span, t)
+                wake.set()  # a long link may now take more spans in flight
+
+            sink = SpanSink(
+                writer, peer, span.first, span.end, sched.offsets, ctx.needed, clock, first_byte
+            )
             started = sink.started = clock()
-            running[span.id] = sink
+            running[span.id] = (span, sink)
             try:
                 link = self.links(peer)
                 await link.span(manifest.blake3, span.start, span.stop, manifest.size, sink)
+                await sink.settle()  # its last batches verified and written
                 now = clock()
-                sched.span_finished(peer, span, now, sink.received)
-                self.book.observe_transfer(peer, sink.received, now - started)
+                # Seconds of the peer's whole bandwidth (spans in flight share it).
+                seconds = sched.span_finished(peer, span, now, sink.received)
+                self.book.observe_transfer(peer, sink.received, seconds)
+                if sink.first_byte is not None:  # the round trip, for the next spans
+                    self.book.observe_latency(peer, sink.first_byte - started)
             except PeerBusyError as exc:
                 log.info("peer %s is busy (503), retry after %gs", peer, exc.retry_after)
                 sched.span_failed(peer, span, clock(), Failure.BUSY, exc.retry_after)
@@ -546,15 +541,14 @@ class FileDownloader:
             summary = "; ".join(f"{n}: {s['dropped']}" for n, s in stats.peers.items())
             raise FetchError(f"no peer could deliver {manifest.filename} ({summary})")
 
-    def _outrun(self, running: dict[int, _SpanSink]) -> None:
+    def _outrun(self, running: dict[int, tuple[Span, SpanSink]]) -> None:
         """Back off the peers whose spans duplicates finished while they still sent.
 
         A trickling peer that the floor did not cut off (the file was done
         first) is still far slower than the rest: the next file defers it.
         """
         now = self.clock()
-        for sink in running.values():
-            span = sink.span
+        for span, sink in running.values():
             if span.duplicate or sink.received >= span.stop - span.start:
                 continue  # a duplicate that lost, or an owner that just finished
             rate = sink.received / max(now - sink.started, 1e-6)
