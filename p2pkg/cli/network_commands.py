@@ -158,6 +158,16 @@ def seed(
     show_default=True,
     help="Announce this cache with DNS-SD (_p2pkg._tcp) and use other caches found there.",
 )
+@click.option(
+    "--read-ahead",
+    type=click.IntRange(0, 10_000),
+    default=64,
+    show_default=True,
+    metavar="N",
+    help="When a project page is served, fetch up to N projects of its dependency "
+    "closure (pages, metadata, the archive an installer here would pick) before "
+    "installers ask for them; 0 turns it off.",
+)
 @lan_interface_option
 @dht_options
 def cache(
@@ -170,6 +180,7 @@ def cache(
     max_size: int | None,
     refresh: int,
     lan: bool,
+    read_ahead: int,
     lan_interfaces: tuple[str, ...],
     dht_listen: str | None,
     dht_bootstrap: tuple[str, ...],
@@ -198,6 +209,7 @@ def cache(
         max_size=max_size,
         lan=lan,
         lan_interfaces=lan_interfaces or None,
+        read_ahead=read_ahead,
     )
 
     from p2pkg.io.dht_service import STATE_FILE

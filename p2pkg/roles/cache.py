@@ -58,6 +58,7 @@ from p2pkg.roles.cache_http import CacheRoutes
 from p2pkg.roles.discover import trust_key
 from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.links import Peer
+from p2pkg.roles.readahead import ReadAhead, ReadAheadConfig
 from p2pkg.roles.session import Session
 from p2pkg.roles.subscriptions import keep_subscribed
 
@@ -75,6 +76,9 @@ class CacheConfig:
     lan: bool = False  # announce on, and discover other caches from, the LAN (DNS-SD)
     lan_interfaces: tuple[str, ...] | None = None  # None: every interface
     subscribe: bool = True  # ask the configured peers to push new roots (§6.6)
+    # Projects fetched ahead of installers from one page served (their
+    # dependency closure: pages, metadata, likely archives); 0 turns it off.
+    read_ahead: int = 64
 
 
 class Live:
@@ -101,6 +105,10 @@ class Live:
 
     async def wait_beyond(self, sent: int) -> None:
         while not (self.prefix > sent or self.done):
+            await self._event.wait()
+
+    async def wait_done(self) -> None:
+        while not self.done:
             await self._event.wait()
 
 
@@ -163,6 +171,7 @@ class Cache:
         self.by_blake3: dict[bytes, FileManifest] = {}  # archives signed manifests name
         self.signed_ids: set[ObjectId] = set()  # ids below objects served (may be pulled)
         self.on_new_file: Callable[[], None] | None = dht.poke if dht is not None else None
+        self.read_ahead = ReadAhead(self, ReadAheadConfig(projects=config.read_ahead))
         self._tg: TaskGroup | None = None
 
     @property
@@ -268,6 +277,11 @@ class Cache:
         if content_id not in (manifest.blake3, oid):
             return None
         return manifest
+
+    def page_served(self, name: str, manifests: list[FileManifest], version: int) -> None:
+        """An installer got ``name``'s page: fetch what it will ask next (read-ahead)."""
+        if self._tg is not None:
+            self.read_ahead.page_served(name, manifests, version, self._tg)
 
     async def project_names(self) -> list[str]:
         await self.trusted()
@@ -383,6 +397,9 @@ class Cache:
             "bytes_served_from_cache": self.stats.bytes_from_cache,
             "bytes_fetched": self.stats.bytes_fetched,
             "bytes_total": served,
+            # fetched before an installer asked (dependency closures of pages served)
+            "read_ahead_projects": self.read_ahead.stats.projects,
+            "read_ahead_archives": self.read_ahead.stats.archives,
             "downloads_in_progress": len(self.live),
             "evicted": self.stats.evicted,
             "failed_downloads": self.stats.failed_downloads,

@@ -218,6 +218,11 @@ class CacheRoutes:
             return await ex.reply(404, b"no such project")
         render = simple.project_json if media == simple.JSON_V1 else simple.project_html
         body = render(name, manifests, project.status, project.status_reason)
+        trusted = self.cache.session.trusted
+        if trusted is not None and project.status != "quarantined":
+            # The installer's next requests (this release's metadata and archive,
+            # its dependencies' pages): fetched while this answer travels.
+            self.cache.page_served(name, manifests, trusted.version)
         return await self._page(ex, body, media)
 
     async def _page(self, ex: Exchange, body: bytes, media: str) -> bool:

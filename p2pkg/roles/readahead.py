@@ -1,0 +1,136 @@
+"""Read-ahead for a cache: fetch a project's dependency closure when its page is served.
+
+See :mod:`p2pkg.core.readahead` for what is guessed and why. Here the
+guesses are fetched in the cache's task group, bounded three ways: at most
+``projects`` projects walked from one page (breadth first), ``walkers``
+projects resolved at once and ``downloads`` archives fetched at once; and
+under a size cap an archive is fetched ahead only if it fits beside what
+is held (a guess never evicts what installers fetched). A project is
+walked once per root version; a failure ends its branch and is logged,
+never reaching the installer whose page started the walk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+from packaging.tags import Tag
+
+from p2pkg.core.objects import Blob, FileManifest, decode_as
+from p2pkg.core.readahead import dependencies, likely_archives, metadata_source, newest_release
+from p2pkg.errors import LocalError, P2pkgError
+
+if TYPE_CHECKING:
+    from p2pkg.roles.cache import Cache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAheadConfig:
+    projects: int = 64  # projects walked from one page served (0: read-ahead off)
+    walkers: int = 8  # projects resolved at once
+    downloads: int = 4  # archives fetched at once
+
+
+@dataclass
+class ReadAheadStats:
+    projects: int = 0  # projects resolved ahead of the installer
+    archives: int = 0  # archive downloads started ahead of it
+
+
+class ReadAhead:
+    """Walks dependency closures for a :class:`~p2pkg.roles.cache.Cache`."""
+
+    def __init__(self, cache: Cache, config: ReadAheadConfig = ReadAheadConfig()) -> None:
+        self.cache = cache
+        self.config = config
+        self.stats = ReadAheadStats()
+        self._seen: set[str] = set()
+        self._version: int | None = None  # the root version _seen belongs to
+        self._walkers = anyio.CapacityLimiter(max(1, config.walkers))
+        self._downloads = anyio.CapacityLimiter(max(1, config.downloads))
+        self._tags: list[Tag] | None = None
+        self._env: dict[str, str] | None = None
+
+    def page_served(
+        self, name: str, manifests: Sequence[FileManifest], version: int, tg: TaskGroup
+    ) -> None:
+        """``name``'s page went out under root ``version``: walk its closure in ``tg``."""
+        if self.config.projects <= 0:
+            return
+        if version != self._version:  # new releases may need other dependencies
+            self._version = version
+            self._seen.clear()
+        if name in self._seen:
+            return
+        self._seen.add(name)
+        budget = [self.config.projects - 1]
+        tg.start_soon(self._visit, name, list(manifests), budget, tg)
+
+    async def _visit(
+        self,
+        name: str,
+        manifests: list[FileManifest] | None,
+        budget: list[int],
+        tg: TaskGroup,
+    ) -> None:
+        try:
+            async with self._walkers:
+                if manifests is None:
+                    manifests = await self.cache.project_manifests(name) or []
+                    self.stats.projects += 1
+                release = newest_release(manifests)
+                likely = likely_archives(release, self._interpreter_tags())
+                for archive in likely:
+                    if not self.cache.store.has_file(archive.blake3):
+                        tg.start_soon(self._download, archive)
+                source = metadata_source(release, likely)
+                if source is None or source.core_metadata is None:
+                    return
+                raw = await self.cache.session.get_object(source.core_metadata.blob)
+                wanted = dependencies(decode_as(raw, Blob).data, self._environment())
+        except P2pkgError as exc:
+            if isinstance(exc, LocalError):
+                self.cache.disk.note(exc)
+            log.info("read-ahead of %s stopped: %s", name, exc)
+            return
+        for dep in wanted:
+            if dep in self._seen or budget[0] <= 0:
+                continue
+            self._seen.add(dep)
+            budget[0] -= 1
+            tg.start_soon(self._visit, dep, None, budget, tg)
+
+    async def _download(self, manifest: FileManifest) -> None:
+        async with self._downloads:
+            if self.cache.store.has_file(manifest.blake3):
+                return
+            cap = self.cache.config.max_size
+            if cap is not None and self.cache.store.stats()[1] + manifest.size > cap:
+                return  # a guess never evicts what installers fetched
+            self.stats.archives += 1
+            # The cache's own live download: an installer asking meanwhile follows it.
+            await self.cache.download(manifest).wait_done()
+
+    def _interpreter_tags(self) -> list[Tag]:
+        if self._tags is None:
+            from packaging.tags import sys_tags
+
+            self._tags = list(sys_tags())
+        return self._tags
+
+    def _environment(self) -> dict[str, str]:
+        if self._env is None:
+            from packaging.markers import default_environment
+
+            self._env = {k: str(v) for k, v in default_environment().items()}
+        return self._env
+
+
+__all__ = ["ReadAhead", "ReadAheadConfig", "ReadAheadStats"]
