@@ -255,3 +255,45 @@ async def test_chunks_are_the_check_and_paranoid_re_hashes_the_whole_file(
             else:
                 path, _ = await downloader.fetch_file(odd, dest)
                 assert path.read_bytes() == data
+
+
+async def test_many_files_at_once_spread_over_the_peers(tmp_path: Path) -> None:
+    """Each file's scheduler sees what the others queued on each peer (the book)."""
+    rng = random.Random(5)
+    # Small files (no rate sample) from two peers the book measured alike.
+    files = [rng.randbytes(rng.randint(5_000, 60_000)) for _ in range(32)]
+    manifests = [manifest_of(d, f"f{i}-1.0-py3-none-any.whl") for i, d in enumerate(files)]
+    by_b3 = {m.blake3: d for m, d in zip(manifests, files, strict=True)}
+
+    class Holder(FakeLink):
+        """An honest peer holding every file; each request waits a round trip."""
+
+        async def span(self, blake3: bytes, start: int, stop: int, size: int, sink: Sink) -> None:
+            self.requests += 1
+            await anyio.sleep(0.005 if self.url == "peer-a" else 0.01)  # a is nearer
+            one = FakeLink(self.url, by_b3[blake3], "ok", self.rng)
+            await one.span(blake3, start, stop, size, sink)
+
+    links = {u: Holder(u, b"", "ok", random.Random(1)) for u in ("peer-a", "peer-b")}
+    book = PeerBook()
+    for url in links:
+        book.add(url, Tier.MIRROR)
+        book.observe_transfer(url, 10 << 20, 1.0)
+        book.observe_latency(url, 0.005 if url == "peer-a" else 0.01)
+    downloader = FileDownloader(links.__getitem__, book)
+    limiter = anyio.CapacityLimiter(16)
+
+    async def one(m: FileManifest) -> None:
+        async with limiter:
+            path, _ = await downloader.fetch_file(m, tmp_path)
+        assert path.read_bytes() == by_b3[m.blake3]
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for m in manifests:
+                tg.start_soon(one, m)
+    asked = sorted(link.requests for link in links.values())
+    assert sum(asked) == len(files)
+    # Without the book's queues every file went to the nearer peer: [0, 32].
+    assert asked[0] >= len(files) // 8, asked
+    assert not book.queues()  # every reservation released

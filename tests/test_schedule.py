@@ -307,3 +307,11 @@ def test_the_first_span_goes_to_the_nearest_peer_of_the_best_tier() -> None:
     assert s.ready_peers(0.0) == ["near", "far", "dht-near"]
     first = s.assign(s.ready_peers(0.0)[0], 0.0)
     assert first is not None and first.start == 0
+
+
+def test_a_peer_other_downloads_keep_busy_is_asked_after_an_idle_one() -> None:
+    """Several files at once spread over the peers instead of queueing on the first."""
+    s = Scheduler(lengths(200 * KiB), (), [("a", 1), ("b", 1)], 0.0, queued={"a": 2 * MiB})
+    assert s.ready_peers(0.0) == ["b", "a"]
+    s = Scheduler(lengths(200 * KiB), (), [("a", 1), ("b", 1)], 0.0, queued={"b": 2 * MiB})
+    assert s.ready_peers(0.0) == ["a", "b"]

@@ -62,6 +62,7 @@ class PeerRecord:
     # Asked after every other peer until then. None with failures: reported
     # without a time, so the back-off starts the next time the book is asked.
     backoff_until: float | None = None
+    queued: int = 0  # bytes asked of it by requests still running (every download)
 
 
 class PeerBook:
@@ -128,6 +129,23 @@ class PeerBook:
     def rates(self) -> dict[str, float]:
         """Measured rates, to seed a scheduler's first spans."""
         return {r.url: r.rate for r in self._peers.values() if r.rate > 0}
+
+    def reserve(self, url: str, nbytes: int) -> None:
+        """A request for ``nbytes`` from ``url`` starts (its queue, for other downloads)."""
+        record = self._peers.get(url)
+        if record is not None:
+            record.queued += nbytes
+
+    def release(self, url: str, nbytes: int) -> None:
+        """A request :meth:`reserve` counted ended, however it ended."""
+        record = self._peers.get(url)
+        if record is not None:
+            record.queued = max(0, record.queued - nbytes)
+
+    def queues(self) -> dict[str, int]:
+        """Bytes each peer still owes to running requests: downloads starting now
+        prefer the peer that would deliver soonest, not one another file keeps busy."""
+        return {r.url: r.queued for r in self._peers.values() if r.queued}
 
     def latencies(self) -> dict[str, float]:
         """Measured latencies (seconds to a first byte), to order a scheduler's first spans."""

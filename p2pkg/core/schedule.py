@@ -113,6 +113,7 @@ class PeerState:
     inflight: dict[int, float] = field(default_factory=dict)  # span id -> start time
     first_bytes: dict[int, float] = field(default_factory=dict)  # span id -> first byte time
     queue_end: float = 0.0  # when the bytes asked of it should all have arrived
+    backlog: int = 0  # bytes other downloads were waiting for from it when this one began
     last_end: float = float("-inf")  # when its last body ended
     failures: int = 0
     not_before: float = 0.0
@@ -134,12 +135,15 @@ class Scheduler:
         rates: Mapping[str, float] | None = None,
         deferred: Mapping[str, float] | None = None,
         latencies: Mapping[str, float] | None = None,
+        queued: Mapping[str, int] | None = None,
     ) -> None:
         """``rates``: throughput measured on earlier files (the peer book), so the
         first spans are sized for the peer instead of ``initial_span``.
         ``deferred``: peers the book has backed off, and until when.
         ``latencies``: measured seconds to a first byte (orders the first
-        assignment and sets spans in flight on long links)."""
+        assignment and sets spans in flight on long links).
+        ``queued``: bytes other downloads are waiting for from each peer
+        (several files at once spread over the peers, not all on the best)."""
         self.config = config
         self.lengths = list(lengths)
         self.offsets = [0, *itertools.accumulate(self.lengths)]
@@ -152,6 +156,7 @@ class Scheduler:
         known = rates or {}
         later = deferred or {}
         lat = latencies or {}
+        backlog = queued or {}
         self.peers = {
             name: PeerState(
                 name,
@@ -159,6 +164,7 @@ class Scheduler:
                 known.get(name, 0.0),
                 lat.get(name),
                 deferred_until=later.get(name, 0.0),
+                backlog=backlog.get(name, 0),
             )
             for name, tier in peers
         }
@@ -202,8 +208,10 @@ class Scheduler:
         return peer.rate if peer.rate > 0 else self.config.assumed_rate
 
     def _delivery(self, peer: PeerState, nbytes: int) -> float:
-        """Seconds ``peer`` should take to deliver ``nbytes`` from a new request."""
-        return self._latency(peer) + nbytes / self._rate(peer)
+        """Seconds ``peer`` should take to deliver ``nbytes`` from a new request
+        (behind what other downloads are waiting for, until its first span here)."""
+        waiting = peer.backlog if not peer.received and not peer.inflight else 0
+        return self._latency(peer) + (waiting + nbytes) / self._rate(peer)
 
     def _ready(self, peer: PeerState, now: float) -> bool:
         return (

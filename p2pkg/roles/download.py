@@ -433,6 +433,7 @@ class FileDownloader:
             rates=self.book.rates(),
             deferred=self.book.backoffs(now),
             latencies=self.book.latencies(),
+            queued=self.book.queues(),
         )
         ctx = _Download(manifest, fd, partial, sched, stats, progress, hasher, watch)
         ctx.start()
@@ -477,6 +478,7 @@ class FileDownloader:
             )
             started = sink.started = clock()
             running[span.id] = (span, sink)
+            self.book.reserve(peer, span.stop - span.start)
             try:
                 link = self.links(peer)
                 await link.span(manifest.blake3, span.start, span.stop, manifest.size, sink)
@@ -511,6 +513,7 @@ class FileDownloader:
                 if fatal is None:
                     fatal = exc
             finally:
+                self.book.release(peer, span.stop - span.start)
                 del running[span.id]
                 wake.set()
 
