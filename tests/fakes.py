@@ -151,6 +151,9 @@ class FakeLink:
     async def span(self, blake3: bytes, start: int, stop: int, size: int, sink: Sink) -> None:
         raise AbsentError(self.url, "no archives here")
 
+    async def chunks(self, ids: Sequence[bytes], size: int, sink: Sink) -> None:
+        raise AbsentError(self.url, "no chunks here")
+
     async def object(self, oid: ObjectId) -> bytes:
         await self._enter("object")
         data = self.lies.get(oid) or self.held.get(oid)

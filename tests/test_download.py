@@ -15,7 +15,14 @@ from p2pkg.core.link import Sink, SinkDone
 from p2pkg.core.objects import FileManifest, ObjectId
 from p2pkg.core.peers import PeerBook, Tier
 from p2pkg.core.schedule import ScheduleConfig
-from p2pkg.errors import AbsentError, FetchError, PeerBusyError, TooSlowError, TransportError
+from p2pkg.errors import (
+    AbsentError,
+    FetchError,
+    PeerBusyError,
+    ProtocolError,
+    TooSlowError,
+    TransportError,
+)
 from p2pkg.io.ingest import hash_bytes
 from p2pkg.roles.download import FileDownloader
 
@@ -92,6 +99,9 @@ class FakeLink:
                 sink.advance(n)
                 pos += n
                 await anyio.sleep(0)
+
+    async def chunks(self, ids: Sequence[bytes], size: int, sink: Sink) -> None:
+        raise ProtocolError(self.url, "chunk batch: HTTP 405", 405)  # a static server
 
     async def object(self, oid: ObjectId) -> bytes:
         raise AbsentError(self.url, "no objects here")

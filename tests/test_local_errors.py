@@ -126,7 +126,7 @@ class _Link:
     async def span(self, blake3: bytes, start: int, stop: int, size: int, sink: Sink) -> None:
         if self.mode == "disk":
             await self.started.wait()  # every peer has a span in flight
-            # What _SpanSink raises when its pwrite hits a full disk.
+            # What the chunk writer raises when its pwrite hits a full disk.
             raise LocalError("/x/.p.p2pkg-partial", errno.ENOSPC, "writing")
         self.started.set()
         try:

@@ -64,6 +64,15 @@ class Link(Protocol):
         """Bytes ``start``..``stop - 1`` of archive ``blake3`` (``size`` bytes) into ``sink``."""
         ...
 
+    async def chunks(self, ids: Sequence[bytes], size: int, sink: Sink) -> None:
+        """Several chunks' bytes, concatenated in ``ids`` order (``size`` in all), into ``sink``.
+
+        Raises :class:`~p2pkg.errors.AbsentError` when the peer lacks any of
+        them and :class:`~p2pkg.errors.ProtocolError` when it cannot answer
+        batches at all (a static file server).
+        """
+        ...
+
     async def object(self, oid: ObjectId) -> bytes:
         """One object's stored form (a zstd frame), not yet checked against its id."""
         ...

@@ -254,6 +254,14 @@ class FileDownloader:
         # nothing more. ``paranoid`` does it anyway (sha256 and BLAKE3).
         self.paranoid = paranoid
 
+    def partial_path(self, manifest: FileManifest, dest: Path | None) -> Path:
+        """Where ``manifest``'s download lives until it is whole (resumed from there)."""
+        if self.store is not None:
+            return self.store.partial_path(manifest.blake3)
+        if dest is None:
+            raise ValueError("a destination directory or a store is needed")
+        return dest / f".{manifest.blake3.hex()}.p2pkg-partial"
+
     async def fetch_file(
         self,
         manifest: FileManifest,
@@ -282,13 +290,11 @@ class FileDownloader:
                 path = await anyio.to_thread.run_sync(copy_atomic, path, dest, manifest.filename)
             stats.seconds = time.monotonic() - started
             return path, stats
-        if store is not None:
-            partial = store.partial_path(manifest.blake3)
-        else:
+        if store is None:
             assert dest is not None
             with local_io(dest, "creating"):
                 dest.mkdir(parents=True, exist_ok=True)
-            partial = dest / f".{manifest.blake3.hex()}.p2pkg-partial"
+        partial = self.partial_path(manifest, dest)
         try:
             path = await self._fetch_into(
                 manifest, partial, dest, stats, progress, sync_dir, watch, store

@@ -69,6 +69,20 @@ class HttpLink:
         headers = () if whole else (("Range", f"bytes={start}-{stop - 1}"),)
         await self.client.request("GET", wire.file_path(blake3), factory, headers=headers)
 
+    async def chunks(self, ids: Sequence[bytes], size: int, sink: Sink) -> None:
+        if not 0 < len(ids) <= wire.MAX_BATCH:
+            raise ValueError(f"1 to {wire.MAX_BATCH} ids per chunk batch")
+        url = self.url
+
+        def factory(head: wire.ResponseHead) -> Sink:
+            if head.status != 200:
+                raise _status_error(url, head, "chunk batch")
+            if head.content_length != size:
+                raise ProtocolError(url, f"chunk batch of {head.content_length} bytes, not {size}")
+            return sink
+
+        await self.client.request("POST", wire.BATCH_PATH, factory, body=b"".join(ids))
+
     async def object(self, oid: ObjectId) -> bytes:
         status, body, head = await self.client.get_bytes(wire.object_path(oid), MAX_OBJECT_FRAME)
         if status != 200:
