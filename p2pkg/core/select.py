@@ -11,6 +11,7 @@ the wheel whose tags rank best for this interpreter, else the sdist.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,14 @@ class Spec:
         )
 
 
+# A bare project name (PEP 508 names), the common case: no parser needed.
+_BARE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_ANY_VERSION = SpecifierSet()
+
+
 def parse_spec(text: str) -> Spec:
+    if _BARE_NAME.fullmatch(text):
+        return Spec(canonicalize_name(text), _ANY_VERSION)
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:

@@ -67,7 +67,8 @@ class _Batch:
 class PrefillStats:
     batches: int = 0  # batch requests answered
     received: int = 0  # bytes
-    filled: dict[bytes, str] = field(default_factory=dict)  # archive BLAKE3 -> the peer
+    # archive BLAKE3 -> (the peer, seconds its batch took)
+    filled: dict[bytes, tuple[str, float]] = field(default_factory=dict)
 
 
 def pack(files: Sequence[tuple[FileManifest, Path]], peers: int) -> list[_Batch]:
@@ -96,13 +97,17 @@ async def prefill(
     links: Callable[[str], Link],
     book: PeerBook,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    durable: bool = False,
 ) -> PrefillStats:
     """Fill the partial files of small archives from chunk batches; what it did.
 
     ``files``: each archive with the partial file its download would use.
     Only small archives (≤ :data:`BATCHABLE`) without a partial file yet
-    are taken, and only when there are at least two. A local failure (the
-    disk full) removes the partial files written here and is raised.
+    are taken, and only when there are at least two. ``durable``: fsync
+    each partial file once written (the caller then only has to rename
+    it). A local failure (the disk full) removes the partial files written
+    here and is raised.
     """
     stats = PrefillStats()
     todo = [
@@ -131,7 +136,8 @@ async def prefill(
                     cannot.add(peer)
                     queue.append(batch)
                     return
-                _write(batch, data, written)
+                # Off the loop: a batch's opens and fsyncs would stall the others.
+                await anyio.to_thread.run_sync(_write, batch, data, written, durable)
             except (AbsentError, ProtocolError) as exc:
                 log.info("no chunk batches from %s: %s", peer, exc)
                 cannot.add(peer)
@@ -145,11 +151,12 @@ async def prefill(
             except LocalError as exc:
                 fatal.append(exc)
                 return
-            book.observe_transfer(peer, batch.size, clock() - started)
+            took = clock() - started
+            book.observe_transfer(peer, batch.size, took)
             stats.batches += 1
             stats.received += batch.size
             for manifest, _ in batch.files:
-                stats.filled[manifest.blake3] = peer
+                stats.filled[manifest.blake3] = (peer, took)
 
     async with anyio.create_task_group() as tg:
         for peer in peers:
@@ -183,8 +190,8 @@ def _first_bad(batch: _Batch, data: bytes) -> bytes | None:
     return None
 
 
-def _write(batch: _Batch, data: bytes, written: list[Path]) -> None:
-    """Each archive's verified bytes into its partial file (its download finishes it)."""
+def _write(batch: _Batch, data: bytes, written: list[Path], durable: bool) -> None:
+    """Each archive's verified bytes into its partial file (fsynced when ``durable``)."""
     pos = 0
     for manifest, partial in batch.files:
         with local_io(partial, "writing"):
@@ -193,6 +200,8 @@ def _write(batch: _Batch, data: bytes, written: list[Path]) -> None:
             written.append(partial)
             try:
                 pwrite_all(fd, memoryview(data)[pos : pos + manifest.size], 0)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         pos += manifest.size

@@ -27,7 +27,7 @@ import anyio
 from p2pkg.core.objects import FileManifest
 from p2pkg.core.root import parse_pubkey
 from p2pkg.core.select import parse_spec
-from p2pkg.errors import FetchError, first_p2pkg_error
+from p2pkg.errors import FetchError, first_p2pkg_error, local_io
 from p2pkg.io.fsutil import fsync_path
 from p2pkg.io.store import Store
 from p2pkg.roles.chunk_batches import prefill
@@ -184,31 +184,41 @@ class Client:
         limiter = anyio.CapacityLimiter(max(1, jobs))
         target = Path(dest)
         # Small archives first travel in chunk batches (a round trip per
-        # batch, not per archive); their downloads then find them in place.
+        # batch, not per archive). Without a store each is then complete and
+        # durable in its partial file: renaming it finishes it. With a store
+        # its download finds it in place and commits it (and, paranoid,
+        # re-hashes it whole).
         downloader = self.session.downloader
         store = self.session.store
-        filled = (
-            await prefill(
-                [
-                    (m, downloader.partial_path(m, target))
-                    for m in manifests
-                    if store is None or not store.has_file(m.blake3)
-                ],
-                downloader.links,
-                self.session.book,
-                self.session.monotonic,
-            )
-        ).filled
+        rename = store is None and not downloader.paranoid
+        partials = {m: downloader.partial_path(m, target) for m in manifests}
+        batched = await prefill(
+            [(m, p) for m, p in partials.items() if store is None or not store.has_file(m.blake3)],
+            downloader.links,
+            self.session.book,
+            self.session.monotonic,
+            durable=rename,
+        )
+        filled = batched.filled
 
         async def one(manifest: FileManifest) -> None:
-            async with limiter:
-                path, stats = await self.session.fetch_file(manifest, target, sync_dir=False)
-            peer = filled.get(manifest.blake3)
-            if peer is not None and stats.from_local == manifest.size:
-                # It came from the network after all: by batch, from ``peer``.
-                stats.from_local = 0
-                stats.from_network = manifest.size
-                stats.peers = {peer: {"received": manifest.size}}
+            peer, took = filled.get(manifest.blake3, (None, 0.0))
+            if peer is not None and rename:
+                path = target / manifest.filename
+                with local_io(path, "writing"):
+                    partials[manifest].replace(path)
+                stats = FetchStats(
+                    manifest.filename, manifest.size, from_network=manifest.size, seconds=took
+                )
+            else:
+                async with limiter:
+                    path, stats = await self.session.fetch_file(manifest, target, sync_dir=False)
+                if peer is None or stats.from_local != manifest.size:
+                    results[manifest] = FetchResult(manifest, path, stats)
+                    return
+                # Its bytes came by batch: from the network after all.
+                stats.from_local, stats.from_network = 0, manifest.size
+            stats.peers = {peer: {"received": manifest.size}}
             results[manifest] = FetchResult(manifest, path, stats)
 
         try:
