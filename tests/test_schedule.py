@@ -33,7 +33,7 @@ def simulate(
     peers: dict[str, SimPeer],
     have: set[int] = frozenset(),  # type: ignore[assignment]
     seed: int = 1,
-    max_steps: int = 100_000,
+    max_steps: int = 200_000,
     *,
     known: dict[str, float] | None = None,
     config: ScheduleConfig = ScheduleConfig(),  # noqa: B008 - frozen
@@ -50,7 +50,7 @@ def simulate(
         lengths(total), have, [(n, 0) for n in peers], now=0.0, config=config, latencies=known
     )
     now = 0.0
-    # span id -> [peer, span, body starts at, bytes left]
+    # span id -> [peer, span, body starts at, bytes left, next chunk to report]
     flows: dict[int, list] = {}  # type: ignore[type-arg]
     for _ in range(max_steps):
         if s.complete:
@@ -59,17 +59,19 @@ def simulate(
         for name in s.ready_peers(now):
             while (span := s.assign(name, now)) is not None:
                 lat = peers[name].latency * rng.uniform(0.9, 1.1)
-                flows[span.id] = [name, span, now + lat, span.stop - span.start]
+                flows[span.id] = [name, span, now + lat, span.stop - span.start, span.first]
 
         def sharing(name: str, at: float) -> int:
             return sum(1 for f in flows.values() if f[0] == name and f[2] <= at)
 
         events = [f[2] for f in flows.values() if f[2] > now]
-        events += [
-            now + f[3] * sharing(f[0], now) / peers[f[0]].rate
-            for f in flows.values()
-            if f[2] <= now
-        ]
+        for f in flows.values():
+            if f[2] <= now:
+                share = peers[f[0]].rate / sharing(f[0], now)
+                events.append(now + f[3] / share)  # its end
+                if f[4] < f[1].end:  # its next chunk's last byte (reported as it comes)
+                    delivered = f[1].stop - f[1].start - f[3]
+                    events.append(now + (s.offsets[f[4] + 1] - f[1].start - delivered) / share)
         wake = s.next_wakeup(now)
         if wake is not None:
             events.append(wake)
@@ -79,7 +81,8 @@ def simulate(
             if f[2] <= now:
                 f[3] -= (t - now) * peers[f[0]].rate / sharing(f[0], now)
         now = t
-        for sid, (name, span, body_at, left) in list(flows.items()):
+        for sid, flow in list(flows.items()):
+            name, span, body_at, left, _ = flow
             p = peers[name]
             if body_at == now:
                 if p.fail is not None or p.bad_chunk:
@@ -89,11 +92,17 @@ def simulate(
                     s.span_failed(name, span, now, failure, retry_after=0.5)
                 elif learn:
                     s.first_byte(name, span, now)
-            elif body_at < now and left <= 1e-6 * total:
-                del flows[sid]
-                for i in range(span.first, span.end):
-                    s.chunk_done(name, i)
-                s.span_finished(name, span, now, span.stop - span.start)
+                continue
+            if body_at > now:
+                continue
+            # Chunks are reported as their last byte arrives, as the shell does.
+            delivered = span.stop - span.start - max(left, 0.0)
+            while flow[4] < span.end and s.offsets[flow[4] + 1] - span.start <= delivered + 1e-6:
+                s.chunk_done(name, flow[4], now if learn else None)
+                flow[4] += 1
+            if left <= 1e-6 * total or not s.still_needed(span):
+                del flows[sid]  # done, or another peer's copy finished it (SinkDone)
+                s.span_finished(name, span, now, int(delivered))
     raise AssertionError("did not finish")
 
 
@@ -261,18 +270,20 @@ def test_a_peer_too_slow_gets_the_smallest_spans_then_is_dropped_saying_why() ->
 def test_long_links_keep_several_spans_in_flight(rtt: float) -> None:
     """A round trip per span would idle each link; pipelined requests cover it.
 
-    What is left: the first round trip, one more before the first rate is
-    measured, and the endgame's last round trip.
+    Each peer's first rate comes from its first bytes, so its second span
+    is asked for before the first ends: what is left is the first round
+    trip and a little of the endgame.
     """
     peers = {n: SimPeer(25 * MiB, latency=rtt) for n in "abcd"}
     _, one_at_a_time = simulate(256 * MiB, peers, learn=False)
     s, t = simulate(256 * MiB, peers)
     ideal = 256 / 100
-    assert t < ideal * 1.05 + 2 * rtt, (t, one_at_a_time)
-    assert t < one_at_a_time - 4 * rtt
+    assert t < ideal * 1.03 + rtt, (t, one_at_a_time)
+    assert t < one_at_a_time - 2 * rtt
     for p in s.peers.values():
         assert p.latency == pytest.approx(rtt, rel=0.1)
-        assert p.rate == pytest.approx(25 * MiB, rel=0.15)  # the round trip is not slowness
+        # the round trip is not counted as slowness (overlapping bodies blur it)
+        assert 0.6 * 25 * MiB < p.rate < 1.4 * 25 * MiB
 
 
 def test_short_links_keep_one_span_in_flight() -> None:

@@ -69,6 +69,8 @@ class ScheduleConfig:
     # of transfer (latency × rate): on loopback or a LAN one span is enough.
     pipeline_bytes: int = 256 * 1024
     assumed_latency: float = 0.0  # for a peer whose latency is not measured yet
+    # An unmeasured peer's first rate comes from this many bytes of its first body.
+    probe_bytes: int = 512 * 1024
     max_failures: int = 4
     backoff: float = 0.25
     backoff_cap: float = 8.0
@@ -376,15 +378,32 @@ class Scheduler:
 
     # ------------------------------------------------------------------ events
 
-    def chunk_done(self, name: str, index: int) -> bool:
-        """A verified chunk from ``name`` was written. False if it was already done."""
+    def chunk_done(self, name: str, index: int, now: float | None = None) -> bool:
+        """A verified chunk from ``name`` was written. False if it was already done.
+
+        With ``now``, a peer not measured yet gets a first rate from its first
+        bytes (so its next span can be pipelined before this one ends).
+        """
         peer = self.peers[name]
         peer.received += self.lengths[index]
+        if now is not None and peer.rate <= 0:
+            self._first_rate(peer, now)
         if self.done[index]:
             return False
         self.done[index] = 1
         self.remaining -= 1
         return True
+
+    def _first_rate(self, peer: PeerState, now: float) -> None:
+        """A provisional rate from the bytes since the peer's first byte in this file."""
+        if not peer.first_bytes:
+            return
+        since = min(peer.first_bytes.values())
+        if peer.received < self.config.probe_bytes or now - since < 0.005:
+            return
+        peer.rate = peer.received / (now - since)
+        owed = sum(self.spans[sid][1].stop - self.spans[sid][1].start for sid in peer.inflight)
+        peer.queue_end = now + max(0, owed - peer.received) / peer.rate
 
     def _release(self, name: str, span: Span) -> float:
         self.spans.pop(span.id, None)
@@ -424,12 +443,13 @@ class Scheduler:
         whole = now - started
         elapsed = now - max(started, peer.last_end, first if first is not None else started)
         peer.last_end = now
-        if not peer.inflight:
-            peer.queue_end = now
         if received >= 64 * 1024 and elapsed > 0 and elapsed >= 0.25 * whole:
             sample = received / elapsed
             a = self.config.rate_alpha
             peer.rate = sample if peer.rate <= 0 else a * sample + (1 - a) * peer.rate
+        # What it still owes, at the rate now known: when to pipeline next.
+        owed = sum(self.spans[sid][1].stop - self.spans[sid][1].start for sid in peer.inflight)
+        peer.queue_end = now + owed / self._rate(peer)
         return elapsed if elapsed > 0 else whole
 
     def span_failed(

@@ -193,6 +193,8 @@ class _Download:
     progress: Progress | None
     hasher: _PrefixHasher | None  # None for small files: hashed in one go at the end
     watch: Callable[[int], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    on_rate: Callable[[], None] | None = None  # a peer's first rate is known: plan again
     done_bytes: int = 0
     prefix: int = 0  # chunks 0..prefix-1 are all verified
 
@@ -210,7 +212,12 @@ class _Download:
 
     def chunk_verified(self, peer: str, index: int) -> None:
         """Chunk ``index`` from ``peer`` was verified and written (maybe a second copy)."""
-        if not self.sched.chunk_done(peer, index):
+        state = self.sched.peers[peer]
+        measured = state.rate > 0
+        new = self.sched.chunk_done(peer, index, self.clock())
+        if not measured and state.rate > 0 and self.on_rate is not None:
+            self.on_rate()  # its next span may be pipelined now
+        if not new:
             return  # another peer's copy came first
         length = self.sched.lengths[index]
         self.stats.from_network += length
@@ -441,7 +448,7 @@ class FileDownloader:
             latencies=self.book.latencies(),
             queued=self.book.queues(),
         )
-        ctx = _Download(manifest, fd, partial, sched, stats, progress, hasher, watch)
+        ctx = _Download(manifest, fd, partial, sched, stats, progress, hasher, watch, self.clock)
         ctx.start()
         writer = ChunkWriter(
             fd,
@@ -469,6 +476,7 @@ class FileDownloader:
         wake = anyio.Event()
         clock = self.clock
         fatal: LocalError | None = None
+        ctx.on_rate = lambda: wake.set()
         # span id -> (span, its sink), while its request runs
         running: dict[int, tuple[Span, SpanSink]] = {}
 
