@@ -476,7 +476,11 @@ class FileDownloader:
         wake = anyio.Event()
         clock = self.clock
         fatal: LocalError | None = None
-        ctx.on_rate = lambda: wake.set()
+
+        def replan() -> None:
+            wake.set()  # the Event of the moment: ``wake`` is replaced each round
+
+        ctx.on_rate = replan
         # span id -> (span, its sink), while its request runs
         running: dict[int, tuple[Span, SpanSink]] = {}
 
