@@ -109,18 +109,8 @@ def start_nginx(host: Host, root: Path, work: Path) -> None:
 
 
 def start_serve(host: Host, store: Path) -> None:
-    host.popen(
-        [
-            sys.executable,
-            "-m",
-            "p2pkg",
-            "serve",
-            "--store",
-            str(store),
-            "--listen",
-            f"127.0.0.1:{SERVE_PORT}",
-        ]  # fmt: skip
-    )
+    listen = f"127.0.0.1:{SERVE_PORT}"
+    host.popen([sys.executable, "-m", "p2pkg", "serve", "--store", str(store), "--listen", listen])
     host.wait_port(SERVE_PORT)
 
 

@@ -91,8 +91,8 @@ class Host:
         return proc
 
     def run(self, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
-        kw.setdefault("check", False)
-        return subprocess.run(self.argv(cmd), **kw)
+        check = kw.pop("check", False)
+        return subprocess.run(self.argv(cmd), check=check, **kw)
 
     def wait_port(self, port: int, addr: str = "127.0.0.1", timeout: float = 15) -> None:
         """Until a TCP connect to ``addr:port`` from inside this namespace succeeds."""
