@@ -305,7 +305,9 @@ def test_the_next_request_leaves_one_latency_before_the_link_frees() -> None:
 
 def test_in_flight_spans_are_bounded() -> None:
     cfg = ScheduleConfig()
-    s = Scheduler(lengths(256 * MiB), (), [("far", 0)], 0.0, latencies={"far": 5.0})
+    s = Scheduler(
+        lengths(256 * MiB), (), [("far", 0)], 0.0, rates={"far": MiB}, latencies={"far": 5.0}
+    )
     got = [s.assign("far", 100.0 * i) for i in range(cfg.max_slots + 2)]
     assert sum(span is not None for span in got) == cfg.max_slots
 
@@ -326,3 +328,36 @@ def test_a_peer_other_downloads_keep_busy_is_asked_after_an_idle_one() -> None:
     assert s.ready_peers(0.0) == ["b", "a"]
     s = Scheduler(lengths(200 * KiB), (), [("a", 1), ("b", 1)], 0.0, queued={"b": 2 * MiB})
     assert s.ready_peers(0.0) == ["a", "b"]
+
+
+def test_an_unmeasured_peer_is_not_pipelined() -> None:
+    """A guessed rate could queue a 2 MiB/s peer seconds deep: wait for its first bytes."""
+    s = Scheduler(lengths(64 * MiB), (), [("far", 0)], 0.0, latencies={"far": 0.15})
+    first = s.assign("far", 0.0)
+    assert first is not None
+    assert s.assign("far", 5.0) is None
+    s.first_byte("far", first, 0.15)
+    for i in range(first.first, first.first + 8):  # 640 KiB in 0.025 s: 25 MiB/s
+        s.chunk_done("far", i, 0.15 + 0.003 * (i - first.first + 1))
+    assert s.peers["far"].rate > 20 * MiB
+    assert s.assign("far", 0.18) is not None  # pipelined now
+
+
+def test_a_peer_that_went_quiet_gets_no_more_spans() -> None:
+    s = Scheduler(
+        lengths(64 * MiB), (), [("a", 0), ("b", 0)], 0.0, rates={"a": 25 * MiB, "b": 25 * MiB}
+    )
+    span = s.assign("a", 0.0)
+    assert span is not None
+    s.chunk_done("a", span.first, 0.1)
+    s.span_finished("a", span, 0.2, span.stop - span.start)
+    stuck = s.assign("a", 0.2)
+    assert stuck is not None
+    s.chunk_done("a", stuck.first, 0.3)  # then nothing more from "a"
+    assert "a" not in s.ready_peers(1.0)
+    # Its span is duplicated by "b" once the pool is empty.
+    while (fresh := s.assign("b", 1.0)) is not None and not fresh.duplicate:
+        for i in range(fresh.first, fresh.end):
+            s.chunk_done("b", i, 1.0)
+        s.span_finished("b", fresh, 1.0, fresh.stop - fresh.start)
+    assert fresh is not None and fresh.duplicate

@@ -117,6 +117,7 @@ class PeerState:
     queue_end: float = 0.0  # when the bytes asked of it should all have arrived
     backlog: int = 0  # bytes other downloads were waiting for from it when this one began
     last_end: float = float("-inf")  # when its last body ended
+    last_progress: float = float("-inf")  # when its last chunk came (shells that say)
     failures: int = 0
     not_before: float = 0.0
     deferred_until: float = 0.0  # backed off by the peer book: only if nobody else can
@@ -221,7 +222,20 @@ class Scheduler:
             and now >= peer.not_before
             and self._has_room(peer, now)
             and not self._deferred(peer, now)
+            and not self._stalled(peer, now)
         )
+
+    def _stalled(self, peer: PeerState, now: float) -> bool:
+        """Spans in flight and nothing from it for a while: give it nothing more.
+
+        (The client's rate floor cuts it off in time; until then its spans are
+        duplicated by the endgame and it takes no new ones.)
+        """
+        if not peer.inflight or peer.last_progress == -math.inf:
+            return False  # nothing in flight, or a shell that reports no times
+        since = max(peer.last_progress, min(peer.inflight.values()))
+        quiet = max(self.config.stall_after, 4 * self._latency(peer))
+        return now - since > quiet
 
     def _has_room(self, peer: PeerState, now: float) -> bool:
         """Another span now: a free slot, or time to pipeline the next request."""
@@ -231,7 +245,9 @@ class Scheduler:
 
     def _pipeline_at(self, peer: PeerState) -> float:
         """When the next request should leave so its bytes follow the queued ones."""
-        if self._latency(peer) * self._rate(peer) < self.config.pipeline_bytes:
+        if peer.rate <= 0:
+            return math.inf  # not measured: a guess could queue a slow peer deep
+        if self._latency(peer) * peer.rate < self.config.pipeline_bytes:
             return math.inf  # one round trip costs less than it is worth
         return peer.queue_end - self._latency(peer)
 
@@ -350,7 +366,8 @@ class Scheduler:
         """Duplicate the tail of an in-flight span that ``peer`` should finish much sooner."""
         best: tuple[float, int, Span] | None = None  # (time saved, span id, span)
         for sid, (owner_name, span) in self.spans.items():
-            if owner_name == peer.name or sid in self._duplicated or span.duplicate:
+            # A duplicate can be duplicated in turn: its peer may stall too.
+            if owner_name == peer.name or sid in self._duplicated:
                 continue
             left_bytes = sum(
                 self.lengths[i] for i in range(span.first, span.end) if not self.done[i]
@@ -386,8 +403,10 @@ class Scheduler:
         """
         peer = self.peers[name]
         peer.received += self.lengths[index]
-        if now is not None and peer.rate <= 0:
-            self._first_rate(peer, now)
+        if now is not None:
+            peer.last_progress = now
+            if peer.rate <= 0:
+                self._first_rate(peer, now)
         if self.done[index]:
             return False
         self.done[index] = 1
