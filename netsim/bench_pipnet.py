@@ -94,6 +94,8 @@ def install(site: Host, tool: str, index: str, target: Path) -> float | None:
     else:
         uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
         cmd = [uv, "pip", "install", "--no-cache", "--no-config", "--python", sys.executable]
+    if tool == "pip":  # pip ignores plain-HTTP indexes other than localhost unless told
+        cmd += ["--trusted-host", index.split("/")[2].split(":")[0]]
     cmd += ["--target", str(target), "--index-url", index, "app"]
     start = time.perf_counter()
     try:
