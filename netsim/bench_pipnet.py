@@ -95,7 +95,7 @@ def install(site: Host, tool: str, index: str, target: Path) -> float | None:
         uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
         cmd = [uv, "pip", "install", "--no-cache", "--no-config", "--python", sys.executable]
     if tool == "pip":  # pip ignores plain-HTTP indexes other than localhost unless told
-        cmd += ["--trusted-host", index.split("/")[2].split(":")[0]]
+        cmd += ["--trusted-host", index.split("/")[2].split(":", maxsplit=1)[0]]
     cmd += ["--target", str(target), "--index-url", index, "app"]
     start = time.perf_counter()
     try:

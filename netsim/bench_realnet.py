@@ -187,18 +187,24 @@ def section_a(corpus: Corpus, rtts: list[int], reps: int) -> dict[str, Any]:
                 ("busy", PEER_RATE, {"busy": 0.5}),
             ]
             peers, mirrors = [], []
+            stallers: list[tuple[Host, int]] = []  # restarted before every run
             for name, rate, faults in specs:
                 host = bed.host(name, up=rate)
                 start_serve(host, corpus.store)
                 start_nginx(host, corpus.static, corpus.work)
-                peers.append(f"http://{host.addr}:{host.delayed(SERVE_PORT, delay, **faults)}")
-                mirrors.append(f"http://{host.addr}:{host.delayed(NGINX_PORT, delay, **faults)}")
+                ports = [host.delayed(port, delay, **faults) for port in (SERVE_PORT, NGINX_PORT)]
+                peers.append(f"http://{host.addr}:{ports[0]}")
+                mirrors.append(f"http://{host.addr}:{ports[1]}")
+                if "stall_after" in faults:
+                    stallers += [(host, port) for port in ports]
             # What the peers that keep serving deliver through these links (curl, 3 s each).
             fast_rate = calibrate(client, peers[0] + path)  # no faults on these two
             slow_rate = calibrate(client, peers[1] + path)
             usable = 2 * fast_rate + slow_rate
             walls, engine, aria = [], [], []
             for _ in range(reps):
+                for host, port in stallers:  # each run meets a peer that stalls mid-transfer
+                    host.restart_proxy(port)
                 wall, res = p2pkg_fetch(client, corpus.pub, peers, ["bigpkg"], corpus.work / "out")
                 if wall is not None:
                     walls.append(wall)

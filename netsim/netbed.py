@@ -78,6 +78,7 @@ class Host:
     addr: str
     index: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    proxies: dict[int, tuple[list[str], subprocess.Popen[bytes]]] = field(default_factory=dict)
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
@@ -127,9 +128,17 @@ class Host:
         ]  # fmt: skip
         if stall_after is not None:
             cmd += ["--stall-after", str(stall_after)]
-        self.popen(cmd, cwd=Path.cwd())
+        self.proxies[public] = (cmd, self.popen(cmd, cwd=Path.cwd()))
         self.wait_port(public, self.addr)
         return public
+
+    def restart_proxy(self, public: int) -> None:
+        """Start the proxy on ``public`` afresh (a staller stalls again mid-transfer)."""
+        cmd, proc = self.proxies[public]
+        proc.terminate()
+        proc.wait(timeout=10)
+        self.proxies[public] = (cmd, self.popen(cmd, cwd=Path.cwd()))
+        self.wait_port(public, self.addr)
 
 
 class NetBed:
