@@ -170,15 +170,21 @@ class PeerBook:
 
     # ------------------------------------------------------------------ observations
 
-    def observe_transfer(self, url: str, nbytes: int, seconds: float) -> None:
-        """``nbytes`` arrived from ``url`` in ``seconds`` (a span, an object batch)."""
+    def observe_transfer(
+        self, url: str, nbytes: int, seconds: float, *, rate_sample: bool = True
+    ) -> None:
+        """``nbytes`` arrived from ``url`` in ``seconds`` (a span, an object batch).
+
+        ``rate_sample=False``: a success that says nothing of the peer's rate
+        (a small answer whose time is mostly the round trip).
+        """
         record = self._peers.get(url)
         if record is None:
             return
         record.received += nbytes
         record.failures = 0  # a success: back in good standing
         record.backoff_until = None
-        if nbytes >= self.config.min_sample_bytes and seconds > 0:
+        if rate_sample and nbytes >= self.config.min_sample_bytes and seconds > 0:
             sample = nbytes / seconds
             a = self.config.rate_alpha
             record.rate = sample if record.rate <= 0 else a * sample + (1 - a) * record.rate

@@ -460,9 +460,14 @@ class Scheduler:
         started = self._release(name, span)
         peer.failures = 0
         whole = now - started
-        elapsed = now - max(started, peer.last_end, first if first is not None else started)
+        previous_end = peer.last_end
+        elapsed = now - max(started, previous_end, first if first is not None else started)
         peer.last_end = now
-        if received >= 64 * 1024 and elapsed > 0 and elapsed >= 0.25 * whole:
+        # A body that began after the last one ended had the peer to itself: a
+        # clean sample however short. One that overlapped another is a sample
+        # only if it ran long enough for the overlap not to dominate.
+        clean = first is not None and first >= previous_end
+        if received >= 64 * 1024 and elapsed > 0 and (clean or elapsed >= 0.25 * whole):
             sample = received / elapsed
             a = self.config.rate_alpha
             peer.rate = sample if peer.rate <= 0 else a * sample + (1 - a) * peer.rate

@@ -291,7 +291,9 @@ class ObjectSource:
         """A good answer from ``url``: its latency, and back in good standing."""
         elapsed = self.links.monotonic() - started
         self.links.book.observe_latency(url, elapsed)
-        self.links.book.observe_transfer(url, nbytes, elapsed)
+        # Not a rate sample: an object answer's time is mostly the round trip,
+        # and a rate taken from it would size a far peer's spans far too small.
+        self.links.book.observe_transfer(url, nbytes, elapsed, rate_sample=False)
 
     def _keep(self, fresh: dict[ObjectId, bytes]) -> None:
         if not fresh:
