@@ -79,3 +79,15 @@ def test_a_failure_reported_without_a_time_backs_off_from_the_next_question() ->
     assert [r.url for r in book.live(50.0)] == ["http://honest", "http://trickler"]
     assert book.backoffs(51.0) == {"http://trickler": 52.0}
     assert [r.url for r in book.live(52.0)] == ["http://honest", "http://trickler"]  # failing
+
+
+def test_an_answer_that_is_not_a_rate_sample_keeps_the_rate() -> None:
+    book = PeerBook()
+    book.add("far")
+    book.observe_transfer("far", 10 << 20, 0.4)
+    book.observe_failure("far", 0.0)
+    book.observe_transfer("far", 100_000, 0.15, rate_sample=False)  # an object batch
+    record = book.get("far")
+    assert record is not None
+    assert record.rate == 25 << 20
+    assert record.failures == 0  # still a success

@@ -361,3 +361,14 @@ def test_a_peer_that_went_quiet_gets_no_more_spans() -> None:
             s.chunk_done("b", i, 1.0)
         s.span_finished("b", fresh, 1.0, fresh.stop - fresh.start)
     assert fresh is not None and fresh.duplicate
+
+
+def test_a_short_span_on_a_long_link_is_a_rate_sample() -> None:
+    """800 KiB in 31 ms after a 150 ms wait: 25 MiB/s, not 4 (nor no sample at all)."""
+    s = Scheduler(lengths(64 * MiB), (), [("far", 0)], 0.0, rates={"far": 0.7 * MiB})
+    span = s.assign("far", 0.0)
+    assert span is not None
+    s.first_byte("far", span, 0.15)
+    nbytes = span.stop - span.start
+    s.span_finished("far", span, 0.15 + nbytes / (25 * MiB), nbytes)
+    assert s.peers["far"].rate > 12 * MiB  # EWMA halfway from 0.7 to 25 at once
