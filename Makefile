@@ -38,6 +38,9 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_slow
 	$(BIN)/python -m netsim.bench_mirror
 	$(BIN)/python -m netsim.bench_propagation
+	# real links (root: network namespaces, tc shaping, a delay proxy)
+	$(BIN)/python -m netsim.bench_realnet
+	$(BIN)/python -m netsim.bench_pipnet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
