@@ -221,6 +221,9 @@ def section_a(corpus: Corpus, rtts: list[int], reps: int) -> dict[str, Any]:
             "aria2c_mib_s": round(size / median(aria) / MiB, 2) if aria else None,
             "p2pkg_failed_runs": reps - len(walls),
             "aria2c_failed_runs": reps - len(aria),
+            # every run, to show the spread (a 503 costs its Retry-After)
+            "p2pkg_engine_runs_s": [round(t, 2) for t in engine],
+            "aria2c_runs_s": [round(t, 2) for t in aria],
         }
         if engine:
             # The best possible: the staller's quarter arrives beside the rest
@@ -272,6 +275,8 @@ def section_b(corpus: Corpus, reps: int, rtt: int = 40) -> dict[str, Any]:
         "total_mib": round(total / MiB, 1),
         "p2pkg_cli_s": round(median(walls), 3) if walls else None,
         "aria2c_j16_s": round(median(aria), 3) if aria else None,
+        "p2pkg_runs_s": [round(t, 2) for t in walls],
+        "aria2c_runs_s": [round(t, 2) for t in aria],
     }
     if walls and aria:
         row["ratio_time_p2pkg_vs_aria2c"] = round(median(walls) / median(aria), 3)
