@@ -405,7 +405,8 @@ def test_missing_archive_with_every_peer_gone_is_an_http_error_not_a_hash_mismat
     pub = format_pubkey(public_bytes(key))
     with Testbed() as bed:
         master_proc, master = bed.serve(store)
-        cache = bed.cache(tmp_path / "cache", pub, [master])[1]
+        # Read-ahead off: it would fetch the archive along with its page.
+        cache = bed.cache(tmp_path / "cache", pub, [master], "--read-ahead", "0")[1]
         # The cache learns the pages and the metadata, but not the archive...
         _, url = _base_2_wheel(cache)
         assert _get(url + ".metadata")[0] == 200
