@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_propagation
 	# real links (root: network namespaces, tc shaping, a delay proxy)
 	$(BIN)/python -m netsim.bench_realnet
-	$(BIN)/python -m netsim.bench_pipnet
+	$(BIN)/python -m netsim.bench_install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

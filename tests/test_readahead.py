@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from packaging.tags import Tag, sys_tags
 
-from p2pkg.core.objects import CoreMetadata, FileManifest, ObjectId
+from p2pkg.core.objects import CoreMetadata, FileManifest, Node, ObjectId, decode_as
 from p2pkg.core.readahead import dependencies, likely_archives, metadata_source, newest_release
 from p2pkg.core.root import public_bytes
 from p2pkg.io.ingest import hash_path
@@ -137,6 +137,11 @@ async def test_one_page_brings_in_the_dependency_closure(
         assert status["read_ahead_projects"] == 3  # lib, leaf, native: app's page was asked
         # Not the old release's dependency, not an extra's, not another platform's wheel.
         assert _held(cache, dist) == wanted
+        # The tree's nodes came in one batch: a later cold page walks from a leaf.
+        trusted = cache.session.trusted
+        assert trusted is not None
+        top = decode_as(cache.store.get_object(trusted.root.tree), Node)
+        assert all(cache.store.find_object(e.child) is not None for e in top.children)
         # The installer's later requests are answered from what is held.
         before = cache.stats.misses
         page = await anyio.to_thread.run_sync(_get, f"{url}/simple/lib/")

@@ -278,10 +278,12 @@ class Cache:
             return None
         return manifest
 
-    def page_served(self, name: str, manifests: list[FileManifest], version: int) -> None:
+    def page_served(self, name: str, manifests: list[FileManifest], trusted: TrustedRoot) -> None:
         """An installer got ``name``'s page: fetch what it will ask next (read-ahead)."""
         if self._tg is not None:
-            self.read_ahead.page_served(name, manifests, version, self._tg)
+            self.read_ahead.page_served(
+                name, manifests, trusted.version, self._tg, trusted.root.tree
+            )
 
     async def project_names(self) -> list[str]:
         await self.trusted()

@@ -222,7 +222,7 @@ class CacheRoutes:
         if trusted is not None and project.status != "quarantined":
             # The installer's next requests (this release's metadata and archive,
             # its dependencies' pages): fetched while this answer travels.
-            self.cache.page_served(name, manifests, trusted.version)
+            self.cache.page_served(name, manifests, trusted)
         return await self._page(ex, body, media)
 
     async def _page(self, ex: Exchange, body: bytes, media: str) -> bool:

@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 from packaging.tags import Tag
 
-from p2pkg.core.objects import Blob, FileManifest, decode_as
+from p2pkg.core.objects import Blob, FileManifest, Node, ObjectId, decode_as
 from p2pkg.core.readahead import dependencies, likely_archives, metadata_source, newest_release
 from p2pkg.errors import LocalError, P2pkgError
 
@@ -59,14 +59,26 @@ class ReadAhead:
         self._env: dict[str, str] | None = None
 
     def page_served(
-        self, name: str, manifests: Sequence[FileManifest], version: int, tg: TaskGroup
+        self,
+        name: str,
+        manifests: Sequence[FileManifest],
+        version: int,
+        tg: TaskGroup,
+        tree: ObjectId | None = None,
     ) -> None:
-        """``name``'s page went out under root ``version``: walk its closure in ``tg``."""
+        """``name``'s page went out under root ``version``: walk its closure in ``tg``.
+
+        ``tree``: the root's tree id; on the first page of a root version the
+        tree's interior nodes (the root node and its up to 256 children) are
+        fetched in one batch, so every later cold page walks from a leaf.
+        """
         if self.config.projects <= 0:
             return
         if version != self._version:  # new releases may need other dependencies
             self._version = version
             self._seen.clear()
+            if tree is not None:
+                tg.start_soon(self._nodes, tree)
         if name in self._seen:
             return
         self._seen.add(name)
@@ -106,6 +118,14 @@ class ReadAhead:
             self._seen.add(dep)
             budget[0] -= 1
             tg.start_soon(self._visit, dep, None, budget, tg)
+
+    async def _nodes(self, tree: ObjectId) -> None:
+        """The tree's two node levels (at PyPI's size, 257 objects of ~8 KB)."""
+        try:
+            root = decode_as(await self.cache.session.get_object(tree), Node)
+            await self.cache.session.get_objects(e.child for e in root.children)
+        except P2pkgError as exc:
+            log.info("read-ahead of the tree's nodes stopped: %s", exc)
 
     async def _download(self, manifest: FileManifest) -> None:
         async with self._downloads:
