@@ -300,7 +300,7 @@ async def _proxy(args: argparse.Namespace) -> None:
         try:
             if args.busy and rng.random() < args.busy:
                 await reader.read(64 * 1024)  # the request head
-                await asyncio.sleep(args.delay)
+                await asyncio.sleep(2 * args.delay)  # its way in and the answer's way out
                 writer.write(BUSY)
                 await writer.drain()
                 return
