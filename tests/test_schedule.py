@@ -372,3 +372,24 @@ def test_a_short_span_on_a_long_link_is_a_rate_sample() -> None:
     nbytes = span.stop - span.start
     s.span_finished("far", span, 0.15 + nbytes / (25 * MiB), nbytes)
     assert s.peers["far"].rate > 12 * MiB  # EWMA halfway from 0.7 to 25 at once
+
+
+def test_a_503_beside_running_spans_stops_the_peers_growth_not_its_work() -> None:
+    """The refused request was a new connection: the open ones keep answering."""
+    rates = {"p": 25 * MiB}
+    s = Scheduler(lengths(128 * MiB), (), [("p", 0)], 0.0, rates=rates, latencies={"p": 0.1})
+    first = s.assign("p", 0.0)
+    assert first is not None
+    s.first_byte("p", first, 0.1)
+    second = s.assign("p", 1.0)  # pipelined
+    assert second is not None
+    s.span_failed("p", second, 1.1, Failure.BUSY, retry_after=1.0)
+    assert s.assign("p", 1.2) is None  # not a second span at once during Retry-After
+    s.span_finished("p", first, 1.2, first.stop - first.start)
+    assert s.assign("p", 1.2) is not None  # but its work goes on
+    # Alone, a 503 pauses the peer for the Retry-After.
+    alone = Scheduler(lengths(128 * MiB), (), [("q", 0)], 0.0)
+    only = alone.assign("q", 0.0)
+    assert only is not None
+    alone.span_failed("q", only, 0.1, Failure.BUSY, retry_after=1.0)
+    assert alone.assign("q", 0.5) is None and alone.assign("q", 1.2) is not None

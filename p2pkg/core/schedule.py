@@ -24,7 +24,9 @@ even before any rate is known.
 
 Failures are classified:
 
-* ``busy`` (503): the peer is skipped until its Retry-After has passed;
+* ``busy`` (503): the peer is skipped until its Retry-After has passed — or,
+  when other spans of it are still running, it keeps those (its open
+  connections answer) but gets no more spans at once until then;
 * ``absent`` (404): the peer does not hold the file; never asked again here;
 * ``error`` (timeout, reset, stall, protocol): exponential back-off, and after
   ``max_failures`` in a row the peer is dropped for this file;
@@ -118,6 +120,8 @@ class PeerState:
     backlog: int = 0  # bytes other downloads were waiting for from it when this one began
     last_end: float = float("-inf")  # when its last body ended
     last_progress: float = float("-inf")  # when its last chunk came (shells that say)
+    busy_until: float = 0.0  # answered 503 beside work in flight: no more than
+    busy_limit: int = 0  # ... this many spans at once until then
     failures: int = 0
     not_before: float = 0.0
     deferred_until: float = 0.0  # backed off by the peer book: only if nobody else can
@@ -239,6 +243,8 @@ class Scheduler:
 
     def _has_room(self, peer: PeerState, now: float) -> bool:
         """Another span now: a free slot, or time to pipeline the next request."""
+        if now < peer.busy_until and len(peer.inflight) >= peer.busy_limit:
+            return False
         if len(peer.inflight) < self._slots(peer):
             return True
         return len(peer.inflight) < self.config.max_slots and now >= self._pipeline_at(peer)
@@ -268,7 +274,7 @@ class Scheduler:
             t
             for p in self.peers.values()
             if self.usable(p)
-            for t in (p.not_before, p.deferred_until)
+            for t in (p.not_before, p.deferred_until, p.busy_until)
             if t > now
         ]
         times += [
@@ -499,7 +505,14 @@ class Scheduler:
         cfg = self.config
         match failure:
             case Failure.BUSY:
-                peer.not_before = now + min(max(retry_after, cfg.backoff), cfg.busy_cap)
+                pause = min(max(retry_after, cfg.backoff), cfg.busy_cap)
+                if peer.inflight:
+                    # Its open connections still answer (a 503 refuses a new
+                    # connection or request): stop its growth, not its work.
+                    peer.busy_until = now + pause
+                    peer.busy_limit = len(peer.inflight)
+                else:
+                    peer.not_before = now + pause
             case Failure.ABSENT:
                 peer.dropped = "does not hold the file"
             case Failure.BAD:
