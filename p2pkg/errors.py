@@ -136,6 +136,10 @@ class SpecError(P2pkgError):
     """A spec that is not a valid requirement (bad syntax, markers, URLs)."""
 
 
+class PolicyError(P2pkgError):
+    """A namespace search order, pin or claim that cannot be followed (a usage error)."""
+
+
 #: errno values that mean "this machine cannot do it" rather than "bad input":
 #: what :func:`local_io` turns into :class:`LocalError`.
 LOCAL_ERRNOS = frozenset(

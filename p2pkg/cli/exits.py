@@ -22,6 +22,7 @@ from p2pkg.errors import (
     NotFoundError,
     P2pkgError,
     PeerError,
+    PolicyError,
     PublishError,
     SpecError,
     StoreError,
@@ -46,6 +47,7 @@ EXIT_CODES: dict[type[P2pkgError], int] = {
     UpstreamError: 8,  # the index publish --from-index mirrors
     LocalError: 9,
     SpecError: 2,  # a requirement that does not parse (e.g. in a file): usage
+    PolicyError: 2,  # a namespace order, pin or claim that cannot be followed
 }
 EXIT_HELP = """\b
 Exit codes: 0 ok, 1 verify found problems, 2 usage error (an option, SPEC or
