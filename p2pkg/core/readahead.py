@@ -33,6 +33,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from p2pkg.core.objects import FileManifest
+from p2pkg.core.select import tag_ranks
 
 MAX_METADATA = 4 << 20  # bytes of METADATA parsed; PyPI's largest are well under 1 MiB
 MAX_REQUIREMENTS = 1000  # Requires-Dist lines read from one METADATA
@@ -59,14 +60,17 @@ def newest_release(manifests: Sequence[FileManifest]) -> list[FileManifest]:
     return by_version[max(final or by_version)]
 
 
-def likely_archives(release: Sequence[FileManifest], tags: Sequence[Tag]) -> list[FileManifest]:
+def likely_archives(
+    release: Sequence[FileManifest], tags: Sequence[Tag] | None = None
+) -> list[FileManifest]:
     """The archive of ``release`` an installer with ``tags`` would download, if any.
 
-    ``tags``: the compatible tags, best first (a cache guesses its own
-    interpreter's: a site's machines mostly match it). The best-ranked wheel,
-    else the sdist; nothing when only other platforms' wheels exist.
+    ``tags``: the compatible tags, best first; None: this interpreter's (a
+    cache guesses its own: a site's machines mostly match it). The
+    best-ranked wheel, else the sdist; nothing when only other platforms'
+    wheels exist.
     """
-    rank = {t: i for i, t in enumerate(tags)}
+    rank = tag_ranks(tags)
     best: tuple[int, FileManifest] | None = None
     sdist: FileManifest | None = None
     for m in release:

@@ -290,7 +290,11 @@ class Scheduler:
 
     def still_needed(self, span: Span) -> bool:
         """Whether any chunk of ``span`` is still missing (else the shell stops it)."""
-        return any(not self.done[i] for i in range(span.first, span.end))
+        return self.missing(span.first, span.end)
+
+    def missing(self, first: int, end: int) -> bool:
+        """Whether any of chunks ``first`` .. ``end - 1`` is still missing."""
+        return any(not self.done[i] for i in range(first, end))
 
     def peer_summary(self) -> dict[str, dict[str, object]]:
         return {
@@ -419,6 +423,10 @@ class Scheduler:
         self.remaining -= 1
         return True
 
+    def _owed(self, peer: PeerState) -> int:
+        """Bytes of the spans ``peer`` has in flight."""
+        return sum(self.spans[sid][1].stop - self.spans[sid][1].start for sid in peer.inflight)
+
     def _first_rate(self, peer: PeerState, now: float) -> None:
         """A provisional rate from the bytes since the peer's first byte in this file."""
         if not peer.first_bytes:
@@ -427,8 +435,7 @@ class Scheduler:
         if peer.received < self.config.probe_bytes or now - since < 0.005:
             return
         peer.rate = peer.received / (now - since)
-        owed = sum(self.spans[sid][1].stop - self.spans[sid][1].start for sid in peer.inflight)
-        peer.queue_end = now + max(0, owed - peer.received) / peer.rate
+        peer.queue_end = now + max(0, self._owed(peer) - peer.received) / peer.rate
 
     def _release(self, name: str, span: Span) -> float:
         self.spans.pop(span.id, None)
@@ -478,8 +485,7 @@ class Scheduler:
             a = self.config.rate_alpha
             peer.rate = sample if peer.rate <= 0 else a * sample + (1 - a) * peer.rate
         # What it still owes, at the rate now known: when to pipeline next.
-        owed = sum(self.spans[sid][1].stop - self.spans[sid][1].start for sid in peer.inflight)
-        peer.queue_end = now + owed / self._rate(peer)
+        peer.queue_end = now + self._owed(peer) / self._rate(peer)
         return elapsed if elapsed > 0 else whole
 
     def span_failed(

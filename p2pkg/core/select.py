@@ -75,7 +75,8 @@ def _interpreter_ranks() -> dict[Tag, int]:
     return {t: i for i, t in enumerate(sys_tags())}
 
 
-def _tag_ranks(tags: Sequence[Tag] | None) -> dict[Tag, int]:
+def tag_ranks(tags: Sequence[Tag] | None = None) -> dict[Tag, int]:
+    """Tag -> rank (lower is better): of ``tags`` in order, or this interpreter's."""
     if tags is None:
         return _interpreter_ranks()
     return {t: i for i, t in enumerate(tags)}
@@ -85,7 +86,7 @@ def candidates(
     filenames: Iterable[str], spec: Spec, tags: Sequence[Tag] | None = None
 ) -> list[Candidate]:
     """Allowed files, best first: newest version, then best tag, then sdist."""
-    ranks = _tag_ranks(tags)
+    ranks = tag_ranks(tags)
     sdist_rank = len(ranks) + 1
     out: list[Candidate] = []
     for filename in filenames:

@@ -206,10 +206,6 @@ class _Download:
     def is_done(self, index: int) -> bool:
         return bool(self.sched.done[index])
 
-    def needed(self, first: int, end: int) -> bool:
-        done = self.sched.done
-        return any(not done[i] for i in range(first, end))
-
     def chunk_verified(self, peer: str, index: int) -> None:
         """Chunk ``index`` from ``peer`` was verified and written (maybe a second copy)."""
         state = self.sched.peers[peer]
@@ -492,7 +488,7 @@ class FileDownloader:
                 wake.set()  # a long link may now take more spans in flight
 
             sink = SpanSink(
-                writer, peer, span.first, span.end, sched.offsets, ctx.needed, clock, first_byte
+                writer, peer, span.first, span.end, sched.offsets, sched.missing, clock, first_byte
             )
             started = sink.started = clock()
             running[span.id] = (span, sink)

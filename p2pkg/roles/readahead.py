@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
-from packaging.tags import Tag
 
 from p2pkg.core.objects import Blob, FileManifest, Node, ObjectId, decode_as
 from p2pkg.core.readahead import dependencies, likely_archives, metadata_source, newest_release
@@ -55,7 +54,6 @@ class ReadAhead:
         self._version: int | None = None  # the root version _seen belongs to
         self._walkers = anyio.CapacityLimiter(max(1, config.walkers))
         self._downloads = anyio.CapacityLimiter(max(1, config.downloads))
-        self._tags: list[Tag] | None = None
         self._env: dict[str, str] | None = None
 
     def page_served(
@@ -98,7 +96,7 @@ class ReadAhead:
                     manifests = await self.cache.project_manifests(name) or []
                     self.stats.projects += 1
                 release = newest_release(manifests)
-                likely = likely_archives(release, self._interpreter_tags())
+                likely = likely_archives(release)  # this interpreter's tags (cached)
                 for archive in likely:
                     if not self.cache.store.has_file(archive.blake3):
                         tg.start_soon(self._download, archive)
@@ -137,13 +135,6 @@ class ReadAhead:
             self.stats.archives += 1
             # The cache's own live download: an installer asking meanwhile follows it.
             await self.cache.download(manifest).wait_done()
-
-    def _interpreter_tags(self) -> list[Tag]:
-        if self._tags is None:
-            from packaging.tags import sys_tags
-
-            self._tags = list(sys_tags())
-        return self._tags
 
     def _environment(self) -> dict[str, str]:
         if self._env is None:
