@@ -178,7 +178,7 @@ async def test_a_live_download_survives_the_installer_leaving(
         origin = await svc.server(master.store, ServerConfig(rate=2_000_000, burst=64 * 1024))
         cache = Cache(tmp_path / "cache", master.pins, [origin.url])
         done = anyio.Event()
-        cache.on_new_file = done.set
+        cache.primary.on_new_file = done.set
         url = await svc.start(cache.run)
         client = PeerClient(url)
         try:

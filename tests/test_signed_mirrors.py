@@ -115,7 +115,7 @@ async def test_mirrors_status_reports_a_stale_mirror_behind_for_what_changed_sin
         # A cache's status page shows its peers' roots the same way.
         cache = Cache(tmp_path / "cache", master.pins, [stale.url, current.url])
         await svc.start(cache.run)
-        await cache.trusted()
+        await cache.primary.trusted()
         roots = cache.status()["peer_roots"]
         assert roots[stale.url] == {"root_version": 1, "versions_behind": 2}
         assert roots[current.url] == {"root_version": 3, "versions_behind": 0}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from p2pkg.core.objects import normalize_name
@@ -135,6 +135,25 @@ class SearchPolicy:
             if has(ns):
                 return ns
         return None
+
+    def merge(self, listed: Mapping[str, Collection[str]]) -> dict[str, str]:
+        """The merged index: each project name -> the namespace that serves it.
+
+        ``listed`` maps a namespace to the (normalized) project names it
+        lists. A name no allowed namespace lists (say, claimed by one that
+        lacks it) is left out.
+        """
+        sets = {ns: set(names) for ns, names in listed.items()}
+        out: dict[str, str] = {}
+        for names in sets.values():
+            for name in names:
+                if name in out:
+                    continue
+                for ns in self.candidates(name):
+                    if name in sets.get(ns, ()):
+                        out[name] = ns
+                        break
+        return out
 
     def check(self) -> list[str]:
         """Warnings about this policy: pins that a claim overrides."""

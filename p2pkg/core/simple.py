@@ -104,8 +104,14 @@ def project_json(
     manifests: Sequence[FileManifest],
     status: str | None = None,
     status_reason: str | None = None,
+    namespace: str | None = None,
 ) -> bytes:
-    """The PEP 691 JSON page; with ``status``, PEP 792's ``project-status`` (API 1.4)."""
+    """The PEP 691 JSON page; with ``status``, PEP 792's ``project-status`` (API 1.4).
+
+    ``namespace``: which trusted namespace served the page, as the private
+    key ``"_p2pkg": {"namespace": ...}`` (PEP 691 reserves keys starting
+    with ``_`` for the index's own use; installers ignore them).
+    """
     files = []
     offered = _offered(manifests, status)
     for m in offered:
@@ -138,6 +144,8 @@ def project_json(
         if status_reason is not None:
             marker["reason"] = status_reason
         page["project-status"] = marker
+    if namespace is not None:
+        page["_p2pkg"] = {"namespace": namespace}
     return json.dumps(page, separators=(",", ":")).encode()
 
 
@@ -146,8 +154,13 @@ def project_html(
     manifests: Sequence[FileManifest],
     status: str | None = None,
     status_reason: str | None = None,
+    namespace: str | None = None,
 ) -> bytes:
-    """The PEP 503 HTML page; with ``status``, PEP 792's meta tags (API 1.4)."""
+    """The PEP 503 HTML page; with ``status``, PEP 792's meta tags (API 1.4).
+
+    ``namespace``: which trusted namespace served it, as
+    ``<meta name="p2pkg:namespace">`` (installers ignore unknown meta tags).
+    """
     esc = html.escape
     version = API_VERSION if status is None else API_VERSION_STATUS
     lines = [
@@ -159,6 +172,8 @@ def project_html(
         lines.append(f'<meta name="pypi:project-status" content="{esc(status)}">')
         if status_reason is not None:
             lines.append(f'<meta name="pypi:project-status-reason" content="{esc(status_reason)}">')
+    if namespace is not None:
+        lines.append(f'<meta name="p2pkg:namespace" content="{esc(namespace)}">')
     lines += [
         f"<title>Links for {esc(name)}</title></head><body>",
         f"<h1>Links for {esc(name)}</h1>",

@@ -1,18 +1,21 @@
-"""The cache's HTTP face: the routes it adds to its peer server.
+"""One cache namespace's HTTP face: the routes it adds to its (mounted) peer server.
 
-``/`` (status page), ``/simple/`` (PEP 503/691 pages, with PEP 792 project
-status), ``/files/`` (archives streamed from the verified prefix of a live
+``/simple/`` (PEP 503/691 pages, with PEP 792 project status),
+``/files/`` (archives streamed from the verified prefix of a live
 download, PEP 658 metadata, PEP 740 provenance; ``410 Gone`` with the
 reason for a file the namespace keeps a tombstone of) and the pull-through
-wrapper around the peer protocol (``/p2pkg/v1/``).
-What the pages show and which downloads run is :class:`~p2pkg.roles.cache.Cache`'s
-business; this module only turns requests into calls on it and bytes back.
+wrapper around the peer protocol (``/p2pkg/v1/``). The cache mounts them at
+``/ns/NAME/``; its merged index (:mod:`p2pkg.roles.cache_index`) hands each
+project to one namespace's :meth:`CacheRoutes.project_page` and
+:meth:`CacheRoutes.archive`.
+What the pages show and which downloads run is
+:class:`~p2pkg.roles.cache_namespace.CacheNamespace`'s business; this module
+only turns requests into calls on it and bytes back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import logging
 from typing import IO, TYPE_CHECKING
 
@@ -25,7 +28,7 @@ from p2pkg.io.http.server import Exchange, Handler, PeerServer
 from p2pkg.roles.disk import http_status
 
 if TYPE_CHECKING:
-    from p2pkg.roles.cache import Cache, Live
+    from p2pkg.roles.cache_namespace import CacheNamespace, Live
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +36,18 @@ RETRY_AFTER = 10  # seconds an installer is told to wait when no peer can delive
 
 
 class CacheRoutes:
-    """Request handlers for one cache, installed on its server's route table."""
+    """Request handlers for one cache namespace, installed on its server's route table."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: CacheNamespace) -> None:
         self.cache = cache
 
     def install(self, server: PeerServer) -> None:
-        server.route("/", self._guarded(self._top_page))
-        server.route("/simple/", self._guarded(self._simple_page))
-        server.route("/files/", self._guarded(self._files_page))
+        server.route("/", self.guarded(self._top_page))
+        server.route("/simple/", self.guarded(self._simple_page))
+        server.route("/files/", self.guarded(self._files_page))
         server.route(wire.PREFIX + "/", self._peer_route)
 
-    def _guarded(self, handler: Handler) -> Handler:
+    def guarded(self, handler: Handler) -> Handler:
         """A simple-API route: GET/HEAD only; namespace errors become 404 / 502."""
 
         async def guarded(ex: Exchange) -> bool:
@@ -65,9 +68,7 @@ class CacheRoutes:
         return guarded
 
     async def _top_page(self, ex: Exchange) -> bool:
-        """``/`` (the status page), ``/simple`` without its slash, else 404."""
-        if ex.path == "/":
-            return await self._status_page(ex)
+        """``/simple`` without its slash, else 404 (the status page is the cache's)."""
         if ex.path == "/simple":
             return await self._index(ex)
         return await ex.reply(404, b"not found")
@@ -85,7 +86,7 @@ class CacheRoutes:
         """``/files/<archive blake3>/<filename>`` (and its ``.metadata``)."""
         parts = ex.path.split("/")
         if len(parts) == 4 and wire.HEX64.match(parts[2]):
-            return await self._archive(ex, bytes.fromhex(parts[2]), parts[3])
+            return await self.archive(ex, bytes.fromhex(parts[2]), parts[3])
         return await ex.reply(404, b"not found")
 
     async def _peer_route(self, ex: Exchange) -> bool:
@@ -208,7 +209,12 @@ class CacheRoutes:
     async def _project(self, ex: Exchange, raw_name: str) -> bool:
         name = normalize_name(raw_name)
         if name != raw_name:
-            return await ex.reply(301, b"", headers=[("Location", f"/simple/{name}/")])
+            where = f"{ex.site.base_path}/simple/{name}/"
+            return await ex.reply(301, b"", headers=[("Location", where)])
+        return await self.project_page(ex, name)
+
+    async def project_page(self, ex: Exchange, name: str) -> bool:
+        """``name``'s page (normalized) from this namespace, labelled with its name."""
         media = simple.negotiate(ex.req.headers.get("accept"))
         if media is None:
             return await ex.reply(406, b"not acceptable")
@@ -217,20 +223,23 @@ class CacheRoutes:
         if manifests is None or project is None:
             return await ex.reply(404, b"no such project")
         render = simple.project_json if media == simple.JSON_V1 else simple.project_html
-        body = render(name, manifests, project.status, project.status_reason)
+        body = render(name, manifests, project.status, project.status_reason, self.cache.name)
         trusted = self.cache.session.trusted
         if trusted is not None and project.status != "quarantined":
             # The installer's next requests (this release's metadata and archive,
             # its dependencies' pages): fetched while this answer travels.
             self.cache.page_served(name, manifests, trusted)
-        return await self._page(ex, body, media)
+        return await self._page(ex, body, media, [(wire.NAMESPACE_HEADER, self.cache.name)])
 
-    async def _page(self, ex: Exchange, body: bytes, media: str) -> bool:
+    async def _page(
+        self, ex: Exchange, body: bytes, media: str, extra: list[tuple[str, str]] | None = None
+    ) -> bool:
         ctype = media if media != simple.HTML else "text/html; charset=utf-8"
-        headers = [("Cache-Control", "max-age=60"), ("Vary", "Accept")]
+        headers = [("Cache-Control", "max-age=60"), ("Vary", "Accept"), *(extra or [])]
         return await ex.reply(200, body, headers=headers, ctype=ctype)
 
-    async def _archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
+    async def archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
+        """``/files/<content id>/<filename>[.metadata|.provenance]`` from this namespace."""
         if filename.endswith(".metadata"):
             archive, extra = filename[: -len(".metadata")], "metadata"
         elif filename.endswith(".provenance"):
@@ -338,26 +347,6 @@ class CacheRoutes:
             with contextlib.suppress(FileNotFoundError):
                 return path.open("rb")
         return None
-
-    async def _status_page(self, ex: Exchange) -> bool:
-        st = self.cache.status()
-        rows = "\n".join(
-            f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in st.items()
-        )
-        body = (
-            "<!DOCTYPE html><html><head><title>p2pkg cache</title>"
-            '<meta http-equiv="refresh" content="10"></head><body>'
-            "<h1>p2pkg cache</h1><p>pip: <code>pip install --index-url "
-            "http://THIS-HOST/simple/ PACKAGE</code></p>"
-            f"<table>{rows}</table></body></html>"
-        ).encode()
-        return await ex.reply(
-            200,
-            body,
-            ctype="text/html; charset=utf-8",
-            headers=[("Cache-Control", "no-cache")],
-        )
 
 
 def _reason_line(what: str, reason: str | None) -> bytes:

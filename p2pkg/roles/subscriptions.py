@@ -7,8 +7,10 @@ lists. A seed or cache subscribes to each of its upstreams when it starts
 and renews at half the subscription's lifetime, with back-off when the
 upstream is away.
 
-``POST /p2pkg/v1/subscribe`` with the body ``<port>`` (decimal): the
-upstream pushes to ``http://<the address the request came from>:<port>``.
+``POST /p2pkg/v1/subscribe`` with the body ``<port>`` (decimal), or
+``<port> /ns/<name>`` for a namespace mounted under that path on a node
+serving several: the upstream pushes to ``http://<the address the request
+came from>:<port>[/ns/<name>]``.
 A node can therefore subscribe only itself — the list cannot aim pushes at
 a third party — and needs no idea of its own public address. Subscriptions
 expire after their ``ttl`` (answered as JSON ``{"ttl": seconds}``), are
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +58,10 @@ class _Subscriber:
     failures: int = 0
 
 
+#: ``<port>`` or ``<port> /ns/<namespace name>``.
+SUBSCRIBE_BODY = re.compile(r"([0-9]{1,5})(?: (/ns/[a-z0-9][a-z0-9_-]{0,31}))?")
+
+
 @dataclass
 class Subscriptions:
     """The subscribers of one node, and pushing a root to them."""
@@ -69,8 +76,8 @@ class Subscriptions:
         """Serve ``/p2pkg/v1/subscribe`` on ``server``."""
         server.route(wire.SUBSCRIBE_PATH, self.handle)
 
-    def subscribe(self, host: str, port: int) -> str:
-        """Subscribe ``http://host:port`` (``host``: the request's source); its URL.
+    def subscribe(self, host: str, port: int, path: str = "") -> str:
+        """Subscribe ``http://host:port[path]`` (``host``: the request's source); its URL.
 
         Raises ValueError when the address or the whole list is full.
         """
@@ -80,6 +87,7 @@ class Subscriptions:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         url = f"http://[{ip}]:{port}" if ip.version == 6 else f"http://{ip}:{port}"
+        url += path
         address = address_key(str(ip))
         sub = self._subs.get(url)
         if sub is None:
@@ -106,11 +114,13 @@ class Subscriptions:
         """``POST /p2pkg/v1/subscribe``: 202 ``{"ttl": s}``, 400 bad port, 429 over a cap."""
         if ex.path != wire.SUBSCRIBE_PATH or ex.req.method != "POST":
             return await ex.reply(404, b"not found")
-        text = ex.body.decode("ascii", "replace").strip()
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
-            return await ex.reply(400, b"body must be the port (1-65535) to push to")
+        match = SUBSCRIBE_BODY.fullmatch(ex.body.decode("ascii", "replace").strip())
+        if match is None or not 1 <= int(match[1]) <= 65535:
+            return await ex.reply(
+                400, b"body must be the port (1-65535) to push to, then optionally ' /ns/NAME'"
+            )
         try:
-            self.subscribe(ex.peer_host, int(text))
+            self.subscribe(ex.peer_host, int(match[1]), match[2] or "")
         except ValueError as exc:
             return await ex.reply(429, str(exc).encode(), headers=[("Retry-After", "60")])
         body = json.dumps({"ttl": int(self.config.ttl)}).encode()
@@ -161,6 +171,7 @@ async def keep_subscribed(
     upstreams: Sequence[str],
     port: Callable[[], int],
     *,
+    path: str = "",
     retry: float = 5.0,
     max_backoff: float = 300.0,
     client_config: ClientConfig = ClientConfig(),  # noqa: B008 - frozen
@@ -169,7 +180,8 @@ async def keep_subscribed(
 
     An upstream that refuses (404: it takes no subscriptions, e.g. a static
     server) is left alone for ``max_backoff``; one that is away is retried
-    from ``retry`` seconds doubling up to ``max_backoff``.
+    from ``retry`` seconds doubling up to ``max_backoff``. ``path``: where
+    this node serves the namespace (``/ns/NAME`` on a node serving several).
     """
 
     async def one(url: str) -> None:
@@ -177,7 +189,8 @@ async def keep_subscribed(
         while True:
             client = PeerClient(url, client_config)
             try:
-                status, body = await client.post(wire.SUBSCRIBE_PATH, str(port()).encode())
+                body = f"{port()} {path}".strip().encode()
+                status, body = await client.post(wire.SUBSCRIBE_PATH, body)
             except P2pkgError as exc:
                 log.info("cannot subscribe to %s (retry in %.0fs): %s", url, delay, exc)
                 status, body = 0, b""

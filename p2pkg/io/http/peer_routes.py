@@ -84,7 +84,7 @@ class PeerProtocol:
                     ids = [body[i : i + 32] for i in range(0, len(body), 32)]
                     return await self._chunks(ex, ids, False)
                 case wire.Kind.STATUS:
-                    data = json.dumps(ex.server.status(), sort_keys=True).encode()
+                    data = json.dumps(ex.site.status(), sort_keys=True).encode()
                     return await ex.reply(
                         200,
                         data,

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -241,7 +242,7 @@ class Exchange:
     reading gets its connection aborted (:class:`SendTimeoutError`).
     """
 
-    __slots__ = ("_writer", "body", "head_only", "path", "peer", "req", "server")
+    __slots__ = ("_writer", "body", "head_only", "path", "peer", "req", "server", "site")
 
     def __init__(
         self,
@@ -258,6 +259,17 @@ class Exchange:
         self.path = req.target.split("?", 1)[0]
         self.head_only = req.method == "HEAD"
         self._writer = writer
+        #: The server whose routes and store answer: ``server`` itself, or a
+        #: site mounted on it (:meth:`PeerServer.mount`). Connections, budgets
+        #: and counters stay ``server``'s.
+        self.site = server
+
+    def within(self, prefix: str, site: PeerServer) -> Exchange:
+        """This request as ``site`` sees it, mounted at ``prefix``: the prefix cut off the path."""
+        req = dataclasses.replace(self.req, target=self.req.target[len(prefix) :] or "/")
+        inner = Exchange(self.server, req, self.body, self.peer, self._writer)
+        inner.site = site
+        return inner
 
     @property
     def peer_host(self) -> str:
@@ -294,7 +306,7 @@ class Exchange:
         Retry-After when the upload budget is queued too far ahead. The body
         goes out with ``sendfile``; ``on_sent(n)`` is called once it has.
         """
-        return await self.server.protocol.send_file(self, blake3, on_sent=on_sent)
+        return await self.site.protocol.send_file(self, blake3, on_sent=on_sent)
 
     async def over_budget(self) -> bool:
         """Answer 503 + Retry-After if the server's upload budget is queued too far ahead."""
@@ -370,6 +382,9 @@ class PeerServer:
         self._refusing: dict[str, int] = {}  # address -> connections being refused
         self._overflow = 0
         self._resource_log = ThrottledLog()
+        #: Set when this server is mounted on another (it then never listens).
+        self.parent: PeerServer | None = None
+        self.base_path = ""
 
     # ------------------------------------------------------------------ routes
 
@@ -380,6 +395,27 @@ class PeerServer:
         its handler. A path no prefix matches is answered 404.
         """
         self._routes[prefix] = handler
+
+    def mount(self, prefix: str, site: PeerServer) -> None:
+        """Serve ``site``'s routes under ``prefix`` (e.g. ``/ns/corp``) on this server.
+
+        ``site`` never listens: its requests arrive on this server's
+        connections, under this server's budgets, with ``prefix`` cut off
+        the path; it answers from its own store and routes. Its ``url`` is
+        this server's URL plus ``prefix`` — a base URL peers can use.
+        """
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"mount prefix {prefix!r}: starts with '/', does not end with one")
+        site.parent, site.base_path = self, prefix
+
+        async def mounted(ex: Exchange) -> bool:
+            inner = ex.within(prefix, site)
+            handler = site.handler_for(inner.path)
+            if handler is None:
+                return await inner.reply(404, b"not found")
+            return await handler(inner)
+
+        self.route(prefix + "/", mounted)
 
     def handler_for(self, path: str) -> Handler | None:
         """The handler of the longest registered prefix of ``path`` (None: 404)."""
@@ -394,6 +430,8 @@ class PeerServer:
     @property
     def host(self) -> str:
         """The address the listening socket is bound to."""
+        if self.parent is not None:
+            return self.parent.host
         if self._bound is None:
             raise RuntimeError("the server is not running")
         return self._bound[0]
@@ -401,12 +439,17 @@ class PeerServer:
     @property
     def port(self) -> int:
         """The TCP port the server listens on (the one chosen when 0 was asked)."""
+        if self.parent is not None:
+            return self.parent.port
         if self._bound is None:
             raise RuntimeError("the server is not running")
         return self._bound[1]
 
     @property
     def url(self) -> str:
+        """The base URL peers use: ``http://host:port``, plus the mount prefix if mounted."""
+        if self.parent is not None:
+            return self.parent.url + self.base_path
         return f"http://{self.host}:{self.port}"
 
     @property
@@ -796,24 +839,30 @@ class PeerServer:
         return await self.protocol.handle(ex)
 
     def status(self) -> dict[str, Any]:
+        """``GET /p2pkg/v1/status``: the store's root and size, the connection budget.
+
+        A mounted site reports its own store and extras beside the listening
+        server's connections and counters (they are shared).
+        """
         latest = self.store.latest_root_stored()
         files, size = self.store.stats()
+        conns = self.parent or self
         out: dict[str, Any] = {
             "root_version": latest[0] if latest else None,
             "root_id": latest[1].hex() if latest else None,
             "files": files,
             "bytes_held": size,
-            "connections": self.stats.active,
-            "max_connections": self.max_connections,
-            "rate_limit": self.config.rate,
-            "requests": self.stats.requests,
-            "bytes_sent": self.stats.bytes_sent,
-            "busy_answers": self.stats.busy,
-            "max_per_address": self.max_per_address,
-            "addresses": len(self._served),
-            "reclaimed_idle": self.stats.reclaimed,
-            "send_timeouts": self.stats.send_timeouts,
-            "fd_limit": self.fd_limit,
+            "connections": conns.stats.active,
+            "max_connections": conns.max_connections,
+            "rate_limit": conns.config.rate,
+            "requests": conns.stats.requests,
+            "bytes_sent": conns.stats.bytes_sent,
+            "busy_answers": conns.stats.busy,
+            "max_per_address": conns.max_per_address,
+            "addresses": len(conns._served),
+            "reclaimed_idle": conns.stats.reclaimed,
+            "send_timeouts": conns.stats.send_timeouts,
+            "fd_limit": conns.fd_limit,
         }
         if self.status_extra is not None:
             out.update(self.status_extra())

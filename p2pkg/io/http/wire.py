@@ -33,6 +33,8 @@ MUTABLE = "no-cache"
 #: (RFC 9111 §5.2.1.7). Caches send it to every peer and honour it: a cache
 #: pulls through for clients, never for another cache, so requests cannot loop.
 ONLY_IF_CACHED = ("Cache-Control", "only-if-cached")
+#: The response header naming the trusted namespace a cache's page came from.
+NAMESPACE_HEADER = "X-P2pkg-Namespace"
 
 
 def only_if_cached(headers: Mapping[str, str]) -> bool:

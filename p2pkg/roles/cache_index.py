@@ -1,0 +1,150 @@
+"""The cache's merged face: ``/``, ``/simple/``, ``/files/`` and ``/p2pkg/v1/``.
+
+Installers see one index. Each project page and each file request is
+handed to the one namespace the search policy chooses for that project
+(:meth:`~p2pkg.roles.cache.Cache.serving`), through that namespace's own
+routes (:class:`~p2pkg.roles.cache_http.CacheRoutes`) — so a page lists
+files of one namespace only, and a file URL is answered only from the
+namespace that serves its project now. The peer protocol at the top level
+is the first namespace's; the others are at ``/ns/NAME/p2pkg/v1/``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import TYPE_CHECKING, Any
+
+from p2pkg.core import simple
+from p2pkg.core.objects import normalize_name
+from p2pkg.core.select import project_of
+from p2pkg.io.http import wire
+from p2pkg.io.http.server import Exchange, PeerServer
+
+if TYPE_CHECKING:
+    from p2pkg.roles.cache import Cache
+
+
+class MergedRoutes:
+    """Request handlers of the merged index, installed on the cache's server."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def install(self, server: PeerServer) -> None:
+        guarded = self.cache.primary.routes.guarded
+        server.route("/", guarded(self._top_page))
+        server.route("/simple/", guarded(self._simple_page))
+        server.route("/files/", guarded(self._files_page))
+        server.route(wire.PREFIX + "/", self._peer_protocol)
+
+    async def _peer_protocol(self, ex: Exchange) -> bool:
+        """``/p2pkg/v1/``: the first namespace's peer protocol (with its pull-through).
+
+        ``/p2pkg/v1/status`` is the whole cache's (every namespace under
+        ``namespaces``), the first namespace's figures at the top level.
+        """
+        route = wire.parse_target(ex.req.target)
+        if route is not None and route.kind is wire.Kind.STATUS:
+            return await self.cache.server.peer_protocol(ex)
+        site = self.cache.primary.server
+        inner = ex.within("", site)
+        handler = site.handler_for(inner.path)
+        if handler is None:  # pragma: no cover - the site routes its whole prefix
+            return await inner.reply(404, b"not found")
+        return await handler(inner)
+
+    async def _top_page(self, ex: Exchange) -> bool:
+        if ex.path == "/":
+            return await self._status_page(ex)
+        if ex.path == "/simple":
+            return await self._index(ex)
+        return await ex.reply(404, b"not found")
+
+    async def _simple_page(self, ex: Exchange) -> bool:
+        if ex.path == "/simple/":
+            return await self._index(ex)
+        parts = ex.path.split("/")
+        if len(parts) in (3, 4) and (len(parts) == 3 or not parts[3]):
+            return await self._project(ex, parts[2])
+        return await ex.reply(404, b"not found")
+
+    async def _index(self, ex: Exchange) -> bool:
+        media = simple.negotiate(ex.req.headers.get("accept"))
+        if media is None:
+            return await ex.reply(406, b"not acceptable")
+        names = await self.cache.merged_names()
+        body = simple.index_json(names) if media == simple.JSON_V1 else simple.index_html(names)
+        ctype = media if media != simple.HTML else "text/html; charset=utf-8"
+        headers = [("Cache-Control", "max-age=60"), ("Vary", "Accept")]
+        return await ex.reply(200, body, headers=headers, ctype=ctype)
+
+    async def _project(self, ex: Exchange, raw_name: str) -> bool:
+        name = normalize_name(raw_name)
+        if name != raw_name:
+            return await ex.reply(301, b"", headers=[("Location", f"/simple/{name}/")])
+        ns = await self.cache.serving(name)
+        if ns is None:
+            return await ex.reply(404, self._absent(name))
+        return await ns.routes.project_page(ex.within("", ns.server), name)
+
+    async def _files_page(self, ex: Exchange) -> bool:
+        parts = ex.path.split("/")
+        if len(parts) != 4 or not wire.HEX64.match(parts[2]):
+            return await ex.reply(404, b"not found")
+        filename = parts[3]
+        for extra in (".metadata", ".provenance"):
+            filename = filename.removesuffix(extra)
+        project = project_of(filename)
+        ns = await self.cache.serving(project) if project else None
+        if ns is None:
+            return await ex.reply(404, b"no such file in the namespaces served here")
+        return await ns.routes.archive(ex.within("", ns.server), bytes.fromhex(parts[2]), parts[3])
+
+    def _absent(self, name: str) -> bytes:
+        """Why a project is not served: a one-line body (pip prints only the status)."""
+        claimer = self.cache.policy.claimer(name)
+        if claimer is not None:
+            line = f"p2pkg cache: {name} is claimed by namespace {claimer!r}, which lacks it"
+        else:
+            order = ", ".join(self.cache.policy.candidates(name))
+            line = f"p2pkg cache: no project {name} in {order}"
+        return (line[:1000] + "\n").encode()
+
+    async def _status_page(self, ex: Exchange) -> bool:
+        st = self.cache.status()
+        namespaces: dict[str, Any] = st.pop("namespaces", {})
+        host = ex.req.headers.get("host") or "HOST:PORT"
+        sections = [_table("cache", st)]
+        for name, ns_status in namespaces.items():
+            sections.append(_table(f"namespace {name}", ns_status))
+        body = (
+            "<!DOCTYPE html><html><head><title>p2pkg cache</title>"
+            '<meta http-equiv="refresh" content="10"></head><body>'
+            "<h1>p2pkg cache</h1><p>pip: <code>pip install --index-url "
+            f"http://{html.escape(host)}/simple/ PACKAGE</code></p>"
+            f"{''.join(sections)}</body></html>"
+        ).encode()
+        return await ex.reply(
+            200,
+            body,
+            ctype="text/html; charset=utf-8",
+            headers=[("Cache-Control", "no-cache")],
+        )
+
+
+def _table(title: str, fields: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(_text(v))}</td></tr>"
+        for k, v in fields.items()
+    )
+    return f"<h2>{html.escape(title)}</h2><table>{rows}</table>"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return "" if value is None else str(value)
+
+
+__all__ = ["MergedRoutes"]
