@@ -9,6 +9,7 @@ import click
 
 from p2pkg.cli.app import main
 from p2pkg.cli.exits import errors_as_exit
+from p2pkg.cli.namespace_options import namespace_options, namespace_specs, search_policy
 from p2pkg.cli.options import (
     budget_options,
     check_bindable,
@@ -30,6 +31,9 @@ from p2pkg.cli.options import (
 )
 from p2pkg.cli.progress import progress_bar
 from p2pkg.cli.values import DURATION, SIZE
+
+#: What one --trust/--peer namespace is called (as in roles.namespace_choice).
+DEFAULT_NAMESPACE = "default"
 
 
 @main.command()
@@ -71,8 +75,8 @@ def serve(
 @url_list_option(
     "--upstream",
     "Peer to follow (the master, other seeds). Repeatable; fetched in parallel.",
-    required=True,
 )
+@namespace_options(policy=False)
 @click.option(
     "--project", "projects", multiple=True, metavar="NAME", help="Mirror only these projects."
 )
@@ -91,6 +95,8 @@ def seed(
     rate: int | None,
     trust: tuple[str, ...],
     upstream: tuple[str, ...],
+    namespaces: tuple[str, ...],
+    namespace_peers: tuple[str, ...],
     projects: tuple[str, ...],
     interval: int,
     dht_listen: str | None,
@@ -102,12 +108,22 @@ def seed(
     `p2pkg publish --notify`), fetches only what changed, verifies every
     object and chunk, and serves everything it holds. GET /p2pkg/v1/status
     reports its freshness (synced version, lag). Runs until Ctrl-C.
+
+    Several namespaces from one process and port: --namespace NAME=PUBKEY
+    and --namespace-peer NAME=URL (its upstreams) for each; namespace NAME
+    is served at http://HOST:PORT/ns/NAME (the first one at the top level
+    too) from the store STORE/NAME.
     """
     from p2pkg.roles.seed import SeedConfig, Seeder
 
+    specs = namespace_specs(trust, upstream, namespaces, namespace_peers)
     pins = parse_trust(trust)
-    if pins is None:
-        raise click.UsageError("--trust PUBKEY is required (the master's key)")
+    if specs is None and pins is None:
+        raise click.UsageError(
+            "--trust PUBKEY is required (the master's key), or --namespace NAME=PUBKEY"
+        )
+    if specs is None and not upstream:
+        raise click.UsageError("at least one --upstream URL is needed")
     host, port = check_bindable("--listen", listen)
     config = SeedConfig(interval=float(interval))
 
@@ -116,9 +132,30 @@ def seed(
     dht = dht_service(dht_listen, dht_bootstrap, store / STATE_FILE)
 
     async def run() -> None:
+        if specs is not None:
+            from p2pkg.roles.seed_group import SeedGroup
+
+            group = SeedGroup(
+                store,
+                specs,
+                projects=projects,
+                config=config,
+                server_config=server_config(max_connections, rate),
+                dht=dht,
+            )
+            try:
+                await serve_role(
+                    group.run,
+                    host,
+                    port,
+                    lambda url: f"seed serving {', '.join(n.name for n in specs)} on {url}",
+                )
+            finally:
+                await group.close()
+            return
         seeder = Seeder(
             store,
-            pins,
+            pins or frozenset(),
             list(upstream),
             projects=projects,
             config=config,
@@ -138,7 +175,8 @@ def seed(
 @listen_option
 @budget_options
 @trust_option
-@url_list_option("--peer", "Peer base URL. Repeatable.", dest="peers", required=True)
+@url_list_option("--peer", "Peer base URL. Repeatable.", dest="peers")
+@namespace_options()
 @click.option(
     "--max-size",
     type=SIZE,
@@ -177,6 +215,11 @@ def cache(
     rate: int | None,
     trust: tuple[str, ...],
     peers: tuple[str, ...],
+    namespaces: tuple[str, ...],
+    namespace_peers: tuple[str, ...],
+    order: str | None,
+    pins: tuple[str, ...],
+    claims: tuple[str, ...],
     max_size: int | None,
     refresh: int,
     lan: bool,
@@ -195,12 +238,32 @@ def cache(
     archives come from the peers, verified chunk by chunk, and are streamed to
     the installer as they arrive. The cache is a peer too, keeps serving what
     it holds when the peers are gone, and shows its status at http://HOST:PORT/.
+
+    Several namespaces (a site's private packages beside the public index):
+    --namespace NAME=PUBKEY and --namespace-peer NAME=URL for each, then
+    --order, --claim and --pin decide which one serves a project — always
+    whole, never a mix, so a public upload cannot shadow a private name
+    (dependency confusion). /simple/ is the merged index, /ns/NAME/simple/
+    one namespace alone; each store is STORE/NAME.
     """
     from p2pkg.roles.cache import Cache, CacheConfig
 
-    pins = parse_trust(trust)
-    if pins is None:
-        raise click.UsageError("--trust PUBKEY is required (the master's key)")
+    specs = namespace_specs(trust, peers, namespaces, namespace_peers)
+    policy = None
+    keys: frozenset[bytes] | None = frozenset()
+    if specs is None:
+        if order or pins or claims:
+            raise click.UsageError("--order, --pin and --claim need --namespace NAME=PUBKEY")
+        keys = parse_trust(trust)
+        if keys is None:
+            raise click.UsageError(
+                "--trust PUBKEY is required (the master's key), or --namespace NAME=PUBKEY"
+            )
+        if not peers:
+            raise click.UsageError("at least one --peer URL is needed")
+    else:
+        with errors_as_exit():
+            policy = search_policy(specs, order, pins, claims)
     host, port = check_bindable("--listen", listen)
     if lan:
         check_interfaces(lan_interfaces)
@@ -219,12 +282,14 @@ def cache(
     async def run() -> None:
         c = Cache(
             store,
-            pins,
+            keys or frozenset(),
             list(peers),
+            namespaces=specs or (),
+            policy=policy,
             config=config,
             server_config=server_config(max_connections, rate),
             dht=dht,
-        )  # c.run closes its store when it ends
+        )  # c.run closes its stores when it ends
         await serve_role(c.run, host, port, lambda url: f"cache serving {url}/simple/ on {url}")
 
     run_forever(run)
@@ -234,6 +299,7 @@ def cache(
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...", callback=check_specs)
 @trust_option
 @url_list_option("--peer", "Peer base URL. Repeatable.", dest="peers")
+@namespace_options()
 @click.option(
     "--dest",
     default=".",
@@ -266,6 +332,11 @@ def fetch(
     specs: tuple[str, ...],
     trust: tuple[str, ...],
     peers: tuple[str, ...],
+    namespaces: tuple[str, ...],
+    namespace_peers: tuple[str, ...],
+    order: str | None,
+    pins: tuple[str, ...],
+    claims: tuple[str, ...],
     dest: Path,
     filename: str | None,
     store: Path | None,
@@ -289,11 +360,27 @@ def fetch(
     Chunks come from all peers in parallel and each is checked against its
     BLAKE3 id (from the signed manifest) as it arrives; a file appears in
     --dest only once every chunk has been. An interrupted fetch resumes.
+
+    With several namespaces (--namespace NAME=PUBKEY, --namespace-peer
+    NAME=URL, --order, --claim, --pin) each SPEC resolves in the one
+    namespace that serves its project, by the rules a cache's index uses.
     """
+    ns_specs = namespace_specs(trust, peers, namespaces, namespace_peers)
+    if ns_specs is not None:
+        if lan or dht_bootstrap:
+            raise click.UsageError("--lan and --dht-bootstrap serve one namespace (--trust)")
+        if filename is not None and len(specs) != 1:
+            raise click.UsageError("--file needs exactly one SPEC")
+        with errors_as_exit():
+            policy = search_policy(ns_specs, order, pins, claims)
+        _fetch_namespaces(ns_specs, policy, specs, dest, filename, store, jobs, paranoid, as_json)
+        return
+    if order or pins or claims:
+        raise click.UsageError("--order, --pin and --claim need --namespace NAME=PUBKEY")
     from p2pkg.roles.client import Client
 
-    pins = parse_trust(trust)
-    if pins is None:
+    keys = parse_trust(trust)
+    if keys is None:
         raise click.UsageError("--trust PUBKEY is required (the master's key)")
     if not peers and lan is False and not dht_bootstrap:
         raise click.UsageError("at least one --peer URL is needed (or --lan, or --dht-bootstrap)")
@@ -307,7 +394,7 @@ def fetch(
     if dht_listen and dht_bootstrap:
         dht_where = check_bindable("--dht-listen", dht_listen, udp=True)
     client = Client(
-        pins,
+        keys,
         list(peers),
         store=store,
         lan=lan,
@@ -325,27 +412,69 @@ def fetch(
                 manifest = await client.resolve(specs[0], filename)
                 with progress_bar(f"fetching {manifest.filename}") as bar:
                     done = await client.fetch_file(manifest, dest, progress=bar)
-                results.append(_fetch_result(done))
+                results.append(_fetch_result(done, DEFAULT_NAMESPACE))
                 return
             results.extend(
-                _fetch_result(r) for r in await client.fetch_many(specs, dest, jobs=jobs)
+                _fetch_result(r, DEFAULT_NAMESPACE)
+                for r in await client.fetch_many(specs, dest, jobs=jobs)
             )
 
     import anyio
 
     with errors_as_exit():
         anyio.run(run)
+    _emit_fetched(as_json, results, several=len(specs) > 1)
+
+
+def _fetch_namespaces(
+    ns_specs: list[Any],
+    policy: Any,
+    specs: tuple[str, ...],
+    dest: Path,
+    filename: str | None,
+    store: Path | None,
+    jobs: int,
+    paranoid: bool,
+    as_json: bool,
+) -> None:
+    """``p2pkg fetch --namespace ...``: each spec from the namespace that serves it."""
+    import anyio
+
+    from p2pkg.roles.multi_client import MultiClient
+
+    client = MultiClient(ns_specs, policy, store=store, paranoid=paranoid)
+    results: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        async with client:
+            if len(specs) == 1:
+                ns, manifest = await client.resolve(specs[0], filename)
+                with progress_bar(f"fetching {manifest.filename} ({ns})") as bar:
+                    done = await client.fetch_file(ns, manifest, dest, progress=bar)
+                results.append(_fetch_result(done, ns))
+                return
+            fetched = await client.fetch_many(specs, dest, jobs=jobs)
+            results.extend(_fetch_result(r, ns) for ns, r in fetched)
+
+    with errors_as_exit():
+        anyio.run(run)
+    _emit_fetched(as_json, results, several=len(specs) > 1)
+
+
+def _emit_fetched(as_json: bool, results: list[dict[str, Any]], *, several: bool) -> None:
     lines = [
-        f"{r['path']}  ({r['size']} bytes, {r['bytes_from_network']} from the network, "
-        f"{r['seconds']}s)"
+        f"{r['path']}  ({r['size']} bytes"
+        + (f" from {r['namespace']}" if r["namespace"] != DEFAULT_NAMESPACE else "")
+        + f", {r['bytes_from_network']} from the network, {r['seconds']}s)"
         for r in results
     ]
-    emit(as_json, results[0] if len(specs) == 1 else {"files": results}, "\n".join(lines))
+    emit(as_json, {"files": results} if several else results[0], "\n".join(lines))
 
 
-def _fetch_result(done: Any) -> dict[str, Any]:
+def _fetch_result(done: Any, namespace: str) -> dict[str, Any]:
     manifest, stats = done.manifest, done.stats
     return {
+        "namespace": namespace,
         "path": str(done.path),
         "filename": manifest.filename,
         "version": manifest.version,

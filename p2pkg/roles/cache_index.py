@@ -36,23 +36,7 @@ class MergedRoutes:
         server.route("/", guarded(self._top_page))
         server.route("/simple/", guarded(self._simple_page))
         server.route("/files/", guarded(self._files_page))
-        server.route(wire.PREFIX + "/", self._peer_protocol)
-
-    async def _peer_protocol(self, ex: Exchange) -> bool:
-        """``/p2pkg/v1/``: the first namespace's peer protocol (with its pull-through).
-
-        ``/p2pkg/v1/status`` is the whole cache's (every namespace under
-        ``namespaces``), the first namespace's figures at the top level.
-        """
-        route = wire.parse_target(ex.req.target)
-        if route is not None and route.kind is wire.Kind.STATUS:
-            return await self.cache.server.peer_protocol(ex)
-        site = self.cache.primary.server
-        inner = ex.within("", site)
-        handler = site.handler_for(inner.path)
-        if handler is None:  # pragma: no cover - the site routes its whole prefix
-            return await inner.reply(404, b"not found")
-        return await handler(inner)
+        server.front(self.cache.primary.server)  # /p2pkg/v1/: the first namespace's
 
     async def _top_page(self, ex: Exchange) -> bool:
         if ex.path == "/":

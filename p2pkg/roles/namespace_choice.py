@@ -11,7 +11,7 @@ namespace during an outage is dependency confusion by another name.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -68,4 +68,43 @@ async def choose_namespace(
     return None
 
 
-__all__ = ["DEFAULT_NAMESPACE", "NamespaceSpec", "choose_namespace"]
+async def choose_many(
+    policy: SearchPolicy,
+    projects: Sequence[str],
+    lookup: Callable[[str, list[str]], Awaitable[Mapping[str, bool]]],
+) -> dict[str, str | None]:
+    """:func:`choose_namespace` for many projects: one ``lookup`` per namespace.
+
+    ``lookup(namespace, names)`` says which of ``names`` that namespace
+    lists (one batch walk of its tree); the namespaces are asked at once.
+    """
+    names = list(dict.fromkeys(normalize_name(p) for p in projects))
+    wanted: dict[str, list[str]] = {}
+    for name in names:
+        for ns in policy.candidates(name):
+            wanted.setdefault(ns, []).append(name)
+    answers: dict[str, Mapping[str, bool] | P2pkgError] = {}
+
+    async def ask(ns: str) -> None:
+        try:
+            answers[ns] = await lookup(ns, wanted[ns])
+        except P2pkgError as exc:
+            answers[ns] = exc
+
+    async with anyio.create_task_group() as tg:
+        for ns in wanted:
+            tg.start_soon(ask, ns)
+    out: dict[str, str | None] = {}
+    for name in names:
+        out[name] = None
+        for ns in policy.candidates(name):
+            answer = answers[ns]
+            if isinstance(answer, P2pkgError):
+                raise answer
+            if answer.get(name):
+                out[name] = ns
+                break
+    return out
+
+
+__all__ = ["DEFAULT_NAMESPACE", "NamespaceSpec", "choose_many", "choose_namespace"]

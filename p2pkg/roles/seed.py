@@ -22,11 +22,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.core.objects import FileManifest, ObjectId, decode_as, normalize_name
 from p2pkg.core.trust import TrustedRoot
@@ -172,20 +173,43 @@ class Seeder:
         """Serve and follow upstream until cancelled."""
         async with anyio.create_task_group() as tg:
             url = await tg.start(self.server.run, host, port)
-            if self.dht is not None:
-                # Whole bins for a full mirror, archive by archive for a subset.
-                keys = held_file_keys if self.projects else full_store_keys
-                await self.dht.announce_on(
-                    tg, lambda: keys(self.store), self.server.port, self.store.latest_root
-                )
-            tg.start_soon(self.counts.run)
-            if self.config.subscribe:
-                tg.start_soon(keep_subscribed, self.upstreams, lambda: self.server.port)
+            await self._start(tg)
             task_status.started(url)
             log.info("seed serving %s on %s", self.store_path, url)
-            await self.follower.follow(
-                self._catch_up, interval=self.config.interval, max_backoff=self.config.max_backoff
+            await self._follow()
+
+    async def run_mounted(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Follow upstream until cancelled, served by the server this seed's is mounted on."""
+        async with anyio.create_task_group() as tg:
+            await self._start(tg)
+            task_status.started()
+            log.info("seed serving %s on %s", self.store_path, self.server.url)
+            await self._follow()
+
+    async def _start(self, tg: TaskGroup) -> None:
+        if self.dht is not None:
+            # Whole bins for a full mirror, archive by archive for a subset.
+            keys = held_file_keys if self.projects else full_store_keys
+            await self.dht.announce_on(
+                tg, lambda: keys(self.store), self.server.port, self.store.latest_root
             )
+        tg.start_soon(self.counts.run)
+        if self.config.subscribe:
+            tg.start_soon(
+                partial(
+                    keep_subscribed,
+                    self.upstreams,
+                    lambda: self.server.port,
+                    path=self.server.base_path,
+                )
+            )
+
+    async def _follow(self) -> None:
+        await self.follower.follow(
+            self._catch_up, interval=self.config.interval, max_backoff=self.config.max_backoff
+        )
 
     async def _notified(self, body: bytes, peer: str) -> None:
         """A push: a root (zstd frame) or an empty body meaning "poll now"."""

@@ -417,6 +417,26 @@ class PeerServer:
 
         self.route(prefix + "/", mounted)
 
+    def front(self, site: PeerServer) -> None:
+        """Answer ``/p2pkg/v1/`` with ``site``'s routes (its store; a mounted site's).
+
+        A node serving several namespaces serves its first at the top
+        level as well as at ``/ns/NAME/``. ``/p2pkg/v1/status`` stays this
+        server's: the whole node's status.
+        """
+
+        async def fronted(ex: Exchange) -> bool:
+            route = wire.parse_target(ex.req.target)
+            if route is not None and route.kind is wire.Kind.STATUS:
+                return await self.peer_protocol(ex)
+            inner = ex.within("", site)
+            handler = site.handler_for(inner.path)
+            if handler is None:
+                return await inner.reply(404, b"not found")
+            return await handler(inner)
+
+        self.route(wire.PREFIX + "/", fronted)
+
     def handler_for(self, path: str) -> Handler | None:
         """The handler of the longest registered prefix of ``path`` (None: 404)."""
         best: str | None = None
