@@ -219,7 +219,7 @@ class CacheRoutes:
         if media is None:
             return await ex.reply(406, b"not acceptable")
         manifests = await self.cache.project_manifests(name)
-        project = await self.cache.session.project(name)  # held now: no second fetch
+        project = await self.cache.project(name)  # remembered: no second walk
         if manifests is None or project is None:
             return await ex.reply(404, b"no such project")
         render = simple.project_json if media == simple.JSON_V1 else simple.project_html
@@ -253,7 +253,7 @@ class CacheRoutes:
         if manifest is None:
             return await self._not_listed(ex, archive)
         # Listed, so the filename names its project (resolved just now: held).
-        project = await self.cache.session.project(project_of(archive) or archive)
+        project = await self.cache.project(project_of(archive) or archive)
         if project is not None and project.status == "quarantined":
             # PEP 792: no file of a quarantined project is offered for download.
             return await ex.reply(403, _reason_line("quarantined", project.status_reason))
@@ -286,7 +286,7 @@ class CacheRoutes:
     async def _not_listed(self, ex: Exchange, filename: str) -> bool:
         """404, or 410 Gone with the reason when the project keeps a tombstone of it."""
         name = project_of(filename)
-        project: Project | None = await self.cache.session.project(name) if name else None
+        project: Project | None = await self.cache.project(name) if name else None
         for gone in project.tombstones if project is not None else ():
             if gone.filename == filename:
                 return await ex.reply(410, _reason_line("removed", gone.reason))

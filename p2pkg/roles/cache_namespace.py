@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Ids (and archives) noted as signed before the sets start over.
 MAX_NOTED = 200_000
+#: Projects (with their manifests) remembered per root version.
+MAX_RESOLVED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,9 @@ class CacheNamespace:
         self.on_new_file: Callable[[], None] | None = None
         self.on_page: Callable[[CacheNamespace, str, list[FileManifest], TrustedRoot], None] | None
         self.on_page = None  # read-ahead (the cache's, which follows the search order)
+        self._resolved_memo: collections.OrderedDict[
+            tuple[int, str], tuple[Project | None, list[FileManifest] | None]
+        ] = collections.OrderedDict()
         self._tg: TaskGroup | None = None
 
     def start(self, tg: TaskGroup) -> None:
@@ -196,13 +201,43 @@ class CacheNamespace:
         """The current root, refreshed from peers when older than the interval."""
         return await self.session.follower.current(self.config.refresh_interval)
 
+    async def project(self, name: str) -> Project | None:
+        """Project ``name`` under the current root (None: the namespace lacks it).
+
+        Remembered per root version (a tree is immutable): the merged index
+        asks every candidate namespace, then the page and each file request
+        ask the chosen one again.
+        """
+        return (await self._resolved(name))[0]
+
+    async def _resolved(self, name: str) -> tuple[Project | None, list[FileManifest] | None]:
+        trusted = await self.trusted()
+        key = (trusted.version, name)
+        found = self._resolved_memo.get(key)
+        if found is None:
+            found = (await self.session.project(name), None)
+            self._remember(key, found)
+        else:
+            self._resolved_memo.move_to_end(key)
+        return found
+
+    def _remember(
+        self, key: tuple[int, str], value: tuple[Project | None, list[FileManifest] | None]
+    ) -> None:
+        self._resolved_memo[key] = value
+        while len(self._resolved_memo) > MAX_RESOLVED:
+            self._resolved_memo.popitem(last=False)
+
     async def project_manifests(self, name: str) -> list[FileManifest] | None:
-        await self.trusted()
-        project = await self.session.project(name)
+        project, manifests = await self._resolved(name)
         if project is None:
             return None
-        raw = await self.session.get_objects(f.manifest for f in project.files)
-        return [decode_as(raw[f.manifest], FileManifest) for f in project.files]
+        if manifests is None:
+            raw = await self.session.get_objects(f.manifest for f in project.files)
+            manifests = [decode_as(raw[f.manifest], FileManifest) for f in project.files]
+            trusted = await self.trusted()
+            self._remember((trusted.version, name), (project, manifests))
+        return manifests
 
     async def listed_manifest(self, content_id: bytes, filename: str) -> FileManifest | None:
         """The manifest the current signed tree lists for ``filename``, if it matches.
@@ -211,9 +246,8 @@ class CacheNamespace:
         URLs handed out before that form, the manifest id. Anything else —
         an unsigned object, another file's id, a name the tree lacks — is None.
         """
-        await self.trusted()
         project_name = project_of(filename)
-        project = await self.session.project(project_name) if project_name else None
+        project = await self.project(project_name) if project_name else None
         oid = project.lookup(filename) if project is not None else None
         if oid is None:
             return None
@@ -229,8 +263,7 @@ class CacheNamespace:
 
     async def has_project(self, name: str) -> bool:
         """Whether this namespace lists ``name`` (raises when it cannot say)."""
-        await self.trusted()
-        return await self.session.project(name) is not None
+        return await self.project(name) is not None
 
     async def project_names(self) -> list[str]:
         await self.trusted()
