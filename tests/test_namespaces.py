@@ -367,3 +367,76 @@ def test_dependency_confusion_pip_and_uv_through_a_seed_and_a_cache(
         assert out.returncode != 0 and "claimed by namespace 'corp'" in out.stderr
         assert "Traceback" not in out.stderr
         assert not (tmp_path / "dl" / "acme_secret-1.0-py3-none-any.whl").exists()
+
+
+# ---------------------------------------------------------------------------- the command line
+
+KEY = "ed25519:" + "11" * 32
+PEER = "http://127.0.0.1:9"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from p2pkg.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--namespace", f"corp={KEY}", "--trust", KEY], "--namespace-peer NAME=URL"),
+        (["--namespace", f"corp={KEY}"], "has no --namespace-peer corp=URL"),
+        (
+            ["--namespace", f"corp={KEY}", "--namespace-peer", f"other={PEER}"],
+            "'other' is not a --namespace here",
+        ),
+        (["--namespace", f"Corp!={KEY}"], "namespace name 'Corp!'"),
+        (["--namespace", "corp=ed25519:00"], "corp=ed25519:00"),
+        (["--namespace", "corp"], "expected NAME=PUBKEY"),
+        (["--namespace-peer", f"corp={PEER}"], "--namespace-peer needs --namespace"),
+        (
+            ["--namespace", f"corp={KEY}", "--namespace-peer", f"corp={PEER}", "--order", "x"],
+            "'x', which is not a namespace here",
+        ),
+        (
+            ["--namespace", f"corp={KEY}", "--namespace-peer", f"corp={PEER}", "--claim", "x"],
+            "expected LEFT=RIGHT",
+        ),
+        (["--trust", KEY, "--peer", PEER, "--pin", "a-*=corp"], "need --namespace"),
+    ],
+)
+@pytest.mark.parametrize("command", ["cache", "fetch"])
+def test_namespace_options_are_checked_before_anything_runs(
+    command: str, args: list[str], says: str, tmp_path: Path
+) -> None:
+    extra = ["--store", str(tmp_path / "s"), "--listen", "127.0.0.1:0"]
+    argv = [command, *(extra if command == "cache" else ["--dest", str(tmp_path), "demo"]), *args]
+    code, out = _cli(*argv)
+    assert code == 2, out
+    assert says in out and "Traceback" not in out
+
+
+def test_the_config_file_takes_the_namespace_options(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[cache]\n"
+        f'namespace = ["corp={KEY}", "public={KEY}"]\n'
+        f'namespace-peer = ["corp={PEER}", "public={PEER}"]\n'
+        'order = "corp,nothere"\n'
+        'claim = ["corp=acme-*"]\n'
+    )
+    code, out = _cli("--config", str(config), "cache", "--store", str(tmp_path / "s"))
+    assert code == 2 and "'nothere', which is not a namespace here" in out
+    config.write_text(f'[cache]\nnamespace = ["corp={KEY}"]\nnamespace-peer = ["nope"]\n')
+    code, out = _cli("--config", str(config), "cache", "--store", str(tmp_path / "s"))
+    assert code == 2 and "namespace-peer" in out and "expected NAME=URL" in out
+
+
+def test_seed_takes_namespaces_but_no_search_order(tmp_path: Path) -> None:
+    code, out = _cli("seed", "--store", str(tmp_path), "--namespace", f"corp={KEY}")
+    assert code == 2 and "has no --namespace-peer corp=URL" in out
+    code, out = _cli("seed", "--store", str(tmp_path), "--namespace", f"c={KEY}", "--order", "c")
+    assert code == 2 and "No such option" in out

@@ -38,7 +38,7 @@ def _check_pairs(what: str, right: Callable[[str], object]) -> Any:
                 check_namespace_name(name)
                 right(rest)
             except (PolicyError, KeyFileError) as exc:
-                raise click.BadParameter(str(exc)) from None
+                raise click.BadParameter(f"{value}: {exc}") from None
         return values
 
     return check

@@ -227,9 +227,11 @@ class Cache:
         Raises when a namespace ahead of the one that has it cannot answer
         (an outage never moves a project to the next namespace).
         """
-        chosen = await choose_namespace(
-            self.policy, name, lambda ns: self.namespaces[ns].has_project(name)
-        )
+        decided, chosen = self._choose_known(name)
+        if not decided:
+            chosen = await choose_namespace(
+                self.policy, name, lambda ns: self.namespaces[ns].has_project(name)
+            )
         if chosen is None or not record:
             return None if chosen is None else self.namespaces[chosen]
         self.served_from[name] = chosen
@@ -237,6 +239,19 @@ class Cache:
         while len(self.served_from) > RECENT_PROJECTS:
             self.served_from.popitem(last=False)
         return self.namespaces[chosen]
+
+    def _choose_known(self, name: str) -> tuple[bool, str | None]:
+        """(decided, namespace) from what the namespaces remember for fresh roots.
+
+        The common case once pages are warm: no lookup, no task group.
+        """
+        for ns in self.policy.candidates(name):
+            listed = self.namespaces[ns].known(name)
+            if listed is None:
+                return False, None
+            if listed:
+                return True, ns
+        return True, None
 
     async def merged_names(self) -> dict[str, str]:
         """Every project of the merged index -> the namespace that serves it."""

@@ -201,6 +201,12 @@ class CacheNamespace:
         """The current root, refreshed from peers when older than the interval."""
         return await self.session.follower.current(self.config.refresh_interval)
 
+    def known(self, name: str) -> bool | None:
+        """Whether this namespace lists ``name``, if that is remembered for a fresh root."""
+        trusted = self.session.follower.fresh(self.config.refresh_interval)
+        found = self._resolved_memo.get((trusted.version, name)) if trusted else None
+        return None if found is None else found[0] is not None
+
     async def project(self, name: str) -> Project | None:
         """Project ``name`` under the current root (None: the namespace lacks it).
 

@@ -298,6 +298,16 @@ class RootFollower:
         assert self._trusted is not None
         return check_expiry(self._trusted, self.clock())
 
+    def fresh(self, max_age: float) -> TrustedRoot | None:
+        """The trusted root if :meth:`current` would return it without a refresh, else None."""
+        trusted, refreshed = self._trusted, self._refreshed
+        if trusted is None or refreshed is None or self.links.monotonic() - refreshed > max_age:
+            return None
+        try:
+            return check_expiry(trusted, self.clock())
+        except P2pkgError:
+            return None
+
     # ------------------------------------------------------------------ follow
 
     def poke(self) -> None:
