@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_slow
 	$(BIN)/python -m netsim.bench_mirror
 	$(BIN)/python -m netsim.bench_propagation
+	$(BIN)/python -m netsim.bench_merged
 	# real links (root: network namespaces, tc shaping, a delay proxy)
 	$(BIN)/python -m netsim.bench_realnet
 	$(BIN)/python -m netsim.bench_install

@@ -33,7 +33,7 @@ from p2pkg.roles.publish import publish
 from p2pkg.roles.subscriptions import Subscriptions
 from p2pkg.testing.archives import build_wheel
 from tests.helpers import wait_until
-from tests.installers import ISOLATED, uv_install
+from tests.installers import ISOLATED, uv, uv_install
 from tests.netutil import services
 
 pytestmark = pytest.mark.net
@@ -338,6 +338,16 @@ def test_dependency_confusion_pip_and_uv_through_a_seed_and_a_cache(
         assert res.returncode == 0, res.stdout + res.stderr
         assert _version(tmp_path, "acme-utils") == "1.0"
         assert uv_install(tmp_path, "uv-acme", index, "acme_utils") == "1.0"
+        uv_python = str(tmp_path / "uv-acme" / "bin" / "python")
+        res = subprocess.run(
+            [uv(), "pip", "install", "--python", uv_python, "--index-url", index, "acme-secret"],
+            capture_output=True,
+            text=True,
+            env=ISOLATED,
+            check=False,
+        )
+        assert res.returncode != 0 and "acme-secret" in res.stderr, res.stderr
+        assert "not found in the package registry" in res.stderr or "No solution" in res.stderr
         res = _pip_install(tmp_path, index, "acme-secret")
         assert res.returncode != 0
         assert "No matching distribution found for acme-secret" in res.stdout + res.stderr
