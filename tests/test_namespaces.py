@@ -34,7 +34,7 @@ from p2pkg.roles.subscriptions import Subscriptions
 from p2pkg.testing.archives import build_wheel
 from tests.helpers import wait_until
 from tests.installers import ISOLATED, uv, uv_install
-from tests.netutil import services
+from tests.netutil import Services, services
 
 pytestmark = pytest.mark.net
 
@@ -100,21 +100,34 @@ def _files(page: bytes) -> list[str]:
 JSON = "application/vnd.pypi.simple.v1+json"
 
 
+async def _two_namespace_cache(
+    svc: Services,
+    corp: Namespace,
+    public: Namespace,
+    where: Path,
+    *,
+    pins: tuple[str, ...] = (),
+    corp_peer_is_public: bool = False,
+) -> tuple[Cache, str]:
+    """Both namespaces served, a cache trusting both (order corp, public; corp claims acme-*)."""
+    public_url = (await svc.server(public.store)).url
+    corp_url = public_url if corp_peer_is_public else (await svc.server(corp.store)).url
+    specs = [
+        NamespaceSpec("corp", corp.pins, [corp_url]),
+        NamespaceSpec("public", public.pins, [public_url]),
+    ]
+    policy = SearchPolicy.parse(["corp", "public"], pins=pins, claims=[CLAIM])
+    cache = Cache(where, namespaces=specs, policy=policy)
+    return cache, await svc.start(cache.run)
+
+
 @pytest.mark.anyio
 async def test_the_merged_index_serves_each_project_whole_from_one_namespace(
     corp_public: tuple[Namespace, Namespace], tmp_path: Path
 ) -> None:
     corp, public = corp_public
     async with services() as svc:
-        corp_url = (await svc.server(corp.store)).url
-        public_url = (await svc.server(public.store)).url
-        specs = [
-            NamespaceSpec("corp", corp.pins, [corp_url]),
-            NamespaceSpec("public", public.pins, [public_url]),
-        ]
-        policy = SearchPolicy.parse(["corp", "public"], claims=[CLAIM])
-        cache = Cache(tmp_path / "cache", namespaces=specs, policy=policy)
-        url = await svc.start(cache.run)
+        _, url = await _two_namespace_cache(svc, corp, public, tmp_path / "cache")
 
         # The private project, whole: not one file of the public upload.
         code, page, headers = await _aget(f"{url}/simple/acme-utils/", JSON)
@@ -177,16 +190,9 @@ async def test_a_pin_overrides_the_order_but_not_a_claim(
 ) -> None:
     corp, public = corp_public
     async with services() as svc:
-        corp_url = (await svc.server(corp.store)).url
-        public_url = (await svc.server(public.store)).url
-        specs = [
-            NamespaceSpec("corp", corp.pins, [corp_url]),
-            NamespaceSpec("public", public.pins, [public_url]),
-        ]
-        policy = SearchPolicy.parse(
-            ["corp", "public"], pins=["shared-*=public", "acme-*=public"], claims=[CLAIM]
+        _, url = await _two_namespace_cache(
+            svc, corp, public, tmp_path / "c", pins=("shared-*=public", "acme-*=public")
         )
-        url = await svc.start(Cache(tmp_path / "c", namespaces=specs, policy=policy).run)
         _, page, headers = await _aget(f"{url}/simple/shared-lib/", JSON)
         assert _files(page) == ["shared_lib-2.0-py3-none-any.whl"]
         assert headers["x-p2pkg-namespace"] == "public"
@@ -201,14 +207,10 @@ async def test_a_peer_serving_another_namespaces_root_is_refused(
     """corp's only peer serves public's root: corp trusts nothing, and nothing falls through."""
     corp, public = corp_public
     async with services() as svc:
-        public_url = (await svc.server(public.store)).url
-        specs = [
-            NamespaceSpec("corp", corp.pins, [public_url]),  # misconfigured (or malicious)
-            NamespaceSpec("public", public.pins, [public_url]),
-        ]
-        policy = SearchPolicy.parse(["corp", "public"], claims=[CLAIM])
-        cache = Cache(tmp_path / "c", namespaces=specs, policy=policy)
-        url = await svc.start(cache.run)
+        # corp's peer is misconfigured (or malicious): it serves public's root.
+        cache, url = await _two_namespace_cache(
+            svc, corp, public, tmp_path / "c", corp_peer_is_public=True
+        )
         # corp comes first for every name and cannot answer: an error, never
         # public's acme-utils 99.0 (nor even public's own projects) in its place.
         for project in ("acme-utils", "pubonly"):

@@ -35,7 +35,52 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 10  # seconds an installer is told to wait when no peer can deliver
 
 
-class CacheRoutes:
+class SimplePaths:
+    """Which simple-API page a path names: ``/``, ``/simple[/]``, ``/simple/<p>/``, ``/files/``.
+
+    Shared by one namespace's routes and the merged index; they differ in
+    what the index, a project and a file are (and only the merged index
+    has a status page).
+    """
+
+    async def _top_page(self, ex: Exchange) -> bool:
+        """``/`` (the status page), ``/simple`` without its slash, else 404."""
+        if ex.path == "/":
+            return await self._status_page(ex)
+        if ex.path == "/simple":
+            return await self._index(ex)
+        return await ex.reply(404, b"not found")
+
+    async def _simple_page(self, ex: Exchange) -> bool:
+        """``/simple/`` (the index) and ``/simple/<project>/``."""
+        if ex.path == "/simple/":
+            return await self._index(ex)
+        parts = ex.path.split("/")
+        if len(parts) in (3, 4) and (len(parts) == 3 or not parts[3]):
+            return await self._project(ex, parts[2])
+        return await ex.reply(404, b"not found")
+
+    async def _files_page(self, ex: Exchange) -> bool:
+        """``/files/<archive blake3>/<filename>`` (and its ``.metadata``, ``.provenance``)."""
+        parts = ex.path.split("/")
+        if len(parts) == 4 and wire.HEX64.match(parts[2]):
+            return await self.archive(ex, bytes.fromhex(parts[2]), parts[3])
+        return await ex.reply(404, b"not found")
+
+    async def _status_page(self, ex: Exchange) -> bool:
+        return await ex.reply(404, b"not found")
+
+    async def _index(self, ex: Exchange) -> bool:
+        raise NotImplementedError
+
+    async def _project(self, ex: Exchange, raw_name: str) -> bool:
+        raise NotImplementedError
+
+    async def archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
+        raise NotImplementedError
+
+
+class CacheRoutes(SimplePaths):
     """Request handlers for one cache namespace, installed on its server's route table."""
 
     def __init__(self, cache: CacheNamespace) -> None:
@@ -66,28 +111,6 @@ class CacheRoutes:
                 return await ex.reply(502, f"upstream: {exc}".encode()[:500])
 
         return guarded
-
-    async def _top_page(self, ex: Exchange) -> bool:
-        """``/simple`` without its slash, else 404 (the status page is the cache's)."""
-        if ex.path == "/simple":
-            return await self._index(ex)
-        return await ex.reply(404, b"not found")
-
-    async def _simple_page(self, ex: Exchange) -> bool:
-        """``/simple/`` (the index) and ``/simple/<project>/``."""
-        if ex.path == "/simple/":
-            return await self._index(ex)
-        parts = ex.path.split("/")
-        if len(parts) in (3, 4) and (len(parts) == 3 or not parts[3]):
-            return await self._project(ex, parts[2])
-        return await ex.reply(404, b"not found")
-
-    async def _files_page(self, ex: Exchange) -> bool:
-        """``/files/<archive blake3>/<filename>`` (and its ``.metadata``)."""
-        parts = ex.path.split("/")
-        if len(parts) == 4 and wire.HEX64.match(parts[2]):
-            return await self.archive(ex, bytes.fromhex(parts[2]), parts[3])
-        return await ex.reply(404, b"not found")
 
     async def _peer_route(self, ex: Exchange) -> bool:
         """The peer protocol, pulling through what the cache does not hold yet.

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from p2pkg.core import simple
 from p2pkg.core.objects import normalize_name
 from p2pkg.core.select import project_of
-from p2pkg.io.http import wire
 from p2pkg.io.http.server import Exchange, PeerServer
+from p2pkg.roles.cache_http import SimplePaths
 
 if TYPE_CHECKING:
     from p2pkg.roles.cache import Cache
 
 
-class MergedRoutes:
+class MergedRoutes(SimplePaths):
     """Request handlers of the merged index, installed on the cache's server."""
 
     def __init__(self, cache: Cache) -> None:
@@ -37,21 +37,6 @@ class MergedRoutes:
         server.route("/simple/", guarded(self._simple_page))
         server.route("/files/", guarded(self._files_page))
         server.front(self.cache.primary.server)  # /p2pkg/v1/: the first namespace's
-
-    async def _top_page(self, ex: Exchange) -> bool:
-        if ex.path == "/":
-            return await self._status_page(ex)
-        if ex.path == "/simple":
-            return await self._index(ex)
-        return await ex.reply(404, b"not found")
-
-    async def _simple_page(self, ex: Exchange) -> bool:
-        if ex.path == "/simple/":
-            return await self._index(ex)
-        parts = ex.path.split("/")
-        if len(parts) in (3, 4) and (len(parts) == 3 or not parts[3]):
-            return await self._project(ex, parts[2])
-        return await ex.reply(404, b"not found")
 
     async def _index(self, ex: Exchange) -> bool:
         media = simple.negotiate(ex.req.headers.get("accept"))
@@ -72,18 +57,16 @@ class MergedRoutes:
             return await ex.reply(404, self._absent(name))
         return await ns.routes.project_page(ex.within("", ns.server), name)
 
-    async def _files_page(self, ex: Exchange) -> bool:
-        parts = ex.path.split("/")
-        if len(parts) != 4 or not wire.HEX64.match(parts[2]):
-            return await ex.reply(404, b"not found")
-        filename = parts[3]
+    async def archive(self, ex: Exchange, content_id: bytes, filename: str) -> bool:
+        """A file, from the namespace that serves its project (by the filename) now."""
+        archive = filename
         for extra in (".metadata", ".provenance"):
-            filename = filename.removesuffix(extra)
-        project = project_of(filename)
+            archive = archive.removesuffix(extra)
+        project = project_of(archive)
         ns = await self.cache.serving(project) if project else None
         if ns is None:
             return await ex.reply(404, b"no such file in the namespaces served here")
-        return await ns.routes.archive(ex.within("", ns.server), bytes.fromhex(parts[2]), parts[3])
+        return await ns.routes.archive(ex.within("", ns.server), content_id, filename)
 
     def _absent(self, name: str) -> bytes:
         """Why a project is not served: a one-line body (pip prints only the status)."""
