@@ -334,6 +334,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.roots = roots
         self.clock = clock
         self.dropped = 0
+        self.rpcs_answered = 0  # requests from other nodes answered (for /metrics)
+        self.rpcs_sent = 0  # calls this node sent
         self.misses: dict[bytes, int] = {}
         # The running node's task group (DhtNode.run attaches it): contact checks
         # are its children. None before run and after it: nothing is started then.
@@ -408,6 +410,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             self.dropped += 1
             return
         if data is not None:
+            self.rpcs_answered += 1
             self.transport.sendto(data, addr)
 
     def call(self, address: tuple[str, int], name: str, *args: Any) -> asyncio.Future[Any]:
@@ -423,6 +426,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._outstanding[msg_id] = (future, timer)
         self._sent_to[msg_id] = (address[0], address[1])
         future.add_done_callback(lambda f: self._forget(msg_id) if f.cancelled() else None)
+        self.rpcs_sent += 1
         self.transport.sendto(data, address)
         return future
 

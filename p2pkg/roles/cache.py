@@ -49,6 +49,7 @@ from p2pkg.core.trust import TrustedRoot
 from p2pkg.io.dht_service import DhtService, held_file_keys
 from p2pkg.io.discovery import Lan, LanAnnouncement, LanPeer
 from p2pkg.io.download_counts import DownloadCounts
+from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.cache_index import MergedRoutes
@@ -57,6 +58,7 @@ from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.links import Peer
 from p2pkg.roles.namespace_choice import DEFAULT_NAMESPACE, NamespaceSpec, choose_namespace
 from p2pkg.roles.readahead import ReadAhead, ReadAheadConfig
+from p2pkg.roles.role_metrics import cache_health, cache_metrics
 from p2pkg.roles.session import Session
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class Cache:
             ns.on_page = self._page_served
             self.server.mount(f"/ns/{ns.name}", ns.server)
         MergedRoutes(self).install(self.server)
+        metrics.install(self.server, partial(cache_metrics, self), partial(cache_health, self))
         self.lan: Lan | None = None
         self._tg: TaskGroup | None = None
 

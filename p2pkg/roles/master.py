@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ from p2pkg.core.root import decode_signed_root
 from p2pkg.errors import P2pkgError
 from p2pkg.io.dht_service import DhtService, full_store_keys
 from p2pkg.io.download_counts import DownloadCounts
+from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.publish import publish
+from p2pkg.roles.role_metrics import health_of_store, master_metrics
 from p2pkg.roles.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,9 @@ class Master:
         self.subscriptions.install(self.server)
         self.counts = DownloadCounts(store_path)
         self.counts.install(self.server)
+        metrics.install(
+            self.server, partial(master_metrics, self), lambda: health_of_store(self.store)
+        )
         self._new_root = anyio.Event()
 
     def status(self) -> dict[str, Any]:

@@ -35,17 +35,20 @@ from p2pkg.core.walk import FILE_DEPTH, SyncWalk, run_async
 from p2pkg.errors import FetchError, LocalError, P2pkgError, first_p2pkg_error
 from p2pkg.io.dht_service import DhtService, full_store_keys, held_file_keys
 from p2pkg.io.download_counts import DownloadCounts
-from p2pkg.io.http import wire
+from p2pkg.io.http import metrics, wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
 from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.follow import FollowState
 from p2pkg.roles.links import Peer
+from p2pkg.roles.role_metrics import seed_health, seed_metrics
 from p2pkg.roles.session import Session
 from p2pkg.roles.subscriptions import Subscriptions, keep_subscribed
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LABEL = "default"  # a seed's namespace label on /metrics (SeedGroup: the names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,8 @@ class Seeder:
         self.subscriptions.install(self.server)
         self.counts = DownloadCounts(store_path)  # downloads it served, for the master's stats
         self.counts.install(self.server)
+        one = {DEFAULT_LABEL: self}
+        metrics.install(self.server, partial(seed_metrics, one), partial(seed_health, one))
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
         synced = self.follower.trusted  # the store's chain: what this seed serves

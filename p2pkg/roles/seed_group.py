@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from p2pkg.io.dht_service import DhtService
+from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.roles.namespace_choice import NamespaceSpec
+from p2pkg.roles.role_metrics import seed_health, seed_metrics
 from p2pkg.roles.seed import SeedConfig, Seeder
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,11 @@ class SeedGroup:
         for name, seeder in self.seeders.items():
             self.server.mount(f"/ns/{name}", seeder.server)
         self.server.front(self.primary.server)
+        metrics.install(
+            self.server,
+            partial(seed_metrics, self.seeders),
+            partial(seed_health, self.seeders),
+        )
 
     def status(self) -> dict[str, Any]:
         return {

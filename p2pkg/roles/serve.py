@@ -8,6 +8,7 @@ the latest root. Nothing is fetched or followed.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -15,8 +16,10 @@ from anyio.abc import TaskStatus
 
 from p2pkg.io.dht_service import DhtService, full_store_keys
 from p2pkg.io.download_counts import DownloadCounts
+from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
+from p2pkg.roles.role_metrics import health_of_store, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,11 @@ class StoreServer:
             server = PeerServer(store, self.config)
             counts = DownloadCounts(self.store_path)
             counts.install(server)
+            metrics.install(
+                server,
+                partial(serve_metrics, store, self.dht),
+                partial(health_of_store, store),
+            )
             async with anyio.create_task_group() as tg:
                 url = await tg.start(server.run, host, port)
                 tg.start_soon(counts.run)

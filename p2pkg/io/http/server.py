@@ -81,6 +81,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from p2pkg.io.http import wire
+from p2pkg.io.http.metrics import RequestMetrics, route_label
 from p2pkg.io.http.peer_routes import NotifyHandler, PeerProtocol
 from p2pkg.io.store import Store
 
@@ -242,7 +243,17 @@ class Exchange:
     reading gets its connection aborted (:class:`SendTimeoutError`).
     """
 
-    __slots__ = ("_writer", "body", "head_only", "path", "peer", "req", "server", "site")
+    __slots__ = (
+        "_outcome",
+        "_writer",
+        "body",
+        "head_only",
+        "path",
+        "peer",
+        "req",
+        "server",
+        "site",
+    )
 
     def __init__(
         self,
@@ -263,12 +274,19 @@ class Exchange:
         #: site mounted on it (:meth:`PeerServer.mount`). Connections, budgets
         #: and counters stay ``server``'s.
         self.site = server
+        self._outcome = [0]  # the status answered (shared with a mounted view)
+
+    @property
+    def status(self) -> int:
+        """The status code answered so far (0 before the head is written)."""
+        return self._outcome[0]
 
     def within(self, prefix: str, site: PeerServer) -> Exchange:
         """This request as ``site`` sees it, mounted at ``prefix``: the prefix cut off the path."""
         req = dataclasses.replace(self.req, target=self.req.target[len(prefix) :] or "/")
         inner = Exchange(self.server, req, self.body, self.peer, self._writer)
         inner.site = site
+        inner._outcome = self._outcome
         return inner
 
     @property
@@ -287,6 +305,7 @@ class Exchange:
         keep: bool = True,
     ) -> bool:
         """A whole response with ``body`` (only its head when the request is HEAD)."""
+        self._outcome[0] = status
         return await self.server._simple(
             self._writer,
             status,
@@ -316,6 +335,7 @@ class Exchange:
         self, status: int, headers: Sequence[tuple[str, str]], *, keep: bool = True
     ) -> None:
         """Queue a response head (the caller sends the body and states its length)."""
+        self._outcome[0] = status
         self._writer.write(self.server._head(status, list(headers), keep))
 
     async def sendfile(self, fh: IO[bytes], offset: int, count: int) -> None:
@@ -368,6 +388,7 @@ class PeerServer:
         self.config = config
         self.status_extra = status_extra
         self.stats = ServerStats()
+        self.requests = RequestMetrics()  # by route and status, for /metrics
         self.bucket = TokenBucket(config.rate, config.burst) if config.rate else None
         self._routes: dict[str, Handler] = {}
         self.protocol = PeerProtocol(store, on_notify=on_notify)
@@ -729,12 +750,14 @@ class PeerServer:
                     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                         return
                 self.stats.requests += 1
+                started = time.monotonic()
                 ex = Exchange(self, req, body, peer, writer)
                 handler = self.handler_for(ex.path)
                 if handler is None:
                     keep = await ex.reply(404, b"not found")
                 else:
                     keep = await handler(ex)
+                self.requests.observe(route_label(ex.path), ex.status, time.monotonic() - started)
                 if not (keep and req.keep_alive):
                     return
         except ConnectionError:
