@@ -86,6 +86,11 @@ class DownloadCounts:
             self._pending.update(pending)  # kept for the next try (a full disk)
             raise
 
+    def today(self) -> int:
+        """Downloads counted today (UTC), pending ones included."""
+        day = day_of(self.clock())
+        return sum(self.since(day).get(day, {}).values())
+
     def since(self, day: str) -> dict[str, dict[str, int]]:
         """``{day: {blake3 hex: downloads}}`` from ``day`` on, pending counts included."""
         out: dict[str, dict[str, int]] = {}

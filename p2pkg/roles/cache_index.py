@@ -11,15 +11,15 @@ is the first namespace's; the others are at ``/ns/NAME/p2pkg/v1/``.
 
 from __future__ import annotations
 
-import html
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from p2pkg.core import simple
 from p2pkg.core.objects import normalize_name
 from p2pkg.core.select import project_of
 from p2pkg.io.http.server import Exchange, PeerServer
 from p2pkg.roles.cache_http import SimplePaths
+from p2pkg.roles.role_pages import cache_page
+from p2pkg.roles.status_page import render
 
 if TYPE_CHECKING:
     from p2pkg.roles.cache import Cache
@@ -79,39 +79,13 @@ class MergedRoutes(SimplePaths):
         return (line[:1000] + "\n").encode()
 
     async def _status_page(self, ex: Exchange) -> bool:
-        st = self.cache.status()
-        namespaces: dict[str, Any] = st.pop("namespaces", {})
         host = ex.req.headers.get("host") or "HOST:PORT"
-        sections = [_table("cache", st)]
-        for name, ns_status in namespaces.items():
-            sections.append(_table(f"namespace {name}", ns_status))
-        body = (
-            "<!DOCTYPE html><html><head><title>p2pkg cache</title>"
-            '<meta http-equiv="refresh" content="10"></head><body>'
-            "<h1>p2pkg cache</h1><p>pip: <code>pip install --index-url "
-            f"http://{html.escape(host)}/simple/ PACKAGE</code></p>"
-            f"{''.join(sections)}</body></html>"
-        ).encode()
         return await ex.reply(
             200,
-            body,
+            render(cache_page(self.cache, host)),
             ctype="text/html; charset=utf-8",
             headers=[("Cache-Control", "no-cache")],
         )
-
-
-def _table(title: str, fields: dict[str, Any]) -> str:
-    rows = "\n".join(
-        f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(_text(v))}</td></tr>"
-        for k, v in fields.items()
-    )
-    return f"<h2>{html.escape(title)}</h2><table>{rows}</table>"
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
-    return "" if value is None else str(value)
 
 
 __all__ = ["MergedRoutes"]

@@ -42,6 +42,7 @@ from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
+from p2pkg.roles import role_pages
 from p2pkg.roles.publish import publish
 from p2pkg.roles.role_metrics import health_of_store, master_metrics
 from p2pkg.roles.subscriptions import Subscriptions
@@ -103,6 +104,7 @@ class Master:
         metrics.install(
             self.server, partial(master_metrics, self), lambda: health_of_store(self.store)
         )
+        role_pages.install(self.server, lambda _ex: role_pages.master_page(self))
         self._new_root = anyio.Event()
 
     def status(self) -> dict[str, Any]:

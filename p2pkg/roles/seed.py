@@ -39,6 +39,7 @@ from p2pkg.io.http import metrics, wire
 from p2pkg.io.http.client import PeerClient
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
+from p2pkg.roles import role_pages
 from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.follow import FollowState
 from p2pkg.roles.links import Peer
@@ -145,6 +146,7 @@ class Seeder:
         self.counts.install(self.server)
         one = {DEFAULT_LABEL: self}
         metrics.install(self.server, partial(seed_metrics, one), partial(seed_health, one))
+        role_pages.install(self.server, lambda _ex: role_pages.seed_page(one))
         self._limiter = anyio.CapacityLimiter(config.parallel_files)
         self._batch_limiter = anyio.CapacityLimiter(config.parallel_files)
         synced = self.follower.trusted  # the store's chain: what this seed serves

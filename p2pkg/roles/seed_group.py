@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 from p2pkg.io.dht_service import DhtService
 from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
+from p2pkg.roles import role_pages
 from p2pkg.roles.namespace_choice import NamespaceSpec
 from p2pkg.roles.role_metrics import seed_health, seed_metrics
 from p2pkg.roles.seed import SeedConfig, Seeder
@@ -71,6 +72,7 @@ class SeedGroup:
             partial(seed_metrics, self.seeders),
             partial(seed_health, self.seeders),
         )
+        role_pages.install(self.server, lambda _ex: role_pages.seed_page(self.seeders))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ from p2pkg.io.download_counts import DownloadCounts
 from p2pkg.io.http import metrics
 from p2pkg.io.http.server import PeerServer, ServerConfig
 from p2pkg.io.store import Store
+from p2pkg.roles import role_pages
 from p2pkg.roles.role_metrics import health_of_store, serve_metrics
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class StoreServer:
                 partial(serve_metrics, store, self.dht),
                 partial(health_of_store, store),
             )
+            role_pages.install(server, lambda _ex: role_pages.serve_page(store, server, counts))
             async with anyio.create_task_group() as tg:
                 url = await tg.start(server.run, host, port)
                 tg.start_soon(counts.run)
