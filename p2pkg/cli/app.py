@@ -46,6 +46,7 @@ COMMAND_MODULES: dict[str, str] = {
     "master": "p2pkg.cli.master_commands",
     "stats": "p2pkg.cli.master_commands",
     "mirrors": "p2pkg.cli.mirror_list_commands",
+    "use": "p2pkg.cli.use_command",
 }
 
 

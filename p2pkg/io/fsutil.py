@@ -92,3 +92,29 @@ def copy_atomic(src: Path, dest_dir: Path, filename: str) -> Path:
         raise
     fsync_path(dest_dir)
     return final
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` via a temp name, fsync, rename (all or nothing).
+
+    Raises :class:`~p2pkg.errors.LocalError` naming the path; on failure
+    ``path`` is as it was.
+    """
+    tmp = path.with_name(f".{path.name}.p2pkg-tmp")
+    try:
+        with local_io(path.parent, "creating"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with local_io(tmp, "writing"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                pwrite_all(fd, data, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with local_io(path, "writing"):
+            tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
