@@ -76,7 +76,16 @@ class LazyGroup(OneLineUsageGroup):
     help="TOML file of defaults, one table per command (default: user config dir).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="P2PKG_LOG_FORMAT",
+    help="Log lines as text, or one JSON object per line (time, level, logger, message) "
+    "for journald/Loki/ELK. Env: P2PKG_LOG_FORMAT.",
+)
+def main(verbose: int, log_format: str) -> None:
     """p2pkg: peer-to-peer distribution of Python packages under a signed namespace.
 
     \b
@@ -94,4 +103,32 @@ def main(verbose: int) -> None:
       p2pkg fetch requests --trust KEY --peer http://seed:8000 --dest wheels/
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLogFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``.
+
+    An exception's traceback goes in ``exception``; a record never spans lines.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        out = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)

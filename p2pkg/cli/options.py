@@ -56,8 +56,9 @@ def store_option(f: F) -> F:
         "--store",
         type=click.Path(file_okay=False, path_type=Path),
         default=default_store,
+        envvar="P2PKG_STORE",
         show_default="user data dir/p2pkg/store",
-        help="Store directory.",
+        help="Store directory. Env: P2PKG_STORE.",
     )(f)
 
 
