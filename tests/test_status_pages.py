@@ -134,3 +134,24 @@ async def test_the_cache_status_page_in_a_real_browser_changes_after_an_install(
                     shutil.copy(shot, Path(artifacts) / shot.name)
 
         await anyio.to_thread.run_sync(browse_install_browse)
+
+
+@pytest.mark.anyio
+async def test_the_master_page_shows_how_far_behind_each_listed_mirror_is(tmp_path: Path) -> None:
+    from p2pkg.io.store import Store
+    from p2pkg.roles.publish import Edits, publish
+
+    origin = make_master(tmp_path, big_size=10_000)
+    stale = tmp_path / "stale"
+    shutil.copytree(origin.store, stale)  # a mirror stuck at version 1
+    async with services() as svc:
+        stale_url = await svc.start(StoreServer(stale).run)
+        with Store.open(origin.store) as st:  # version 2 lists it (and one that is down)
+            publish(st, [origin.key], [], edits=Edits(mirrors=[stale_url, "http://127.0.0.1:9"]))
+        master = Master(origin.store, [origin.key], config=MasterConfig(mirror_check=0.2))
+        url = await svc.start(master.run)
+        await await_until(lambda: len(master.state.mirrors) == 2, timeout=10, what="checked")
+        code, page = await anyio.to_thread.run_sync(_get, url + "/")
+        assert code == 200 and 'id="mirrors"' in page
+        assert "1 version behind" in page and "no answer" in page
+        _readable(page)

@@ -23,10 +23,11 @@ hashing) in its own tasks and threads before one commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class MasterConfig:
     expires: int = 7 * 86400  # lifetime of each root the master signs
     resign_before: int = 2 * 86400  # re-sign when the root expires within this
     every: float = 60.0  # poll the upstream index this often (when there is one)
+    # ask each mirror of the signed list for its root version this often (the
+    # status page and /metrics show how far behind each is); 0: never
+    mirror_check: float = 60.0
     watch: float = 0.5  # look for a root another process published this often
 
 
@@ -68,6 +72,8 @@ class MasterState:
     polls: int = 0
     last_poll_error: str | None = None
     last_push: dict[str, str] | None = None
+    # mirror URL -> (its root version or None, the error or None, wall time checked)
+    mirrors: dict[str, tuple[int | None, str | None, float]] = field(default_factory=dict)
 
 
 class Master:
@@ -142,6 +148,8 @@ class Master:
                 self.state.pushed_version = latest[0] if latest else 0  # mirrors poll that one
                 tg.start_soon(self._watch)
                 tg.start_soon(self._keep_signed)
+                if self.config.mirror_check > 0:
+                    tg.start_soon(self._check_mirrors)
                 if self.poll is not None:
                     tg.start_soon(self._poll_loop)
                 log.info("master serving %s on %s", self.store_path, url)
@@ -150,6 +158,36 @@ class Master:
             self.store.close()
 
     # ------------------------------------------------------------------ loops
+
+    async def _check_mirrors(self) -> None:
+        """Ask every mirror of the signed list for its root version (status pages, metrics)."""
+        from p2pkg.io.http.client import ClientConfig, PeerClient
+
+        while True:
+            data = self.store.latest_root()
+            listed = decode_signed_root(data)[1].mirrors if data is not None else ()
+
+            async def one(url: str) -> None:
+                client = PeerClient(url, ClientConfig(connect_timeout=5.0))
+                try:
+                    with anyio.fail_after(10):
+                        code, body, _ = await client.get_bytes("/p2pkg/v1/status", 1 << 20)
+                    version = json.loads(body).get("root_version") if code == 200 else None
+                    error = None if code == 200 else f"HTTP {code}"
+                    if version is not None and not isinstance(version, int):
+                        version, error = None, "no root version in its status"
+                except (P2pkgError, TimeoutError, ValueError) as exc:
+                    version, error = None, str(exc) or "timed out"
+                finally:
+                    client.close()
+                self.state.mirrors[url] = (version, error, self.clock())
+
+            async with anyio.create_task_group() as tg:
+                for url in listed[:100]:
+                    tg.start_soon(one, url)
+            for gone in set(self.state.mirrors) - set(listed):
+                del self.state.mirrors[gone]
+            await anyio.sleep(self.config.mirror_check)
 
     async def _watch(self) -> None:
         """Push each new root (ours or another process's) to subscribers and the DHT."""

@@ -217,6 +217,9 @@ def master_metrics(master: Master, fam: Families) -> None:
     store_metrics(fam, master.store, OWN)
     store_root_metrics(fam, master.store, OWN)
     fam.counter("master_resigned", "Roots re-signed before expiry.", master.state.resigned)
+    for url, (seen, _, _) in sorted(master.state.mirrors.items()):
+        fam.gauge("mirror_root_version", "Root version each mirror of the signed list serves.",
+                  seen, mirror=url)  # fmt: skip
     fam.counter("master_polls", "Upstream index polls (a mirroring master).", master.state.polls)
     fam.gauge("subscribers", "Nodes subscribed to pushes.", len(master.subscriptions.live()),
               namespace=OWN)  # fmt: skip

@@ -91,7 +91,7 @@ def peer_table(session: Session, ns: str, title: str = "Peers") -> Table:
         if seen is None:
             fresh = "no answer" if url in unreachable else "—"
         elif trusted is not None and seen < trusted.version:
-            fresh = f"{seen} ({trusted.version - seen} behind)"
+            fresh = f"{seen} ({_behind(trusted.version - seen)})"
         else:
             fresh = f"{seen} (current)"
         state = "banned: " + str(r["banned"]) if r["banned"] else "ok"
@@ -118,6 +118,10 @@ def peer_table(session: Session, ns: str, title: str = "Peers") -> Table:
         "peers" + ("" if ns == "default" else f"-{ns}"),
         empty="no peers known",
     )
+
+
+def _behind(n: int) -> str:
+    return f"{n} version{'' if n == 1 else 's'} behind"
 
 
 def install(server: PeerServer, build: Callable[[Exchange], Page]) -> None:
@@ -276,6 +280,28 @@ def master_page(master: Master) -> Page:
         page.figures.append(
             Figure("last poll", "failed", "poll", "bad", note=master.state.last_poll_error)
         )
+    newest = master.store.latest_root_stored()
+    version = newest[0] if newest else None
+    rows = []
+    for url, (seen, error, checked) in sorted(master.state.mirrors.items()):
+        if seen is None:
+            fresh = "no answer: " + (error or "?")
+        elif version is not None and seen < version:
+            fresh = _behind(version - seen)
+        else:
+            fresh = "current"
+        rows.append(
+            [url, "—" if seen is None else str(seen), fresh, human_ago(time.time() - checked)]
+        )
+    page.tables.append(
+        Table(
+            "Mirrors (the signed list)",
+            ["mirror", "root version", "freshness", "checked"],
+            rows,
+            "mirrors",
+            empty="no mirrors listed in the root",
+        )
+    )
     page.tables.append(
         Table("Subscribers", ["url"], [[u] for u in master.subscriptions.live()], "subscribers")
     )
