@@ -173,7 +173,8 @@ async def test_the_merged_index_serves_each_project_whole_from_one_namespace(
         assert st["namespaces"]["public"]["base_url"] == f"{url}/ns/public"
         # The status page shows both namespaces, and the host to use.
         code, page, _ = await _aget(f"{url}/")
-        assert b"namespace corp" in page and b"namespace public" in page
+        assert b'id="peers-corp"' in page and b'id="peers-public"' in page
+        assert b'id="root-version-corp"' in page and b'id="served-from"' in page
         assert url.removeprefix("http://").encode() in page
 
         # The peer protocol: the first namespace at the top, each under /ns/NAME/.
