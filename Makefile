@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.bench_mirror
 	$(BIN)/python -m netsim.bench_propagation
 	$(BIN)/python -m netsim.bench_merged
+	$(BIN)/python -m netsim.bench_ops
 	# real links (root: network namespaces, tc shaping, a delay proxy)
 	$(BIN)/python -m netsim.bench_realnet
 	$(BIN)/python -m netsim.bench_install
