@@ -1,0 +1,61 @@
+"""The event loop: a heap of (time, sequence, callback); deterministic by construction."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+
+class Timer:
+    """A scheduled callback; :meth:`cancel` stops it from running."""
+
+    __slots__ = ("args", "cancelled", "fn", "time")
+
+    def __init__(self, time: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.time = time
+        self.fn = fn
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Sim:
+    """Simulated time, a seeded random source, and the events to come."""
+
+    def __init__(self, seed: int) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.events = 0
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+
+    def at(self, time: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        timer = Timer(max(time, self.now), fn, args)
+        heapq.heappush(self._heap, (timer.time, next(self._seq), timer))
+        return timer
+
+    def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        return self.at(self.now + max(0.0, delay), fn, *args)
+
+    def run(self, until: float, max_events: int = 50_000_000) -> None:
+        """Run events up to time ``until`` (bounded by ``max_events``)."""
+        heap = self._heap
+        while heap and self.events < max_events:
+            time, _, timer = heap[0]
+            if time > until:
+                break
+            heapq.heappop(heap)
+            if timer.cancelled:
+                continue
+            self.now = time
+            self.events += 1
+            timer.fn(*timer.args)
+        self.now = max(self.now, until) if not heap or heap[0][0] > until else self.now
+
+
+__all__ = ["Sim", "Timer"]

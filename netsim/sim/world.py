@@ -1,0 +1,418 @@
+"""The world a scenario describes, run under one distribution strategy.
+
+Nodes: an **origin** (the master / the index), **seeds** with upload budgets
+(churning: up and down for exponential times; a fraction malicious:
+``corrupt`` bytes, ``liar`` providers that hold nothing, ``slow`` uplinks),
+**sites** (N clients behind one LAN cache), standalone **clients**, and
+**CDN edges** (one per region). Clients in regions (a round-trip matrix and
+access bandwidths) install sets of projects sampled from the real rank
+table; new releases appear during the run.
+
+Strategies, on the same workload (same seed, same installs, same churn):
+
+* ``origin`` — every download from the origin;
+* ``mirrors`` — the 2008 proposal: a static list of mirrors (the seed nodes,
+  synced by polling), the nearest first, failover to the next after a
+  timeout, the origin last; pages come from the mirror and are unsigned, so
+  a corrupt mirror's bytes are installed;
+* ``cdn`` — a pull-through edge per region in front of the origin;
+* ``p2pkg`` — sites through their cache, others directly; every download
+  is a :class:`~netsim.sim.fetch.SimFetch` over the nearest seeds of the
+  signed mirror list, decided by the product's Scheduler and PeerBook, and
+  only if no seed can deliver, a second one from the origin; seeds get each
+  new release by push and fetch it the same way.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from netsim.sim.engine import Sim
+from netsim.sim.fetch import FetchOutcome, Server, SimFetch
+from netsim.sim.network import Network, Node
+from netsim.sim.workload import Workload
+from p2pkg.core.peers import PeerBook, Tier
+
+MBIT = 1e6 / 8  # bytes/s per Mbit/s
+MIRROR_TIMEOUT = 3.0  # seconds a client waits for a dead mirror before the next one
+MIRROR_POLL = 300.0  # the 2008 mirrors synced by polling
+PUSH_FANOUT_DELAY = 0.0  # p2pkg: seeds are subscribed; the push is one round trip
+
+
+@dataclass
+class Metrics:
+    downloads: list[float] = field(default_factory=list)  # completion seconds (ok ones)
+    installs: list[float] = field(default_factory=list)
+    failed: int = 0
+    corrupt_completed: int = 0
+    requested_bytes: float = 0.0
+    origin_bytes: float = 0.0
+    release_reach: list[float] = field(default_factory=list)  # seconds to 95% of seeds
+    peer_bans: int = 0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class World:
+    """One run: a scenario, a strategy, a seed."""
+
+    def __init__(self, scenario: dict[str, Any], strategy: str, seed: int) -> None:
+        self.sc = scenario
+        self.strategy = strategy
+        self.sim = Sim(seed)
+        rng = self.sim.rng
+        regions = scenario["regions"]
+        self.region_names: list[str] = regions["names"]
+        rtt_ms = regions["rtt_ms"]
+        index = {name: i for i, name in enumerate(self.region_names)}
+
+        def rtt(a: Node, b: Node) -> float:
+            if a is b:
+                return 0.0
+            if a.region == b.region and (a.name.startswith("site") and b.name.startswith("site")):
+                return 0.0005  # the LAN
+            return float(rtt_ms[index[a.region]][index[b.region]]) / 1000.0
+
+        self.net = Network(self.sim, rtt)
+        self.workload = Workload(scenario, rng)
+        self.metrics = Metrics()
+        o = scenario["origin"]
+        self.origin = Node("origin", o["region"], o["up_mbps"] * MBIT, o["up_mbps"] * MBIT)
+        self.origin_server = Server(self.origin)
+        # Seeds (the mirror nodes of the 2008 strategy too).
+        s = scenario["seeds"]
+        self.seeds: list[Server] = []
+        malicious = round(s.get("malicious", 0.0) * s["count"])
+        kinds = itertools.cycle(s.get("malicious_kinds", ["corrupt", "liar", "slow"]))
+        for i in range(s["count"]):
+            region = self._region(rng)
+            kind = next(kinds) if i < malicious else "honest"
+            up = s["up_mbps"] * MBIT * (0.02 if kind == "slow" else 1.0)
+            node = Node(f"seed{i}", region, up, s["down_mbps"] * MBIT)
+            server = Server(node, "corrupt" if kind == "corrupt" else kind)
+            server.holds = self._holder(node.name)  # type: ignore[method-assign]
+            self.seeds.append(server)
+        rng.shuffle(self.seeds)  # malicious ones not first in any order
+        self.held: dict[str, set[str]] = {srv.url: set() for srv in self.seeds}
+        # Clients: standalone, and sites of N clients behind a cache.
+        c = scenario["clients"]
+        self.clients = [
+            Node(f"client{i}", self._region(rng), c["up_mbps"] * MBIT, c["down_mbps"] * MBIT)
+            for i in range(c["count"])
+        ]
+        st = scenario["sites"]
+        self.sites: list[tuple[Node, list[Node]]] = []
+        for i in range(st["count"]):
+            region = self._region(rng)
+            cache = Node(f"site{i}-cache", region, st["cache_up_mbps"] * MBIT,
+                         st["cache_down_mbps"] * MBIT)  # fmt: skip
+            members = [
+                Node(f"site{i}-client{j}", region, st["lan_mbps"] * MBIT, st["lan_mbps"] * MBIT)
+                for j in range(st["clients_each"])
+            ]
+            self.sites.append((cache, members))
+        self.cache_of = {m.name: cache for cache, members in self.sites for m in members}
+        self.cache_held: dict[str, set[str]] = {cache.name: set() for cache, _ in self.sites}
+        self.cache_waiting: dict[tuple[str, str], list[Callable[[bool], None]]] = {}
+        self.books: dict[str, PeerBook] = {}
+        e = scenario.get("cdn", {})
+        self.edges = {
+            r: Node(
+                f"edge-{r}", r, e.get("up_mbps", 10_000) * MBIT, e.get("up_mbps", 10_000) * MBIT
+            )
+            for r in self.region_names
+        }
+        self.edge_held: dict[str, set[str]] = {n.name: set() for n in self.edges.values()}
+        self.peers_per_client = int(scenario.get("p2pkg", {}).get("peers", 8))
+
+    # ---------------------------------------------------------------- set-up
+
+    def _region(self, rng: Any) -> str:
+        shares = self.sc["regions"]["client_share"]
+        return str(rng.choices(self.region_names, weights=shares)[0])
+
+    def _holder(self, name: str) -> Callable[[str], bool]:
+        return lambda file: file in self.held[name] or self.workload.is_initial(file)
+
+    # ---------------------------------------------------------------- running
+
+    def run(self) -> dict[str, Any]:
+        duration = float(self.sc["duration"])
+        rng = self.sim.rng
+        everyone = [*self.clients, *(m for _, members in self.sites for m in members)]
+        rate = self.sc["clients"]["installs_per_hour"] / 3600.0
+        for node in everyone:  # Poisson installs per client
+            t = rng.expovariate(rate)
+            while t < duration:
+                self.sim.at(t, self._install, node, self.workload.install(rng))
+                t += rng.expovariate(rate)
+        releases = self.sc.get("releases", {}).get("per_hour", 0) / 3600.0
+        t = rng.expovariate(releases) if releases else math.inf
+        while t < duration * 0.8:
+            self.sim.at(t, self._release, self.workload.new_release(rng))
+            t += rng.expovariate(releases)
+        s = self.sc["seeds"]
+        if s.get("churn_mean_up"):
+            for seed in self.seeds:
+                self.sim.at(rng.expovariate(1 / s["churn_mean_up"]), self._seed_down, seed)
+        self.sim.run(duration * 3)  # downloads started near the end may finish late
+        return self._report(duration)
+
+    def _install(self, node: Node, files: list[tuple[str, int]]) -> None:
+        started = self.sim.now
+        left = [len(files)]
+        ok = [True]
+
+        def one_done(success: bool) -> None:
+            ok[0] = ok[0] and success
+            left[0] -= 1
+            if left[0] == 0 and ok[0]:
+                self.metrics.installs.append(self.sim.now - started)
+
+        for name, size in files:
+            self.metrics.requested_bytes += size
+            self._download(node, name, size, one_done)
+
+    def _download(self, node: Node, file: str, size: int, done: Callable[[bool], None]) -> None:
+        started = self.sim.now
+
+        def finish(success: bool, corrupt: bool = False) -> None:
+            if success:
+                self.metrics.downloads.append(self.sim.now - started)
+                if corrupt:
+                    self.metrics.corrupt_completed += 1
+            else:
+                self.metrics.failed += 1
+            done(success)
+
+        getattr(self, f"_via_{self.strategy}")(node, file, size, finish)
+
+    # ---------------------------------------------------------------- strategies
+
+    def _from_origin(self, dst: Node, size: int, finish: Callable[[bool], None]) -> None:
+        self.metrics.origin_bytes += size
+        self.net.transfer(self.origin, dst, size, lambda _t: finish(True), lambda _r: finish(False))
+
+    def _via_origin(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
+        self._from_origin(node, size, finish)
+
+    def _via_cdn(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
+        edge = self.edges[node.region]
+
+        def serve(ok: bool) -> None:
+            if not ok:
+                finish(False)
+                return
+            self.net.transfer(edge, node, size, lambda _t: finish(True), lambda _r: finish(False))
+
+        self._pull(edge, self.edge_held[edge.name], file, size, serve, self._edge_fill)
+
+    def _edge_fill(self, edge: Node, file: str, size: int, done: Callable[[bool], None]) -> None:
+        self._from_origin(edge, size, done)
+
+    def _pull(
+        self,
+        node: Node,
+        held: set[str],
+        file: str,
+        size: int,
+        then: Callable[[bool], None],
+        fill: Callable[[Node, str, int, Callable[[bool], None]], None],
+    ) -> None:
+        """``then(ok)`` once ``node`` holds ``file``; concurrent misses share one fill."""
+        if file in held:
+            then(True)
+            return
+        key = (node.name, file)
+        waiting = self.cache_waiting.get(key)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        self.cache_waiting[key] = [then]
+
+        def filled(ok: bool) -> None:
+            if ok:
+                held.add(file)
+            for waiter in self.cache_waiting.pop(key, []):
+                waiter(ok)
+
+        fill(node, file, size, filled)
+
+    def _via_mirrors(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
+        order = sorted(self.seeds, key=lambda s: (self.net.rtt(s.node, node), s.url))
+
+        def attempt(i: int) -> None:
+            if i >= len(order):
+                self._from_origin(node, size, finish)
+                return
+            server = order[i]
+            if not server.node.online:
+                self.sim.after(MIRROR_TIMEOUT, attempt, i + 1)
+                return
+            if not server.holds(file) or server.kind == "liar":
+                self.sim.after(self.net.rtt(server.node, node), attempt, i + 1)  # 404
+                return
+            self.net.transfer(
+                server.node,
+                node,
+                size,
+                # Unsigned pages: a corrupt mirror's hash matches its own page.
+                lambda _t: finish(True, server.kind == "corrupt"),
+                lambda _r: attempt(i + 1),
+            )
+
+        attempt(0)
+
+    def _via_p2pkg(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
+        cache = self.cache_of.get(node.name)
+        if cache is None:
+            self._p2p_fetch(node, file, size, lambda out: finish(out.ok, not out.honest))
+            return
+
+        def serve(ok: bool) -> None:
+            if not ok:
+                finish(False)
+                return
+            self.net.transfer(cache, node, size, lambda _t: finish(True), lambda _r: finish(False))
+
+        def fill(c: Node, f: str, sz: int, done: Callable[[bool], None]) -> None:
+            self._p2p_fetch(c, f, sz, lambda out: done(out.ok))
+
+        self._pull(cache, self.cache_held[cache.name], file, size, serve, fill)
+
+    def _p2p_fetch(
+        self, node: Node, file: str, size: int, done: Callable[[FetchOutcome], None]
+    ) -> None:
+        book = self.books.get(node.name)
+        if book is None:
+            book = self.books[node.name] = PeerBook()
+        peers = [(s, Tier.MIRROR) for s in self._nearest_seeds(node)]
+
+        def counted(outcome: FetchOutcome) -> None:
+            self.metrics.origin_bytes += outcome.bytes_by_peer.get("origin", 0.0)
+            done(outcome)
+
+        def then_origin(outcome: FetchOutcome) -> None:
+            if outcome.ok:
+                counted(outcome)
+                return
+            # No seed could deliver (a release not synced yet, every seed away or
+            # banned): the master, as a configured peer of last resort.
+            origin = [(self.origin_server, Tier.MIRROR)]
+            SimFetch(self.sim, self.net, node, book, file, size, origin, counted)
+
+        SimFetch(self.sim, self.net, node, book, file, size, peers, then_origin)
+
+    def _nearest_seeds(self, node: Node) -> list[Server]:
+        def distance(s: Server) -> tuple[float, int]:
+            # Ties (seeds in one region) broken per client, the same in every run
+            # (not hash(): Python randomizes it per process).
+            return self.net.rtt(s.node, node), zlib.crc32(f"{s.url} {node.name}".encode())
+
+        ranked = sorted(self.seeds, key=distance)
+        return ranked[: self.peers_per_client]
+
+    # ---------------------------------------------------------------- releases and churn
+
+    def _release(self, release: tuple[str, int]) -> None:
+        file, size = release
+        published = self.sim.now
+        synced: list[float] = []
+        need = math.ceil(0.95 * len(self.seeds))
+
+        def synced_one(_ok: bool) -> None:
+            synced.append(self.sim.now)
+            if len(synced) == need:
+                self.metrics.release_reach.append(self.sim.now - published)
+
+        for seed in self.seeds:
+            if self.strategy == "mirrors":
+                delay = self.sim.rng.uniform(0, MIRROR_POLL)  # the next poll
+                self.sim.after(delay, self._seed_sync, seed, file, size, synced_one, "origin")
+            elif self.strategy == "p2pkg":
+                delay = self.net.rtt(self.origin, seed.node) + PUSH_FANOUT_DELAY
+                self.sim.after(delay, self._seed_sync, seed, file, size, synced_one, "p2p")
+
+    def _seed_sync(
+        self, seed: Server, file: str, size: int, done: Callable[[bool], None], how: str
+    ) -> None:
+        if not seed.node.online:
+            self.sim.after(60.0, self._seed_sync, seed, file, size, done, how)  # when back
+            return
+
+        def kept(ok: bool) -> None:
+            if ok:
+                self.held[seed.url].add(file)
+                done(True)
+            else:
+                self.sim.after(30.0, self._seed_sync, seed, file, size, done, how)
+
+        if how == "origin":
+            self._from_origin(seed.node, size, kept)
+        else:
+            self._p2p_fetch(seed.node, file, size, lambda out: kept(out.ok))
+
+    def _seed_down(self, seed: Server) -> None:
+        self.net.node_down(seed.node)
+        self.sim.after(self.sim.rng.expovariate(1 / self.sc["seeds"]["churn_mean_down"]),
+                       self._seed_up, seed)  # fmt: skip
+
+    def _seed_up(self, seed: Server) -> None:
+        seed.node.online = True
+        self.sim.after(self.sim.rng.expovariate(1 / self.sc["seeds"]["churn_mean_up"]),
+                       self._seed_down, seed)  # fmt: skip
+
+    # ---------------------------------------------------------------- report
+
+    def _report(self, duration: float) -> dict[str, Any]:
+        m = self.metrics
+        total = len(m.downloads) + m.failed
+        bans = sum(len(b.banned(self.sim.now)) for b in self.books.values())
+        return {
+            "strategy": self.strategy,
+            "simulated_seconds": duration,
+            "events": self.sim.events,
+            "nodes": 1
+            + len(self.seeds)
+            + len(self.clients)
+            + sum(1 + len(m_) for _, m_ in self.sites)
+            + len(self.edges),
+            "downloads": total,
+            "failed_downloads": m.failed,
+            "failed_share": m.failed / total if total else 0.0,
+            "corrupt_completed": m.corrupt_completed,
+            "origin_share": m.origin_bytes / m.requested_bytes if m.requested_bytes else 0.0,
+            "download_p50": percentile(m.downloads, 0.50),
+            "download_p95": percentile(m.downloads, 0.95),
+            "download_p99": percentile(m.downloads, 0.99),
+            "install_p50": percentile(m.installs, 0.50),
+            "install_p95": percentile(m.installs, 0.95),
+            "install_p99": percentile(m.installs, 0.99),
+            "releases": len(m.release_reach),
+            "release_to_95pct_seeds_p50": percentile(m.release_reach, 0.50),
+            "peer_bans": bans,
+            "dht_lookups_per_download": 0.0,  # peers come from the signed mirror list here
+        }
+
+
+def rank_cdf(weights: list[int]) -> list[float]:
+    total = float(sum(weights))
+    return [c / total for c in itertools.accumulate(weights)]
+
+
+def sample_rank(cdf: list[float], rng: Any) -> int:
+    return bisect.bisect_left(cdf, rng.random())
+
+
+__all__ = ["Metrics", "World", "percentile", "rank_cdf", "sample_rank"]
