@@ -121,3 +121,11 @@ def test_a_run_is_the_same_in_another_process_with_another_hash_seed(tmp_path: P
         )
         outs.append((out / "smoke-seed9.md").read_text())
     assert outs[0] == outs[1]
+
+
+def test_the_plots_are_written(tmp_path: Path) -> None:
+    from netsim.sim.run import plot
+
+    report = run(load(SMOKE), 1, progress=False)
+    plot(report, tmp_path / "smoke.png")
+    assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,7 +19,10 @@ from typing import Any
 
 from netsim.sim.engine import Sim, Timer
 
-EPSILON = 1e-6  # bytes: a flow this close to done is done
+#: A flow is done when what is left would take it under this long (or is under
+#: a byte): far below any latency here, and far above the float resolution of
+#: an hour's worth of seconds, which an exact test could loop on forever.
+DONE_WITHIN = 1e-6
 
 
 class Node:
@@ -132,7 +135,7 @@ class Network:
         flow.dst.rx[flow] = None
         if flow.on_first_byte is not None:
             flow.on_first_byte(self.sim.now)
-        if flow.size <= EPSILON:
+        if flow.size < 1.0:
             self._finish(flow)
         self._changed()
 
@@ -165,12 +168,12 @@ class Network:
             self._next = None
         soonest = min((f.remaining / f.rate for f in self.active if f.rate > 0), default=None)
         if soonest is not None:
-            self._next = self.sim.after(soonest, self._complete)
+            self._next = self.sim.after(max(soonest, DONE_WITHIN), self._complete)
 
     def _complete(self) -> None:
         self._next = None
         self._settle()
-        for flow in [f for f in self.active if f.remaining <= EPSILON + 1e-9 * f.size]:
+        for flow in [f for f in self.active if _done(f)]:
             self._finish(flow)
         self._changed()
 
@@ -185,6 +188,10 @@ class Network:
         flow.src.tx.pop(flow, None)
         flow.dst.rx.pop(flow, None)
         flow.rate = 0.0
+
+
+def _done(flow: Flow) -> bool:
+    return flow.remaining < 1.0 or flow.remaining <= flow.rate * DONE_WITHIN
 
 
 def maxmin(flows: Iterable[Flow]) -> None:

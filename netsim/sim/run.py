@@ -1,7 +1,9 @@
 """``python -m netsim run SCENARIO.toml --seed N [--out DIR]``: every strategy on one workload.
 
-Results: ``DIR/NAME-seedN.json`` (every metric per strategy) and a
-markdown table ``DIR/NAME-seedN.md``; progress on stderr while it runs.
+Results: ``DIR/NAME-seedN.json`` (every metric per strategy), a markdown
+table ``DIR/NAME-seedN.md`` and bar plots ``DIR/NAME-seedN.png`` (origin
+share, download p95, failures, corrupt installs); progress on stderr while
+it runs.
 Deterministic for a seed: the same file twice gives the same numbers.
 """
 
@@ -65,6 +67,32 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Bars per strategy: origin share, download p95, failed share (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    names = [r["strategy"] for r in results]
+    panels = [
+        ("origin share (%)", [100 * r["origin_share"] for r in results]),
+        ("download p95 (s)", [r["download_p95"] or 0.0 for r in results]),
+        ("failed downloads (%)", [100 * r["failed_share"] for r in results]),
+        ("corrupt installs", [r["corrupt_completed"] for r in results]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        ax.bar(names, values, color=["#888", "#c84", "#48c", "#2a2"][: len(names)])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"{report['scenario']} (seed {report['seed']})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m netsim", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{scenario['name']}-seed{args.seed}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(table(report))
+    plot(report, args.out / f"{stem}.png")
     print(table(report))
     return 0
 
