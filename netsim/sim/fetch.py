@@ -52,6 +52,7 @@ class FetchOutcome:
     bytes_by_peer: dict[str, float]
     error: str = ""
     honest: bool = True  # every chunk kept came from an honest peer
+    bans: int = 0  # peers this download banned (bad bytes)
 
 
 class SimFetch:
@@ -92,6 +93,7 @@ class SimFetch:
         self.flows: dict[int, tuple[str, Span, Flow]] = {}
         self.received: dict[str, float] = {}
         self.kept_from: set[str] = set()  # peers whose chunks were kept
+        self.bans = 0
         self._wakeup: Timer | None = None
         self.finished = False
         if not live:
@@ -146,6 +148,7 @@ class SimFetch:
             if server.kind == "corrupt":
                 # Its chunks fail their BLAKE3 check: banned, its span goes back.
                 self.book.ban(name, f"bad bytes in {self.file}", t)
+                self.bans += 1
                 self.sched.span_failed(name, span, t, Failure.BAD)
             else:
                 for index in range(span.first, span.end):
@@ -198,7 +201,9 @@ class SimFetch:
             self._abandon(sid, name, span, flow)
         honest = all(self.servers[n].kind != "corrupt" for n in self.kept_from)
         self.on_done(
-            FetchOutcome(ok, self.sim.now - self.started, dict(self.received), error, honest)
+            FetchOutcome(
+                ok, self.sim.now - self.started, dict(self.received), error, honest, self.bans
+            )
         )
 
 

@@ -135,6 +135,8 @@ class World:
         }
         self.edge_held: dict[str, set[str]] = {n.name: set() for n in self.edges.values()}
         self.peers_per_client = int(scenario.get("p2pkg", {}).get("peers", 8))
+        self._nearest: dict[str, list[Server]] = {}
+        self._groups: dict[str, list[list[Server]]] = {}
 
     # ---------------------------------------------------------------- set-up
 
@@ -301,12 +303,14 @@ class World:
 
         def counted(outcome: FetchOutcome) -> None:
             self.metrics.origin_bytes += outcome.bytes_by_peer.get("origin", 0.0)
+            self.metrics.peer_bans += outcome.bans
             done(outcome)
 
         def then_origin(outcome: FetchOutcome) -> None:
             if outcome.ok:
                 counted(outcome)
                 return
+            self.metrics.peer_bans += outcome.bans
             # No seed could deliver (a release not synced yet, every seed away or
             # banned): the master, as a configured peer of last resort.
             origin = [(self.origin_server, Tier.MIRROR)]
@@ -315,13 +319,34 @@ class World:
         SimFetch(self.sim, self.net, node, book, file, size, peers, then_origin)
 
     def _nearest_seeds(self, node: Node) -> list[Server]:
-        def distance(s: Server) -> tuple[float, int]:
-            # Ties (seeds in one region) broken per client, the same in every run
-            # (not hash(): Python randomizes it per process).
-            return self.net.rtt(s.node, node), zlib.crc32(f"{s.url} {node.name}".encode())
+        """The seeds a node uses (fixed per node: its configuration)."""
+        found = self._nearest.get(node.name)
+        if found is None:
+            found = self._nearest[node.name] = self._rank_seeds(node)
+        return found
 
-        ranked = sorted(self.seeds, key=distance)
-        return ranked[: self.peers_per_client]
+    def _rank_seeds(self, node: Node) -> list[Server]:
+        """The ``peers`` nearest seeds: by round trip, ties (one region) rotated per node.
+
+        Seeds are grouped by their round trip from the node's region once per
+        region; within a group the node starts at its own offset (CRC of its
+        name: the same in every run, unlike ``hash()``), so clients of one
+        region spread over that region's seeds.
+        """
+        groups = self._groups.get(node.region)
+        if groups is None:
+            by_rtt: dict[float, list[Server]] = {}
+            for s in sorted(self.seeds, key=lambda s: s.url):
+                by_rtt.setdefault(self.net.rtt(s.node, node), []).append(s)
+            groups = self._groups[node.region] = [by_rtt[k] for k in sorted(by_rtt)]
+        out: list[Server] = []
+        start = zlib.crc32(node.name.encode())
+        for group in groups:
+            for k in range(len(group)):
+                out.append(group[(start + k) % len(group)])
+                if len(out) == self.peers_per_client:
+                    return out
+        return out
 
     # ---------------------------------------------------------------- releases and churn
 
@@ -378,7 +403,6 @@ class World:
     def _report(self, duration: float) -> dict[str, Any]:
         m = self.metrics
         total = len(m.downloads) + m.failed
-        bans = sum(len(b.banned(self.sim.now)) for b in self.books.values())
         return {
             "strategy": self.strategy,
             "simulated_seconds": duration,
@@ -401,7 +425,7 @@ class World:
             "install_p99": percentile(m.installs, 0.99),
             "releases": len(m.release_reach),
             "release_to_95pct_seeds_p50": percentile(m.release_reach, 0.50),
-            "peer_bans": bans,
+            "peer_bans": m.peer_bans,  # bans made (a ban lasts an hour, then one more chance)
             "dht_lookups_per_download": 0.0,  # peers come from the signed mirror list here
         }
 
