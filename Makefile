@@ -43,6 +43,9 @@ bench: $(STAMP)
 	# real links (root: network namespaces, tc shaping, a delay proxy)
 	$(BIN)/python -m netsim.bench_realnet
 	$(BIN)/python -m netsim.bench_install
+	$(BIN)/python -m netsim.calibrate
+	# netsim at scale (docs/results.md)
+	$(BIN)/python -m netsim run netsim/scenarios/pypi-10k.toml --seed 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
