@@ -137,6 +137,7 @@ class World:
         self.peers_per_client = int(scenario.get("p2pkg", {}).get("peers", 8))
         self._nearest: dict[str, list[Server]] = {}
         self._groups: dict[str, list[list[Server]]] = {}
+        self._mirrors: dict[str, list[Server]] = {}
 
     # ---------------------------------------------------------------- set-up
 
@@ -252,7 +253,7 @@ class World:
         fill(node, file, size, filled)
 
     def _via_mirrors(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
-        order = sorted(self.seeds, key=lambda s: (self.net.rtt(s.node, node), s.url))
+        order = self._mirror_order(node)
 
         def attempt(i: int) -> None:
             if i >= len(order):
@@ -324,6 +325,15 @@ class World:
         if found is None:
             found = self._nearest[node.name] = self._rank_seeds(node)
         return found
+
+    def _mirror_order(self, node: Node) -> list[Server]:
+        """Every mirror, nearest first (the 2008 client's failover order), per region."""
+        order = self._mirrors.get(node.region)
+        if order is None:
+            order = self._mirrors[node.region] = sorted(
+                self.seeds, key=lambda s: (self.net.rtt(s.node, node), s.url)
+            )
+        return order
 
     def _rank_seeds(self, node: Node) -> list[Server]:
         """The ``peers`` nearest seeds: by round trip, ties (one region) rotated per node.
