@@ -42,6 +42,7 @@ from p2pkg.core.peers import PeerBook, Tier
 MBIT = 1e6 / 8  # bytes/s per Mbit/s
 MIRROR_TIMEOUT = 3.0  # seconds a client waits for a dead mirror before the next one
 MIRROR_POLL = 300.0  # the 2008 mirrors synced by polling
+MIRROR_TRIES = 5  # mirrors a client tries before the origin
 PUSH_FANOUT_DELAY = 0.0  # p2pkg: seeds are subscribed; the push is one round trip
 
 
@@ -253,7 +254,9 @@ class World:
         fill(node, file, size, filled)
 
     def _via_mirrors(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
-        order = self._mirror_order(node)
+        # A 2008 client knew a handful of mirrors (the PEP 381 list had ~10):
+        # the nearest few are tried, then the origin.
+        order = self._mirror_order(node)[:MIRROR_TRIES]
 
         def attempt(i: int) -> None:
             if i >= len(order):
