@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from p2pkg.errors import local_io
@@ -65,32 +66,42 @@ def copy_fd(src_fd: int, dst_fd: int, size: int) -> None:
             offset += len(chunk)
 
 
+def _replace_atomic(path: Path, fill: Callable[[int], None], mode: int = 0o644) -> None:
+    """Write ``path`` whole or not at all: ``fill(fd)`` a temp name, fsync, rename.
+
+    On failure the temp file is removed and ``path`` is as it was.
+    """
+    tmp = path.with_name(f".{path.name}.p2pkg-tmp")
+    with local_io(path.parent, "creating"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with local_io(tmp, "writing"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                fill(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with local_io(path, "writing"):
+            tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
 def copy_atomic(src: Path, dest_dir: Path, filename: str) -> Path:
     """Copy ``src`` to ``dest_dir/filename`` via a temp name, fsync, rename.
 
     On failure the temp file is removed and ``dest_dir`` is as it was.
     """
     final = dest_dir / filename
-    tmp = dest_dir / f".{filename}.p2pkg-tmp"
-    with local_io(dest_dir, "creating"):
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with local_io(src, "reading"):
-            fin = src.open("rb")
-        with fin, local_io(tmp, "writing"):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                copy_fd(fin.fileno(), fd, os.fstat(fin.fileno()).st_size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        with local_io(final, "writing"):
-            tmp.replace(final)
-    except BaseException:
-        with contextlib.suppress(OSError):  # the first error is the one to report
-            tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(dest_dir)
+    with local_io(src, "reading"):
+        fin = src.open("rb")
+    with fin:
+        size = os.fstat(fin.fileno()).st_size
+        _replace_atomic(final, lambda fd: copy_fd(fin.fileno(), fd, size))
     return final
 
 
@@ -100,21 +111,4 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     Raises :class:`~p2pkg.errors.LocalError` naming the path; on failure
     ``path`` is as it was.
     """
-    tmp = path.with_name(f".{path.name}.p2pkg-tmp")
-    try:
-        with local_io(path.parent, "creating"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        with local_io(tmp, "writing"):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                pwrite_all(fd, data, 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        with local_io(path, "writing"):
-            tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    _replace_atomic(path, lambda fd: pwrite_all(fd, data, 0), mode)

@@ -17,9 +17,8 @@ from p2pkg.core import simple
 from p2pkg.core.objects import normalize_name
 from p2pkg.core.select import project_of
 from p2pkg.io.http.server import Exchange, PeerServer
+from p2pkg.roles import role_pages
 from p2pkg.roles.cache_http import SimplePaths
-from p2pkg.roles.role_pages import cache_page
-from p2pkg.roles.status_page import render
 
 if TYPE_CHECKING:
     from p2pkg.roles.cache import Cache
@@ -80,12 +79,7 @@ class MergedRoutes(SimplePaths):
 
     async def _status_page(self, ex: Exchange) -> bool:
         host = ex.req.headers.get("host") or "HOST:PORT"
-        return await ex.reply(
-            200,
-            render(cache_page(self.cache, host)),
-            ctype="text/html; charset=utf-8",
-            headers=[("Cache-Control", "no-cache")],
-        )
+        return await role_pages.reply(ex, role_pages.cache_page(self.cache, host))
 
 
 __all__ = ["MergedRoutes"]

@@ -214,9 +214,12 @@ class CacheNamespace:
         asks every candidate namespace, then the page and each file request
         ask the chosen one again.
         """
-        return (await self._resolved(name))[0]
+        return (await self._resolved(name))[1][0]
 
-    async def _resolved(self, name: str) -> tuple[Project | None, list[FileManifest] | None]:
+    async def _resolved(
+        self, name: str
+    ) -> tuple[tuple[int, str], tuple[Project | None, list[FileManifest] | None]]:
+        """(memo key, (project, manifests or None)) under the current root."""
         trusted = await self.trusted()
         key = (trusted.version, name)
         found = self._resolved_memo.get(key)
@@ -225,7 +228,7 @@ class CacheNamespace:
             self._remember(key, found)
         else:
             self._resolved_memo.move_to_end(key)
-        return found
+        return key, found
 
     def _remember(
         self, key: tuple[int, str], value: tuple[Project | None, list[FileManifest] | None]
@@ -235,14 +238,14 @@ class CacheNamespace:
             self._resolved_memo.popitem(last=False)
 
     async def project_manifests(self, name: str) -> list[FileManifest] | None:
-        project, manifests = await self._resolved(name)
+        key, (project, manifests) = await self._resolved(name)
         if project is None:
             return None
         if manifests is None:
             raw = await self.session.get_objects(f.manifest for f in project.files)
             manifests = [decode_as(raw[f.manifest], FileManifest) for f in project.files]
-            trusted = await self.trusted()
-            self._remember((trusted.version, name), (project, manifests))
+            # Under the key the project was found with: the root may have moved on meanwhile.
+            self._remember(key, (project, manifests))
         return manifests
 
     async def listed_manifest(self, content_id: bytes, filename: str) -> FileManifest | None:

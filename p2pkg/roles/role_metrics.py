@@ -17,6 +17,7 @@ from p2pkg.core.root import decode_signed_root
 from p2pkg.core.trust import check_expiry
 from p2pkg.errors import P2pkgError
 from p2pkg.io.http.metrics import Families
+from p2pkg.roles.namespace_choice import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from p2pkg.io.dht_service import DhtService
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from p2pkg.roles.seed import Seeder
     from p2pkg.roles.session import Session
 
-OWN = "default"  # the namespace label of a store served as it is (serve, master)
+OWN = DEFAULT_NAMESPACE  # the label of a store served as it is (serve, master)
 
 
 def root_metrics(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from p2pkg.core.root import decode_signed_root
+from p2pkg.roles.namespace_choice import DEFAULT_NAMESPACE
 from p2pkg.roles.status_page import (
     Figure,
     Page,
@@ -44,8 +45,8 @@ def root_figures(
 ) -> list[Figure]:
     """Root version, its age and expiry, and (``checks``) when a peer last confirmed it."""
     now = time.time()
-    prefix = "" if ns == "default" else f"{ns}: "
-    key = "" if ns == "default" else f"-{ns}"
+    prefix = "" if ns == DEFAULT_NAMESPACE else f"{ns}: "
+    key = "" if ns == DEFAULT_NAMESPACE else f"-{ns}"
     if version is None:
         return [Figure(prefix + "root", "none yet", "root-version" + key, "bad")]
     left = None if expires is None else expires - now
@@ -71,7 +72,7 @@ def root_figures(
     return out
 
 
-def store_root_figures(store: Store, ns: str = "default") -> list[Figure]:
+def store_root_figures(store: Store, ns: str = DEFAULT_NAMESPACE) -> list[Figure]:
     data = store.latest_root()
     if data is None:
         return root_figures(ns, None, None, None)
@@ -110,12 +111,12 @@ def peer_table(session: Session, ns: str, title: str = "Peers") -> Table:
                 fresh,
             ]
         )
-    suffix = "" if ns == "default" else f" — {ns}"
+    suffix = "" if ns == DEFAULT_NAMESPACE else f" — {ns}"
     return Table(
         title + suffix,
         ["peer", "tier", "speed", "latency", "received", "errors in a row", "state", "root"],
         rows,
-        "peers" + ("" if ns == "default" else f"-{ns}"),
+        "peers" + ("" if ns == DEFAULT_NAMESPACE else f"-{ns}"),
         empty="no peers known",
     )
 
@@ -124,18 +125,20 @@ def _behind(n: int) -> str:
     return f"{n} version{'' if n == 1 else 's'} behind"
 
 
+async def reply(ex: Exchange, page: Page) -> bool:
+    """Answer ``ex`` with ``page`` rendered (never cached: it is the state now)."""
+    return await ex.reply(
+        200, render(page), ctype="text/html; charset=utf-8", headers=[("Cache-Control", "no-cache")]
+    )
+
+
 def install(server: PeerServer, build: Callable[[Exchange], Page]) -> None:
-    """Serve ``render(build(ex))`` at exactly ``/`` on ``server``."""
+    """Serve ``build(ex)`` at exactly ``/`` on ``server``."""
 
     async def page(ex: Exchange) -> bool:
         if ex.path != "/" or ex.req.method not in ("GET", "HEAD"):
             return await ex.reply(404, b"not found")
-        return await ex.reply(
-            200,
-            render(build(ex)),
-            ctype="text/html; charset=utf-8",
-            headers=[("Cache-Control", "no-cache")],
-        )
+        return await reply(ex, build(ex))
 
     server.route("/", page)
 
@@ -168,8 +171,8 @@ def cache_page(cache: Cache, host: str) -> Page:
             ns.session.follower.state.last_success,
             checks=True,
         )
-    files = sum(ns.store.stats()[0] for ns in cache.namespaces.values())
-    held = sum(ns.store.stats()[1] for ns in cache.namespaces.values())
+    counts = [ns.store.stats() for ns in cache.namespaces.values()]  # one query each
+    files, held = sum(c[0] for c in counts), sum(c[1] for c in counts)
     page.figures += [
         Figure(
             "downloads today",
@@ -234,8 +237,9 @@ def seed_page(seeders: dict[str, Seeder], counts: DownloadCounts | None = None) 
         if fresh.upstream_version is not None and fresh.synced_version is not None:
             lag = max(0, fresh.upstream_version - fresh.synced_version)
         state = seeder.follower.state
-        prefix = "" if name == "default" else f"{name}: "
-        key = "" if name == "default" else f"-{name}"
+        files, held = seeder.store.stats()
+        prefix = "" if name == DEFAULT_NAMESPACE else f"{name}: "
+        key = "" if name == DEFAULT_NAMESPACE else f"-{name}"
         page.figures += [
             Figure(
                 prefix + "behind upstream",
@@ -253,9 +257,9 @@ def seed_page(seeders: dict[str, Seeder], counts: DownloadCounts | None = None) 
             ),
             Figure(
                 prefix + "held",
-                f"{seeder.store.stats()[0]} files",
+                f"{files} files",
                 "held" + key,
-                note=human_bytes(seeder.store.stats()[1]),
+                note=human_bytes(held),
             ),
             Figure(prefix + "downloads today", str(seeder.counts.today()), "downloads-today" + key),
             Figure(
@@ -321,4 +325,4 @@ def serve_page(store: Store, server: PeerServer, counts: DownloadCounts) -> Page
     return page
 
 
-__all__ = ["cache_page", "install", "master_page", "seed_page", "serve_page"]
+__all__ = ["cache_page", "install", "master_page", "reply", "seed_page", "serve_page"]

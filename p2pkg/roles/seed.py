@@ -43,13 +43,12 @@ from p2pkg.roles import role_pages
 from p2pkg.roles.disk import DiskCondition
 from p2pkg.roles.follow import FollowState
 from p2pkg.roles.links import Peer
+from p2pkg.roles.namespace_choice import DEFAULT_NAMESPACE
 from p2pkg.roles.role_metrics import seed_health, seed_metrics
 from p2pkg.roles.session import Session
 from p2pkg.roles.subscriptions import Subscriptions, keep_subscribed
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LABEL = "default"  # a seed's namespace label on /metrics (SeedGroup: the names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +143,7 @@ class Seeder:
         self.subscriptions.install(self.server)
         self.counts = DownloadCounts(store_path)  # downloads it served, for the master's stats
         self.counts.install(self.server)
-        one = {DEFAULT_LABEL: self}
+        one = {DEFAULT_NAMESPACE: self}
         metrics.install(self.server, partial(seed_metrics, one), partial(seed_health, one))
         role_pages.install(self.server, lambda _ex: role_pages.seed_page(one))
         self._limiter = anyio.CapacityLimiter(config.parallel_files)

@@ -31,6 +31,7 @@ from pathlib import Path
 from p2pkg.errors import FetchError, P2pkgError, PolicyError, local_io
 from p2pkg.io.fsutil import atomic_write
 from p2pkg.roles.links import Peer
+from p2pkg.roles.namespace_choice import DEFAULT_NAMESPACE
 from p2pkg.roles.session import Session
 
 
@@ -112,7 +113,7 @@ async def check_cache(url: str, pinned: frozenset[bytes]) -> str:
         session = Session(pinned, [Peer(base)])
         try:
             await session.refresh_root()
-            return name or "default"
+            return name or DEFAULT_NAMESPACE
         except P2pkgError as exc:
             problems.append(f"{base}: {exc}")
         finally:
