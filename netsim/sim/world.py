@@ -138,7 +138,6 @@ class World:
         self.peers_per_client = int(scenario.get("p2pkg", {}).get("peers", 8))
         self._nearest: dict[str, list[Server]] = {}
         self._groups: dict[str, list[list[Server]]] = {}
-        self._mirrors: dict[str, list[Server]] = {}
 
     # ---------------------------------------------------------------- set-up
 
@@ -255,8 +254,11 @@ class World:
 
     def _via_mirrors(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
         # A 2008 client knew a handful of mirrors (the PEP 381 list had ~10):
-        # the nearest few are tried, then the origin.
-        order = self._mirror_order(node)[:MIRROR_TRIES]
+        # the nearest few are tried, then the origin. "Nearest" is the same
+        # choice p2pkg's clients make (nearest by round trip, spread over a
+        # region's equals), so the strategies differ in what they do with
+        # their peers, not in which peers they know.
+        order = self._rank_seeds(node, MIRROR_TRIES)
 
         def attempt(i: int) -> None:
             if i >= len(order):
@@ -326,20 +328,11 @@ class World:
         """The seeds a node uses (fixed per node: its configuration)."""
         found = self._nearest.get(node.name)
         if found is None:
-            found = self._nearest[node.name] = self._rank_seeds(node)
+            found = self._nearest[node.name] = self._rank_seeds(node, self.peers_per_client)
         return found
 
-    def _mirror_order(self, node: Node) -> list[Server]:
-        """Every mirror, nearest first (the 2008 client's failover order), per region."""
-        order = self._mirrors.get(node.region)
-        if order is None:
-            order = self._mirrors[node.region] = sorted(
-                self.seeds, key=lambda s: (self.net.rtt(s.node, node), s.url)
-            )
-        return order
-
-    def _rank_seeds(self, node: Node) -> list[Server]:
-        """The ``peers`` nearest seeds: by round trip, ties (one region) rotated per node.
+    def _rank_seeds(self, node: Node, count: int) -> list[Server]:
+        """The ``count`` nearest seeds: by round trip, ties (one region) rotated per node.
 
         Seeds are grouped by their round trip from the node's region once per
         region; within a group the node starts at its own offset (CRC of its
@@ -357,7 +350,7 @@ class World:
         for group in groups:
             for k in range(len(group)):
                 out.append(group[(start + k) % len(group)])
-                if len(out) == self.peers_per_client:
+                if len(out) == count:
                     return out
         return out
 
