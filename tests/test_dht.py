@@ -422,8 +422,9 @@ async def test_cancelling_a_join_propagates_and_stops_at_once(tmp_path: Path) ->
 
 
 @pytest.mark.net
-async def test_keep_announcing_waits_for_the_node_and_goes_again_when_poked() -> None:
-    key = content_key(b"announced")
+async def test_keep_announcing_waits_for_the_node_and_announces_what_is_new_when_poked() -> None:
+    key, other = content_key(b"announced"), content_key(b"held later")
+    held = [key]
     async with network(5) as nodes:
         svc = DhtService(("127.0.0.1", 0), [addr(nodes[0])])
         rounds = 0
@@ -436,17 +437,26 @@ async def test_keep_announcing_waits_for_the_node_and_goes_again_when_poked() ->
 
         async with anyio.create_task_group() as tg:
             # Started before the node: it waits for run(), it does not poll for it.
-            tg.start_soon(svc.keep_announcing, lambda: [key], 7000, latest_root)
+            tg.start_soon(svc.keep_announcing, lambda: list(held), 7000, latest_root)
             await tg.start(svc.run)
             with anyio.fail_after(10):
                 await done.wait()
             assert rounds == 1 and svc.announced > 0
             assert ("127.0.0.1", 7000) in await nodes[3].find_key(key)
+            first = svc.announced
             done = anyio.Event()
-            svc.poke()  # the next round now, not in ttl/2
+            svc.poke()  # the next round now, not in ttl/2 ...
             with anyio.fail_after(10):
                 await done.wait()
             assert rounds == 2
+            assert svc.announced == first  # ... and nothing new: nothing announced again
+            held.append(other)
+            done = anyio.Event()
+            svc.poke()  # something new is held: that, and only that, is announced
+            with anyio.fail_after(10):
+                await done.wait()
+            assert rounds == 3 and 0 < svc.announced - first <= first
+            assert ("127.0.0.1", 7000) in await nodes[3].find_key(other)
             tg.cancel_scope.cancel()
 
 

@@ -14,7 +14,9 @@ class Timer:
 
     __slots__ = ("args", "cancelled", "fn", "sim", "time")
 
-    def __init__(self, sim: Sim, time: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, sim: Sim, time: float, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
         self.sim = sim
         self.time = time
         self.fn = fn

@@ -84,7 +84,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (title, values) in zip(axes, panels, strict=True):
-        ax.bar(names, values, color=["#888", "#c84", "#48c", "#2a2"][: len(names)])
+        ax.bar(names, values, color=["#888", "#c84", "#48c", "#7b7", "#2a2"][: len(names)])
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"{report['scenario']} (seed {report['seed']})", fontsize=11)

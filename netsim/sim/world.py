@@ -29,21 +29,34 @@ import bisect
 import itertools
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from netsim.sim.dht_roles import DhtRoles
 from netsim.sim.engine import Sim
 from netsim.sim.fetch import FetchOutcome, Server, SimFetch
 from netsim.sim.network import Network, Node
 from netsim.sim.workload import Workload
 from p2pkg.core.peers import PeerBook, Tier
+from p2pkg.roles.follow import RETRY_BASE
 
 MBIT = 1e6 / 8  # bytes/s per Mbit/s
 MIRROR_TIMEOUT = 3.0  # seconds a client waits for a dead mirror before the next one
 MIRROR_POLL = 300.0  # the 2008 mirrors synced by polling
 MIRROR_TRIES = 5  # mirrors a client tries before the origin
-PUSH_FANOUT_DELAY = 0.0  # p2pkg: seeds are subscribed; the push is one round trip
+SUBSCRIBE_ROOTS = 8  # p2pkg: seeds subscribed to the master itself (the nearest)
+SUBSCRIBE_FANOUT = 8  # p2pkg: subscribers per seed, at most 2x (each has two upstreams)
+FOLLOW_MAX_BACKOFF = 300.0  # RootFollower.follow's default max_backoff
+
+
+@dataclass
+class Release:
+    file: str
+    size: int
+    published: float
+    need: int  # seeds that make 95%
+    synced: int = 0
 
 
 @dataclass
@@ -71,6 +84,9 @@ class World:
     def __init__(self, scenario: dict[str, Any], strategy: str, seed: int) -> None:
         self.sc = scenario
         self.strategy = strategy
+        # "p2pkg-list": p2pkg with the signed mirror list alone (no DHT), to show
+        # what the DHT adds and costs on the same workload.
+        self.kind = "p2pkg" if strategy == "p2pkg-list" else strategy
         self.sim = Sim(seed)
         rng = self.sim.rng
         regions = scenario["regions"]
@@ -135,8 +151,26 @@ class World:
             for r in self.region_names
         }
         self.edge_held: dict[str, set[str]] = {n.name: set() for n in self.edges.values()}
-        self.peers_per_client = int(scenario.get("p2pkg", {}).get("peers", 8))
+        p2 = scenario.get("p2pkg", {})
+        self.peers_per_client = int(p2.get("peers", 8))
+        self.dht: DhtRoles | None = None
+        if strategy == "p2pkg" and p2.get("dht", False):
+            self.dht = DhtRoles(
+                self.sim,
+                self.net.rtt,
+                self.origin_server,
+                self.seeds,
+                [cache for cache, _ in self.sites],
+                self.cache_held,
+                float(scenario["duration"]),
+            )
         self._nearest: dict[str, list[Server]] = {}
+        self.releases: list[Release] = []
+        self.syncing: set[tuple[str, str]] = set()
+        self.upstreams: dict[str, list[Server]] = {}
+        self.subscribers: dict[str, list[Server]] = {}
+        if self.kind == "p2pkg":
+            self._subscribe()
         self._groups: dict[str, list[list[Server]]] = {}
 
     # ---------------------------------------------------------------- set-up
@@ -165,6 +199,8 @@ class World:
         while t < duration * 0.8:
             self.sim.at(t, self._release, self.workload.new_release(rng))
             t += rng.expovariate(releases)
+        if self.dht is not None:
+            self.dht.start()
         s = self.sc["seeds"]
         if s.get("churn_mean_up"):
             for seed in self.seeds:
@@ -183,12 +219,35 @@ class World:
             if left[0] == 0 and ok[0]:
                 self.metrics.installs.append(self.sim.now - started)
 
-        for name, size in files:
+        for _, size in files:
             self.metrics.requested_bytes += size
-            self._download(node, name, size, one_done)
+        if self.dht is not None and node.name not in self.cache_of:
+            # p2pkg fetch --dht: discovery first, then the downloads with what it found.
+            took, found = self.dht.discover(node, [project_of(f) for f, _ in files])
+            self.sim.after(took, self._downloads, node, files, one_done, found, started)
+            return
+        self._downloads(node, files, one_done, [], started)
 
-    def _download(self, node: Node, file: str, size: int, done: Callable[[bool], None]) -> None:
-        started = self.sim.now
+    def _downloads(
+        self,
+        node: Node,
+        files: list[tuple[str, int]],
+        done: Callable[[bool], None],
+        found: list[Server],
+        started: float,
+    ) -> None:
+        for name, size in files:
+            self._download(node, name, size, done, found, started)
+
+    def _download(
+        self,
+        node: Node,
+        file: str,
+        size: int,
+        done: Callable[[bool], None],
+        found: list[Server],
+        started: float,
+    ) -> None:
 
         def finish(success: bool, corrupt: bool = False) -> None:
             if success:
@@ -199,7 +258,10 @@ class World:
                 self.metrics.failed += 1
             done(success)
 
-        getattr(self, f"_via_{self.strategy}")(node, file, size, finish)
+        if self.kind == "p2pkg":
+            self._via_p2pkg(node, file, size, finish, found)
+        else:
+            getattr(self, f"_via_{self.kind}")(node, file, size, finish)
 
     # ---------------------------------------------------------------- strategies
 
@@ -247,6 +309,8 @@ class World:
         def filled(ok: bool) -> None:
             if ok:
                 held.add(file)
+                if self.dht is not None:
+                    self.dht.poke(node)
             for waiter in self.cache_waiting.pop(key, []):
                 waiter(ok)
 
@@ -282,10 +346,12 @@ class World:
 
         attempt(0)
 
-    def _via_p2pkg(self, node: Node, file: str, size: int, finish: Callable[..., None]) -> None:
+    def _via_p2pkg(
+        self, node: Node, file: str, size: int, finish: Callable[..., None], found: list[Server]
+    ) -> None:
         cache = self.cache_of.get(node.name)
         if cache is None:
-            self._p2p_fetch(node, file, size, lambda out: finish(out.ok, not out.honest))
+            self._p2p_fetch(node, file, size, lambda out: finish(out.ok, not out.honest), found)
             return
 
         def serve(ok: bool) -> None:
@@ -300,12 +366,22 @@ class World:
         self._pull(cache, self.cache_held[cache.name], file, size, serve, fill)
 
     def _p2p_fetch(
-        self, node: Node, file: str, size: int, done: Callable[[FetchOutcome], None]
+        self,
+        node: Node,
+        file: str,
+        size: int,
+        done: Callable[[FetchOutcome], None],
+        found: Sequence[Server] = (),
+        upstreams: Sequence[Server] = (),
     ) -> None:
+        """``node`` fetches ``file``: its upstreams and nearest seeds of the signed list
+        (mirror tier), then what the DHT found; the master last if none delivers."""
         book = self.books.get(node.name)
         if book is None:
             book = self.books[node.name] = PeerBook()
-        peers = [(s, Tier.MIRROR) for s in self._nearest_seeds(node)]
+        mine = {s.url: s for s in [*upstreams, *self._nearest_seeds(node)] if s.node is not node}
+        peers = [(s, Tier.MIRROR) for s in mine.values()]
+        peers += [(s, Tier.DHT) for s in found if s.url not in mine]
 
         def counted(outcome: FetchOutcome) -> None:
             self.metrics.origin_bytes += outcome.bytes_by_peer.get("origin", 0.0)
@@ -358,41 +434,90 @@ class World:
 
     def _release(self, release: tuple[str, int]) -> None:
         file, size = release
-        published = self.sim.now
-        synced: list[float] = []
-        need = math.ceil(0.95 * len(self.seeds))
-
-        def synced_one(_ok: bool) -> None:
-            synced.append(self.sim.now)
-            if len(synced) == need:
-                self.metrics.release_reach.append(self.sim.now - published)
-
+        state = Release(file, size, self.sim.now, math.ceil(0.95 * len(self.seeds)))
+        self.releases.append(state)
         for seed in self.seeds:
-            if self.strategy == "mirrors":
+            if self.kind == "mirrors":
                 delay = self.sim.rng.uniform(0, MIRROR_POLL)  # the next poll
-                self.sim.after(delay, self._seed_sync, seed, file, size, synced_one, "origin")
-            elif self.strategy == "p2pkg":
-                delay = self.net.rtt(self.origin, seed.node) + PUSH_FANOUT_DELAY
-                self.sim.after(delay, self._seed_sync, seed, file, size, synced_one, "p2p")
+                self.sim.after(delay, self._mirror_sync, seed, state)
+        if self.kind == "p2pkg":
+            self._push(self.origin_server)
 
-    def _seed_sync(
-        self, seed: Server, file: str, size: int, done: Callable[[bool], None], how: str
-    ) -> None:
+    def _reached(self, release: Release) -> None:
+        release.synced += 1
+        if release.synced == release.need:
+            self.metrics.release_reach.append(self.sim.now - release.published)
+
+    def _mirror_sync(self, seed: Server, release: Release) -> None:
+        """A 2008 mirror's poll: the new file from the origin."""
         if not seed.node.online:
-            self.sim.after(60.0, self._seed_sync, seed, file, size, done, how)  # when back
+            self.sim.after(60.0, self._mirror_sync, seed, release)  # when back
             return
 
         def kept(ok: bool) -> None:
             if ok:
-                self.held[seed.url].add(file)
-                done(True)
+                self.held[seed.url].add(release.file)
+                self._reached(release)
             else:
-                self.sim.after(30.0, self._seed_sync, seed, file, size, done, how)
+                self.sim.after(30.0, self._mirror_sync, seed, release)
 
-        if how == "origin":
-            self._from_origin(seed.node, size, kept)
-        else:
-            self._p2p_fetch(seed.node, file, size, lambda out: kept(out.ok))
+        self._from_origin(seed.node, release.size, kept)
+
+    # p2pkg: seeds subscribe to upstreams (protocol §6.6) — a few to the master,
+    # the rest to two seeds before them — and push to their own subscribers once
+    # synced, so a release spreads down a tree instead of every seed asking the
+    # master at once. A seed that was away catches up when it is back (its
+    # follower's first round), and pushes on.
+
+    def _subscribe(self) -> None:
+        ordered = sorted(self.seeds, key=lambda s: (self.net.rtt(self.origin, s.node), s.url))
+        for i, seed in enumerate(ordered):
+            if i < SUBSCRIBE_ROOTS:
+                ups = [self.origin_server]
+            else:
+                first = (i - SUBSCRIBE_ROOTS) // SUBSCRIBE_FANOUT
+                ups = [ordered[first], ordered[min(first + 1, i - 1)]]
+            unique = list({u.url: u for u in ups}.values())
+            for up in unique:
+                self.subscribers.setdefault(up.url, []).append(seed)
+            self.upstreams[seed.url] = unique
+
+    def _push(self, server: Server) -> None:
+        for sub in self.subscribers.get(server.url, []):
+            self.sim.after(self.net.rtt(server.node, sub.node), self._catch_up, sub)
+
+    def _catch_up(self, seed: Server) -> None:
+        """Pushed, or back: sync every release this seed lacks."""
+        if not seed.node.online:
+            return  # missed: it catches up when it is back
+        held = self.held[seed.url]
+        for release in self.releases:
+            key = (seed.url, release.file)
+            if release.file not in held and key not in self.syncing:
+                self.syncing.add(key)
+                self._seed_sync(seed, release, 0)
+
+    def _seed_sync(self, seed: Server, release: Release, failures: int) -> None:
+        key = (seed.url, release.file)
+        if not seed.node.online:
+            self.syncing.discard(key)  # _seed_up catches up
+            return
+
+        def kept(ok: bool) -> None:
+            if not ok:  # the follower's back-off: from RETRY_BASE, doubling, capped
+                delay = min(FOLLOW_MAX_BACKOFF, RETRY_BASE * 2 ** min(failures, 16))
+                self.sim.after(delay, self._seed_sync, seed, release, failures + 1)
+                return
+            self.syncing.discard(key)
+            self.held[seed.url].add(release.file)
+            self._reached(release)
+            if self.dht is not None:
+                self.dht.poke(seed.node)  # a synced root: the seed's DHT round
+            self._push(seed)
+
+        fetch = self._p2p_fetch
+        fetch(seed.node, release.file, release.size, lambda out: kept(out.ok), [],
+              self.upstreams[seed.url])  # fmt: skip
 
     def _seed_down(self, seed: Server) -> None:
         self.net.node_down(seed.node)
@@ -401,6 +526,10 @@ class World:
 
     def _seed_up(self, seed: Server) -> None:
         seed.node.online = True
+        if self.kind == "p2pkg":
+            self._catch_up(seed)
+        if self.dht is not None:
+            self.dht.node_up(seed.node)
         self.sim.after(self.sim.rng.expovariate(1 / self.sc["seeds"]["churn_mean_up"]),
                        self._seed_down, seed)  # fmt: skip
 
@@ -432,8 +561,13 @@ class World:
             "releases": len(m.release_reach),
             "release_to_95pct_seeds_p50": percentile(m.release_reach, 0.50),
             "peer_bans": m.peer_bans,  # bans made (a ban lasts an hour, then one more chance)
-            "dht_lookups_per_download": 0.0,  # peers come from the signed mirror list here
+            **(self.dht.report(total, duration / 3600.0) if self.dht is not None else {}),
         }
+
+
+def project_of(file: str) -> str:
+    """The project of a simulated archive (``p<rank>-<version>``)."""
+    return file.rsplit("-", 1)[0]
 
 
 def rank_cdf(weights: list[int]) -> list[float]:

@@ -9,8 +9,9 @@ What each role announces (never per chunk, DESIGN.md):
   (:func:`p2pkg.core.dht_records.file_key`).
 
 Records live ``ttl`` seconds on the nodes and are re-announced every
-``ttl / 2``. The node's id and contacts are saved as JSON (``dht.json`` in the
-store), so a restarted node keeps its id and rejoins through its old contacts.
+``ttl / 2``; something new (a poke) announces what is new, not every key
+again (:mod:`p2pkg.core.announce`). The node's id and contacts are saved
+as JSON (``dht.json`` in the store), so a restarted node keeps its id and rejoins through its old contacts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from p2pkg.core.announce import AnnouncePlan
 from p2pkg.core.dht_records import bin_key, file_key
 from p2pkg.core.objects import Node as TreeNode
 from p2pkg.core.objects import decode_as
@@ -156,11 +158,14 @@ class DhtService:
         latest_root: Callable[[], bytes | None] | None = None,
         every: float | None = None,
     ) -> None:
-        """Announce ``keys()`` (and put ``latest_root()``) every ttl/2, until cancelled.
+        """Announce ``keys()`` (and put ``latest_root()``) as they fall due, until cancelled.
 
-        Waits for :meth:`run` to have started the node (it does not start it);
-        :meth:`poke` starts the next round at once.
+        Waits for :meth:`run` to have started the node (it does not start it).
+        Each record is announced when new and again every ttl/2 (``every``
+        overrides that period); :meth:`poke` starts a round at once, which
+        announces what is new (:class:`~p2pkg.core.announce.AnnouncePlan`).
         """
+        plan = AnnouncePlan(self.ttl if every is None else 2 * every)
         while True:
             if self.node is None:
                 await self._up_event().wait()
@@ -168,15 +173,18 @@ class DhtService:
             self._poked = anyio.Event()
             node = self.node
             if node is not None:
-                for key in list(keys()):
+                for key in plan.due(keys(), anyio.current_time()):
                     try:
                         self.announced += await node.announce_key(key, port, self.ttl)
                     except OSError as exc:
                         log.info("DHT announce failed: %s", exc)
+                    else:
+                        plan.announced(key, anyio.current_time())
                 data = latest_root() if latest_root is not None else None
-                if data is not None:
+                if data is not None and plan.root_due(data, anyio.current_time()):
                     await self.put_root(data)
-            with anyio.move_on_after(every or self.ttl / 2):
+                    plan.root_put(data, anyio.current_time())
+            with anyio.move_on_after(plan.next_due(anyio.current_time()) - anyio.current_time()):
                 await self._poked.wait()
 
     async def put_root(self, root: bytes) -> None:

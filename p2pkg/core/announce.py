@@ -1,0 +1,64 @@
+"""Which DHT records to announce now (sans-IO: keys and ``now`` in, keys out).
+
+Provider records live ``ttl`` seconds on the nodes that hold them, so each
+key is announced again once half of that has passed. Something new (a
+synced root, an archive newly held) starts a round at once — and that round
+announces only what is *due*: keys never announced, and the root record if
+it changed. It used to announce every key again: a full seed holds up to
+256 bin keys and syncs a root per release, so at a release a minute that
+was 256 announcements (each a lookup plus k ADD_PROVIDER) a minute for
+records that had not changed; netsim's ``pypi-10k`` counts the difference
+(docs/results.md, "Announce traffic").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AnnouncePlan:
+    """The last time each key (and the root record) was announced."""
+
+    ttl: float = 3600.0
+    _last: dict[bytes, float] = field(default_factory=dict, repr=False)
+    _root: tuple[bytes, float] | None = field(default=None, repr=False)
+
+    @property
+    def refresh(self) -> float:
+        """Seconds after which an announced record is announced again (half its ttl)."""
+        return self.ttl / 2
+
+    def due(self, keys: Iterable[bytes], now: float) -> list[bytes]:
+        """The keys among ``keys`` (all those held now) to announce at ``now``, in order.
+
+        New keys and keys last announced ``refresh`` or more seconds ago; keys
+        no longer held are forgotten (held again later, they are new again).
+        """
+        held = dict.fromkeys(keys)
+        self._last = {k: t for k, t in self._last.items() if k in held}
+        return [k for k in held if k not in self._last or now - self._last[k] >= self.refresh]
+
+    def announced(self, key: bytes, now: float) -> None:
+        """``key`` was announced at ``now`` (not called for a failed announcement: still due)."""
+        self._last[key] = now
+
+    def root_due(self, data: bytes, now: float) -> bool:
+        """Whether the root record ``data`` should be put now: new, or ``refresh`` old."""
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        return self._root is None or self._root[0] != digest or now - self._root[1] >= self.refresh
+
+    def root_put(self, data: bytes, now: float) -> None:
+        self._root = (hashlib.blake2b(data, digest_size=16).digest(), now)
+
+    def next_due(self, now: float) -> float:
+        """When the next key falls due (``now + refresh`` when nothing is announced yet)."""
+        times = [t + self.refresh for t in self._last.values()]
+        if self._root is not None:
+            times.append(self._root[1] + self.refresh)
+        return max(now, min(times)) if times else now + self.refresh
+
+
+__all__ = ["AnnouncePlan"]
