@@ -4,6 +4,7 @@ and deciding with the product's own classes."""
 from __future__ import annotations
 
 import copy
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,106 @@ def test_the_plots_are_written(tmp_path: Path) -> None:
     report = run(load(SMOKE), 1, progress=False)
     plot(report, tmp_path / "smoke.png")
     assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_incremental_allocation_is_the_max_min_one_after_any_starts_and_ends(
+    seed: int,
+) -> None:
+    """Flows start, finish and are cancelled at random; after each step every
+    flowing rate equals the max-min allocation recomputed over all of them."""
+    import random
+
+    rng = random.Random(seed)
+    sim = Sim(seed)
+    net = Network(sim, lambda _a, _b: 0.0)
+    nodes = [
+        Node(f"n{i}", "x", rng.choice([1.0, 5.0, 10.0, 100.0]), rng.choice([2.0, 5.0, 20.0]))
+        for i in range(10)
+    ]
+    live: list[Any] = []
+    finished = 0
+    for _ in range(150):
+        if live and rng.random() < 0.3:
+            net.cancel(live.pop(rng.randrange(len(live))))
+        else:
+            a, b = rng.sample(nodes, 2)
+            size = rng.choice([5.0, 50.0, 1e12])  # some finish within the run, some never
+
+            def done(_t: float) -> None:
+                nonlocal finished
+                finished += 1
+
+            live.append(net.transfer(a, b, size, done, lambda _r: None))
+        sim.run(sim.now + rng.choice([0.0, 0.3, 2.0]))
+        live = [f for f in live if f.state in ("requested", "flowing")]
+        flowing = [f for f in live if f.state == "flowing"]
+        got = [f.rate for f in flowing]
+        maxmin(flowing)
+        assert got == pytest.approx([f.rate for f in flowing], rel=1e-6)
+        for f, rate in zip(flowing, got, strict=True):
+            f.rate = rate  # leave the network's own state as it was
+        for link in {id(n.uplink): n.uplink for n in nodes}.values():
+            assert link.used <= link.cap * (1 + 1e-9)
+    assert finished > 0
+
+
+def test_the_dht_runs_the_products_lookup_records_and_announce_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Clients' discovery and every announcement go through p2pkg.core's classes."""
+    from netsim.sim import dht as sim_dht
+    from netsim.sim import dht_roles
+    from p2pkg.core.announce import AnnouncePlan
+    from p2pkg.core.dht_records import ProviderStore
+    from p2pkg.core.lookup import Lookup
+
+    assert sim_dht.Lookup is Lookup and sim_dht.ProviderStore is ProviderStore
+    assert dht_roles.AnnouncePlan is AnnouncePlan
+    calls = {"on_response": 0, "add": 0, "due": 0}
+    for cls, name in ((Lookup, "on_response"), (ProviderStore, "add"), (AnnouncePlan, "due")):
+        original = getattr(cls, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(cls, name, spy)
+    scenario = copy.deepcopy(load(SMOKE))
+    scenario["seeds"]["churn_mean_up"] = 0  # every seed up all along
+    scenario["releases"]["per_hour"] = 120
+    world = World(scenario, "p2pkg", 2)
+    result = world.run()
+    assert all(calls.values()), calls
+    assert world.dht is not None
+    assert result["dht_lookups_per_download"] > 0 and result["dht_rpcs_per_download"] > 0
+    assert result["dht_providers_per_discovery"] > 0
+    # Seeds poke after every sync, but their 256 bins do not change: they are
+    # announced at the refresh (ttl/2 after the start phase) and never for a
+    # poke — the old rule announced all 256 again at each.
+    for a in world.dht.announcers.values():
+        if a.role != "seed":
+            continue
+        phase = zlib.crc32(a.member.id) % int(a.plan.refresh)
+        rounds = 1 if a.plan.refresh - phase <= scenario["duration"] else 0
+        assert a.announced == 256 * rounds
+    assert sum(a.pokes for a in world.dht.announcers.values() if a.role == "seed") > 0
+
+
+def test_a_provider_lookup_finds_the_announced_providers_despite_dead_nodes() -> None:
+    from netsim.sim.dht import SimDht, Traffic
+
+    sim = Sim(1)
+    nodes = [Node(f"m{i}", "x", 1e6, 1e6) for i in range(300)]
+    dht = SimDht(nodes, lambda _a, _b: 0.05, lambda: sim.now)
+    key = bytes(range(20))
+    providers = dht.members[:5]
+    for member in providers:
+        dht.announce(member, key, Traffic())
+    for node in nodes[100:160]:  # a fifth of the network goes away afterwards
+        node.online = False
+    client = Node("client", "x", 1e6, 1e6)
+    start = [m.contact for m in dht.members[200:203]]
+    run = dht.lookup(client, key, start, Traffic(), want=16)
+    assert {m.address for m in providers} <= set(run.result.providers)
+    assert run.elapsed < 3.0 and run.rpcs < 60

@@ -58,6 +58,7 @@ TTL = 3600.0  # DhtService's record lifetime
 PORT = 8000
 UDP_IP = 28  # IPv4 + UDP headers
 ID_BITS = 8 * KEY_LEN
+ANSWERS_KEPT = 500_000  # remembered FIND_NODE answers (about 200 bytes each)
 
 
 def node_id(name: str) -> bytes:
@@ -153,6 +154,7 @@ class SimDht:
         self._sorted = ordered
         self._buckets: dict[tuple[int, int], list[Member]] = {}
         self._depths: dict[int, int] = {}
+        self._answers: dict[tuple[int, bytes, bytes | None], list[Contact]] = {}
         self.limits = RoutingLimits()
         self.hints = HintRules()
         self.stats = DhtStats()
@@ -198,7 +200,20 @@ class SimDht:
         return b
 
     def nearest(self, member: Member, key: bytes, exclude: bytes | None = None) -> list[Contact]:
-        """The ``k`` contacts of ``member``'s table closest to ``key`` (FIND_NODE's answer)."""
+        """The ``k`` contacts of ``member``'s table closest to ``key`` (FIND_NODE's answer).
+
+        Remembered per (member, key): tables do not change during a run, and
+        every seed announcing a bin asks the same nodes the same question.
+        """
+        memo = (member.ival, key, exclude)
+        found = self._answers.get(memo)
+        if found is None:
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()  # crude but bounded; refilled as asked
+            found = self._answers[memo] = self._nearest(member, key, exclude)
+        return found
+
+    def _nearest(self, member: Member, key: bytes, exclude: bytes | None) -> list[Contact]:
         target = int.from_bytes(key, "big")
         shared = ID_BITS - (member.ival ^ target).bit_length()
         depth = self._depth(member)

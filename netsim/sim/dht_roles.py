@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,12 +89,16 @@ class DhtRoles:
     # ---------------------------------------------------------------- announcing
 
     def start(self) -> None:
-        """Every announcer has announced once (not counted); then rounds as they fall due."""
+        """Every announcer has announced once (not counted), at its own phase of the
+        refresh period (nodes started at different times), so the hour's rounds
+        are spread out as in a network that has been running; then rounds as
+        they fall due."""
         for a in self.announcers.values():
             scratch = Traffic()
+            phase = zlib.crc32(a.member.id) % int(a.plan.refresh)
             for key in a.plan.due(a.keys(), self.sim.now):
                 self.dht.announce(a.member, key, scratch)
-                a.plan.announced(key, self.sim.now)
+                a.plan.announced(key, self.sim.now - phase)
             self._schedule(a)
 
     def _schedule(self, a: Announcer) -> None:

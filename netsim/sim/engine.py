@@ -55,10 +55,20 @@ class Sim:
     def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
         return self.at(self.now + max(0.0, delay), fn, *args)
 
-    def run(self, until: float, max_events: int = 50_000_000) -> None:
-        """Run events up to time ``until`` (bounded by ``max_events``)."""
+    def run(
+        self,
+        until: float,
+        max_events: int = 200_000_000,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        """Run events up to time ``until`` (bounded by ``max_events``).
+
+        ``progress(now)`` is called every 100,000 events (a long run says how far it is).
+        """
         heap = self._heap
         while heap and self.events < max_events:
+            if progress is not None and self.events % 100_000 == 0:
+                progress(self.now)
             time, _, timer = heap[0]
             if time > until:
                 break

@@ -33,25 +33,42 @@ COLUMNS = [
 ]
 
 
+DHT_COLUMNS = [
+    ("dht_members", "DHT nodes", "{:,}"),
+    ("dht_lookups_per_download", "lookups / download", "{:.2f}"),
+    ("dht_rpcs_per_download", "RPCs / download", "{:.1f}"),
+    ("dht_providers_per_discovery", "providers found", "{:.1f}"),
+    ("announce_per_seed_per_hour.announces", "seed: announces / h", "{:,.0f}"),
+    ("announce_per_seed_per_hour.rpcs", "seed: RPCs / h", "{:,.0f}"),
+    ("announce_per_seed_per_hour.bytes", "seed: bytes / h", "{:,.0f}"),
+    ("announce_per_seed_per_hour.announces_if_poke_sent_all", "seed: old rule / h", "{:,.0f}"),
+    ("announce_per_cache_per_hour.announces", "cache: announces / h", "{:,.0f}"),
+    ("announce_per_cache_per_hour.bytes", "cache: bytes / h", "{:,.0f}"),
+    ("dht_busiest_member_bytes_per_hour", "busiest node: bytes / h", "{:,.0f}"),
+]
+
+
 def load(path: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text())
 
 
 def run(scenario: dict[str, Any], seed: int, progress: bool = True) -> dict[str, Any]:
     results = []
+
+    def say(text: str) -> None:
+        print(f"[{scenario['name']} seed {seed}] {text}", file=sys.stderr, flush=True)
+
     for strategy in scenario.get("strategies", ["origin", "mirrors", "cdn", "p2pkg"]):
         started = time.perf_counter()
         if progress:
-            print(f"[{scenario['name']} seed {seed}] {strategy} ...", file=sys.stderr, flush=True)
-        result = World(scenario, strategy, seed).run()
+            say(f"{strategy} ...")
+        result = World(scenario, strategy, seed, say if progress else None).run()
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         results.append(result)
         if progress:
-            print(
-                f"[{scenario['name']} seed {seed}] {strategy}: {result['downloads']} downloads, "
-                f"{result['events']} events in {result['wall_seconds']} s",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"{strategy}: {result['downloads']} downloads, "
+                f"{result['events']} events in {result['wall_seconds']} s"
             )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"scenario": scenario["name"], "seed": seed, "peak_rss_bytes": peak, "results": results}
@@ -64,7 +81,21 @@ def table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         cells = ["—" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in COLUMNS]
         rows.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
+    dht = [r for r in report["results"] if "dht_members" in r]
+    if dht:
+        rows += ["", "| strategy | " + " | ".join(t for _, t, _ in DHT_COLUMNS) + " |"]
+        rows.append("|---" * (len(DHT_COLUMNS) + 1) + "|")
+        for r in dht:
+            cells = [fmt.format(_dig(r, key)) for key, _, fmt in DHT_COLUMNS]
+            rows.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def _dig(result: dict[str, Any], path: str) -> Any:
+    value: Any = result
+    for part in path.split("."):
+        value = value.get(part, 0.0) if isinstance(value, dict) else 0.0
+    return value
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import random
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,9 +83,16 @@ def percentile(values: list[float], q: float) -> float | None:
 class World:
     """One run: a scenario, a strategy, a seed."""
 
-    def __init__(self, scenario: dict[str, Any], strategy: str, seed: int) -> None:
+    def __init__(
+        self,
+        scenario: dict[str, Any],
+        strategy: str,
+        seed: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.sc = scenario
         self.strategy = strategy
+        self.say = progress
         # "p2pkg-list": p2pkg with the signed mirror list alone (no DHT), to show
         # what the DHT adds and costs on the same workload.
         self.kind = "p2pkg" if strategy == "p2pkg-list" else strategy
@@ -166,6 +175,9 @@ class World:
             )
         self._nearest: dict[str, list[Server]] = {}
         self.releases: list[Release] = []
+        self.churn_rng = random.Random(seed * 7919 + 1)
+        self.churned: set[str] = set()
+        self.outaged: set[str] = set()
         self.syncing: set[tuple[str, str]] = set()
         self.upstreams: dict[str, list[Server]] = {}
         self.subscribers: dict[str, list[Server]] = {}
@@ -204,8 +216,25 @@ class World:
         s = self.sc["seeds"]
         if s.get("churn_mean_up"):
             for seed in self.seeds:
-                self.sim.at(rng.expovariate(1 / s["churn_mean_up"]), self._seed_down, seed)
-        self.sim.run(duration * 3)  # downloads started near the end may finish late
+                up = self.churn_rng.expovariate(1 / s["churn_mean_up"])
+                self.sim.at(up, self._seed_down, seed)
+        outage = self.sc.get("outage")
+        if outage:
+            self.sim.at(float(outage["at"]), self._outage, float(outage["share"]),
+                        float(outage["seconds"]))  # fmt: skip
+        last = [time.monotonic()]
+
+        def progress(now: float) -> None:
+            if self.say is not None and time.monotonic() - last[0] >= 15.0:
+                last[0] = time.monotonic()
+                done = len(self.metrics.downloads) + self.metrics.failed
+                self.say(
+                    f"{self.strategy}: simulated {now:,.0f} of {duration:,.0f} s, "
+                    f"{done:,} downloads done, {self.sim.events:,} events"
+                )
+
+        # Downloads started near the end may finish late: run until they are done.
+        self.sim.run(duration * 3, progress=progress)
         return self._report(duration)
 
     def _install(self, node: Node, files: list[tuple[str, int]]) -> None:
@@ -519,19 +548,43 @@ class World:
         fetch(seed.node, release.file, release.size, lambda out: kept(out.ok), [],
               self.upstreams[seed.url])  # fmt: skip
 
+    # A seed is down while churn has it away or an outage holds it. Churn and
+    # outages draw from their own random stream: every strategy sees the same.
+
     def _seed_down(self, seed: Server) -> None:
+        self.churned.add(seed.url)
         self.net.node_down(seed.node)
-        self.sim.after(self.sim.rng.expovariate(1 / self.sc["seeds"]["churn_mean_down"]),
-                       self._seed_up, seed)  # fmt: skip
+        down = self.churn_rng.expovariate(1 / self.sc["seeds"]["churn_mean_down"])
+        self.sim.after(down, self._seed_up, seed)
 
     def _seed_up(self, seed: Server) -> None:
+        self.churned.discard(seed.url)
+        if seed.url not in self.outaged:
+            self._bring_up(seed)
+        up = self.churn_rng.expovariate(1 / self.sc["seeds"]["churn_mean_up"])
+        self.sim.after(up, self._seed_down, seed)
+
+    def _outage(self, share: float, seconds: float) -> None:
+        """A correlated failure: ``share`` of the seeds go down at once for ``seconds``."""
+        ordered = sorted(self.seeds, key=lambda s: s.url)
+        chosen = self.churn_rng.sample(ordered, round(share * len(ordered)))
+        for seed in chosen:
+            self.outaged.add(seed.url)
+            self.net.node_down(seed.node)
+        self.sim.after(seconds, self._outage_over, chosen)
+
+    def _outage_over(self, chosen: list[Server]) -> None:
+        for seed in chosen:
+            self.outaged.discard(seed.url)
+            if seed.url not in self.churned:
+                self._bring_up(seed)
+
+    def _bring_up(self, seed: Server) -> None:
         seed.node.online = True
         if self.kind == "p2pkg":
             self._catch_up(seed)
         if self.dht is not None:
             self.dht.node_up(seed.node)
-        self.sim.after(self.sim.rng.expovariate(1 / self.sc["seeds"]["churn_mean_up"]),
-                       self._seed_down, seed)  # fmt: skip
 
     # ---------------------------------------------------------------- report
 
