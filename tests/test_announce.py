@@ -35,3 +35,17 @@ def test_the_root_record_is_put_when_it_changes_or_grows_old() -> None:
     assert plan.root_due(b"root v2", 10.0)
     assert plan.root_due(b"root v1", 50.0)
     assert AnnouncePlan(ttl=100.0).next_due(5.0) == 55.0
+
+
+def test_whatever_next_due_names_is_due_then() -> None:
+    """The loop sleeps until next_due and announces what is due: they must agree to the
+    last bit, or the loop wakes for nothing, at once, for ever (found by netsim)."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        plan = AnnouncePlan(ttl=3600.0)
+        start = rng.uniform(-1800.0, 4000.0) + rng.random() * 1e-7
+        plan.announced(b"k", start)
+        at = plan.next_due(start)
+        assert plan.due([b"k"], at) == [b"k"]

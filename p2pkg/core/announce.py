@@ -20,10 +20,17 @@ from dataclasses import dataclass, field
 
 @dataclass
 class AnnouncePlan:
-    """The last time each key (and the root record) was announced."""
+    """When each key (and the root record) falls due again.
+
+    Stored as instants, not as the time announced: ``due`` and ``next_due``
+    then compare the same float with ``now``. (Comparing ``now - last`` in
+    one and ``last + refresh`` in the other disagreed by a rounding error
+    once in a while, and the announce loop woke for a key that was not due,
+    at once, for ever: netsim's pypi-10k found it.)
+    """
 
     ttl: float = 3600.0
-    _last: dict[bytes, float] = field(default_factory=dict, repr=False)
+    _due: dict[bytes, float] = field(default_factory=dict, repr=False)
     _root: tuple[bytes, float] | None = field(default=None, repr=False)
 
     @property
@@ -38,26 +45,27 @@ class AnnouncePlan:
         no longer held are forgotten (held again later, they are new again).
         """
         held = dict.fromkeys(keys)
-        self._last = {k: t for k, t in self._last.items() if k in held}
-        return [k for k in held if k not in self._last or now - self._last[k] >= self.refresh]
+        if len(self._due) > len(held) or any(k not in held for k in self._due):
+            self._due = {k: t for k, t in self._due.items() if k in held}
+        return [k for k in held if k not in self._due or now >= self._due[k]]
 
     def announced(self, key: bytes, now: float) -> None:
         """``key`` was announced at ``now`` (not called for a failed announcement: still due)."""
-        self._last[key] = now
+        self._due[key] = now + self.refresh
 
     def root_due(self, data: bytes, now: float) -> bool:
         """Whether the root record ``data`` should be put now: new, or ``refresh`` old."""
         digest = hashlib.blake2b(data, digest_size=16).digest()
-        return self._root is None or self._root[0] != digest or now - self._root[1] >= self.refresh
+        return self._root is None or self._root[0] != digest or now >= self._root[1]
 
     def root_put(self, data: bytes, now: float) -> None:
-        self._root = (hashlib.blake2b(data, digest_size=16).digest(), now)
+        self._root = (hashlib.blake2b(data, digest_size=16).digest(), now + self.refresh)
 
     def next_due(self, now: float) -> float:
         """When the next key falls due (``now + refresh`` when nothing is announced yet)."""
-        times = [t + self.refresh for t in self._last.values()]
+        times = list(self._due.values())
         if self._root is not None:
-            times.append(self._root[1] + self.refresh)
+            times.append(self._root[1])
         return max(now, min(times)) if times else now + self.refresh
 
 
