@@ -29,6 +29,7 @@ COLUMNS = [
     ("failed_share", "failed", "{:.2%}"),
     ("corrupt_completed", "corrupt installed", "{}"),
     ("release_to_95pct_seeds_p50", "release → 95% seeds s", "{:.1f}"),
+    ("release_to_95pct_online_seeds_p50", "→ 95% of seeds up s", "{:.1f}"),
     ("downloads", "downloads", "{}"),
 ]
 

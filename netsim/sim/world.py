@@ -58,7 +58,9 @@ class Release:
     size: int
     published: float
     need: int  # seeds that make 95%
+    online: set[str]  # seeds up when it was published
     synced: int = 0
+    synced_online: int = 0
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Metrics:
     requested_bytes: float = 0.0
     origin_bytes: float = 0.0
     release_reach: list[float] = field(default_factory=list)  # seconds to 95% of seeds
+    release_reach_online: list[float] = field(default_factory=list)  # ... of those up then
     peer_bans: int = 0
 
 
@@ -463,7 +466,8 @@ class World:
 
     def _release(self, release: tuple[str, int]) -> None:
         file, size = release
-        state = Release(file, size, self.sim.now, math.ceil(0.95 * len(self.seeds)))
+        up = {s.url for s in self.seeds if s.node.online}
+        state = Release(file, size, self.sim.now, math.ceil(0.95 * len(self.seeds)), up)
         self.releases.append(state)
         for seed in self.seeds:
             if self.kind == "mirrors":
@@ -472,10 +476,15 @@ class World:
         if self.kind == "p2pkg":
             self._push(self.origin_server)
 
-    def _reached(self, release: Release) -> None:
+    def _reached(self, release: Release, seed: Server) -> None:
         release.synced += 1
         if release.synced == release.need:
             self.metrics.release_reach.append(self.sim.now - release.published)
+        if seed.url in release.online:
+            # Propagation itself, without waiting for seeds that were away.
+            release.synced_online += 1
+            if release.synced_online == math.ceil(0.95 * len(release.online)):
+                self.metrics.release_reach_online.append(self.sim.now - release.published)
 
     def _mirror_sync(self, seed: Server, release: Release) -> None:
         """A 2008 mirror's poll: the new file from the origin."""
@@ -486,7 +495,7 @@ class World:
         def kept(ok: bool) -> None:
             if ok:
                 self.held[seed.url].add(release.file)
-                self._reached(release)
+                self._reached(release, seed)
             else:
                 self.sim.after(30.0, self._mirror_sync, seed, release)
 
@@ -539,7 +548,7 @@ class World:
                 return
             self.syncing.discard(key)
             self.held[seed.url].add(release.file)
-            self._reached(release)
+            self._reached(release, seed)
             if self.dht is not None:
                 self.dht.poke(seed.node)  # a synced root: the seed's DHT round
             self._push(seed)
@@ -613,6 +622,8 @@ class World:
             "install_p99": percentile(m.installs, 0.99),
             "releases": len(m.release_reach),
             "release_to_95pct_seeds_p50": percentile(m.release_reach, 0.50),
+            "release_to_95pct_online_seeds_p50": percentile(m.release_reach_online, 0.50),
+            "release_to_95pct_online_seeds_p95": percentile(m.release_reach_online, 0.95),
             "peer_bans": m.peer_bans,  # bans made (a ban lasts an hour, then one more chance)
             **(self.dht.report(total, duration / 3600.0) if self.dht is not None else {}),
         }
