@@ -11,7 +11,8 @@ What each role announces (never per chunk, DESIGN.md):
 Records live ``ttl`` seconds on the nodes and are re-announced every
 ``ttl / 2``; something new (a poke) announces what is new, not every key
 again (:mod:`p2pkg.core.announce`). The node's id and contacts are saved
-as JSON (``dht.json`` in the store), so a restarted node keeps its id and rejoins through its old contacts.
+as JSON (``dht.json`` in the store), so a restarted node keeps its id and
+rejoins through its old contacts.
 """
 
 from __future__ import annotations
