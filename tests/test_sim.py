@@ -21,6 +21,20 @@ from p2pkg.core.schedule import Scheduler
 SMOKE = Path(__file__).resolve().parent.parent / "netsim" / "scenarios" / "smoke.toml"
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, *methods: tuple[type, str]) -> dict[str, int]:
+    """Count calls of ``methods`` (class, name) while they keep doing what they do."""
+    calls = dict.fromkeys((name for _, name in methods), 0)
+    for cls, name in methods:
+        original = getattr(cls, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(cls, name, spy)
+    return calls
+
+
 def _strip(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in report["results"]]
 
@@ -88,16 +102,10 @@ def test_the_simulator_decides_with_the_products_scheduler_and_peer_book(
 ) -> None:
     """SimFetch uses p2pkg.core's classes themselves (no re-implementation)."""
     assert sim_fetch.Scheduler is Scheduler and sim_fetch.PeerBook is PeerBook
-    calls = {"assign": 0, "span_finished": 0, "observe_transfer": 0}
-    for cls, name in ((Scheduler, "assign"), (Scheduler, "span_finished"),
-                      (PeerBook, "observe_transfer")):  # fmt: skip
-        original = getattr(cls, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
-            calls[_name] += 1
-            return _original(*args, **kw)
-
-        monkeypatch.setattr(cls, name, spy)
+    calls = _count_calls(
+        monkeypatch, (Scheduler, "assign"), (Scheduler, "span_finished"),
+        (PeerBook, "observe_transfer"),
+    )  # fmt: skip
     scenario = copy.deepcopy(load(SMOKE))
     result = World(scenario, "p2pkg", 2).run()
     assert result["downloads"] > 0
@@ -187,15 +195,9 @@ def test_the_dht_runs_the_products_lookup_records_and_announce_plan(
 
     assert sim_dht.Lookup is Lookup and sim_dht.ProviderStore is ProviderStore
     assert dht_roles.AnnouncePlan is AnnouncePlan
-    calls = {"on_response": 0, "add": 0, "due": 0}
-    for cls, name in ((Lookup, "on_response"), (ProviderStore, "add"), (AnnouncePlan, "due")):
-        original = getattr(cls, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
-            calls[_name] += 1
-            return _original(*args, **kw)
-
-        monkeypatch.setattr(cls, name, spy)
+    calls = _count_calls(
+        monkeypatch, (Lookup, "on_response"), (ProviderStore, "add"), (AnnouncePlan, "due")
+    )
     scenario = copy.deepcopy(load(SMOKE))
     scenario["seeds"]["churn_mean_up"] = 0  # every seed up all along
     scenario["releases"]["per_hour"] = 120
