@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m netsim.calibrate
 	# netsim at scale (docs/results.md)
 	$(BIN)/python -m netsim run netsim/scenarios/pypi-10k.toml --seed 1
+	$(BIN)/python -m netsim run netsim/scenarios/pypi-10k-outage.toml --seed 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
