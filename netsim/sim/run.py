@@ -34,6 +34,13 @@ COLUMNS = [
 ]
 
 
+COLOURS = {
+    "origin": "#888",
+    "mirrors": "#c84",
+    "cdn": "#48c",
+    "p2pkg-list": "#7b7",
+    "p2pkg": "#2a2",
+}
 DHT_COLUMNS = [
     ("dht_members", "DHT nodes", "{:,}"),
     ("dht_lookups_per_download", "lookups / download", "{:.2f}"),
@@ -116,7 +123,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (title, values) in zip(axes, panels, strict=True):
-        ax.bar(names, values, color=["#888", "#c84", "#48c", "#7b7", "#2a2"][: len(names)])
+        ax.bar(names, values, color=[COLOURS.get(n, "#aaa") for n in names])
+        ax.set_ylim(bottom=0, top=max(values) * 1.1 if max(values) > 0 else 1)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"{report['scenario']} (seed {report['seed']})", fontsize=11)
