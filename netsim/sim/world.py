@@ -8,7 +8,8 @@ Nodes: an **origin** (the master / the index), **seeds** with upload budgets
 access bandwidths) install sets of projects sampled from the real rank
 table; new releases appear during the run.
 
-Strategies, on the same workload (same seed, same installs, same churn):
+Strategies, on the same workload (same seed, same installs, same churn
+and outages — those draw from their own random stream):
 
 * ``origin`` — every download from the origin;
 * ``mirrors`` — the 2008 proposal: a static list of mirrors (the seed nodes,
@@ -16,11 +17,15 @@ Strategies, on the same workload (same seed, same installs, same churn):
   timeout, the origin last; pages come from the mirror and are unsigned, so
   a corrupt mirror's bytes are installed;
 * ``cdn`` — a pull-through edge per region in front of the origin;
-* ``p2pkg`` — sites through their cache, others directly; every download
-  is a :class:`~netsim.sim.fetch.SimFetch` over the nearest seeds of the
-  signed mirror list, decided by the product's Scheduler and PeerBook, and
-  only if no seed can deliver, a second one from the origin; seeds get each
-  new release by push and fetch it the same way.
+* ``p2pkg-list`` — sites through their cache, others directly; every
+  download is a :class:`~netsim.sim.fetch.SimFetch` over the nearest seeds
+  of the signed mirror list, decided by the product's Scheduler and
+  PeerBook, and only if no seed can deliver, a second one from the origin;
+  seeds are subscribed in a tree and get each new release by push from an
+  upstream, fetching it the same way;
+* ``p2pkg`` — the same with the DHT (``[p2pkg] dht = true``): the master,
+  seeds and caches announce, standalone clients discover providers through
+  it first (:mod:`netsim.sim.dht_roles`).
 """
 
 from __future__ import annotations
