@@ -44,28 +44,14 @@ from netsim.sim.dht_roles import DhtRoles
 from netsim.sim.engine import Sim
 from netsim.sim.fetch import FetchOutcome, Server, SimFetch
 from netsim.sim.network import Network, Node
+from netsim.sim.propagation import Release, SubscriptionTree
 from netsim.sim.workload import Workload
 from p2pkg.core.peers import PeerBook, Tier
-from p2pkg.roles.follow import RETRY_BASE
 
 MBIT = 1e6 / 8  # bytes/s per Mbit/s
 MIRROR_TIMEOUT = 3.0  # seconds a client waits for a dead mirror before the next one
 MIRROR_POLL = 300.0  # the 2008 mirrors synced by polling
 MIRROR_TRIES = 5  # mirrors a client tries before the origin
-SUBSCRIBE_ROOTS = 8  # p2pkg: seeds subscribed to the master itself (the nearest)
-SUBSCRIBE_FANOUT = 8  # p2pkg: subscribers per seed, at most 2x (each has two upstreams)
-FOLLOW_MAX_BACKOFF = 300.0  # RootFollower.follow's default max_backoff
-
-
-@dataclass
-class Release:
-    file: str
-    size: int
-    published: float
-    need: int  # seeds that make 95%
-    online: set[str]  # seeds up when it was published
-    synced: int = 0
-    synced_online: int = 0
 
 
 @dataclass
@@ -186,11 +172,12 @@ class World:
         self.churn_rng = random.Random(seed * 7919 + 1)
         self.churned: set[str] = set()
         self.outaged: set[str] = set()
-        self.syncing: set[tuple[str, str]] = set()
-        self.upstreams: dict[str, list[Server]] = {}
-        self.subscribers: dict[str, list[Server]] = {}
+        self.tree: SubscriptionTree | None = None
         if self.kind == "p2pkg":
-            self._subscribe()
+            self.tree = SubscriptionTree(
+                self.sim, self.net, self.origin_server, self.seeds, self.held, self.releases,
+                self._sync_fetch, self._synced,
+            )  # fmt: skip
         self._groups: dict[str, list[list[Server]]] = {}
 
     # ---------------------------------------------------------------- set-up
@@ -478,8 +465,8 @@ class World:
             if self.kind == "mirrors":
                 delay = self.sim.rng.uniform(0, MIRROR_POLL)  # the next poll
                 self.sim.after(delay, self._mirror_sync, seed, state)
-        if self.kind == "p2pkg":
-            self._push(self.origin_server)
+        if self.tree is not None:
+            self.tree.publish()
 
     def _reached(self, release: Release, seed: Server) -> None:
         release.synced += 1
@@ -506,61 +493,16 @@ class World:
 
         self._from_origin(seed.node, release.size, kept)
 
-    # p2pkg: seeds subscribe to upstreams (protocol §6.6) — a few to the master,
-    # the rest to two seeds before them — and push to their own subscribers once
-    # synced, so a release spreads down a tree instead of every seed asking the
-    # master at once. A seed that was away catches up when it is back (its
-    # follower's first round), and pushes on.
+    def _synced(self, release: Release, seed: Server) -> None:
+        self._reached(release, seed)
+        if self.dht is not None:
+            self.dht.poke(seed.node)  # a synced root: the seed's DHT round
 
-    def _subscribe(self) -> None:
-        ordered = sorted(self.seeds, key=lambda s: (self.net.rtt(self.origin, s.node), s.url))
-        for i, seed in enumerate(ordered):
-            if i < SUBSCRIBE_ROOTS:
-                ups = [self.origin_server]
-            else:
-                first = (i - SUBSCRIBE_ROOTS) // SUBSCRIBE_FANOUT
-                ups = [ordered[first], ordered[min(first + 1, i - 1)]]
-            unique = list({u.url: u for u in ups}.values())
-            for up in unique:
-                self.subscribers.setdefault(up.url, []).append(seed)
-            self.upstreams[seed.url] = unique
-
-    def _push(self, server: Server) -> None:
-        for sub in self.subscribers.get(server.url, []):
-            self.sim.after(self.net.rtt(server.node, sub.node), self._catch_up, sub)
-
-    def _catch_up(self, seed: Server) -> None:
-        """Pushed, or back: sync every release this seed lacks."""
-        if not seed.node.online:
-            return  # missed: it catches up when it is back
-        held = self.held[seed.url]
-        for release in self.releases:
-            key = (seed.url, release.file)
-            if release.file not in held and key not in self.syncing:
-                self.syncing.add(key)
-                self._seed_sync(seed, release, 0)
-
-    def _seed_sync(self, seed: Server, release: Release, failures: int) -> None:
-        key = (seed.url, release.file)
-        if not seed.node.online:
-            self.syncing.discard(key)  # _seed_up catches up
-            return
-
-        def kept(ok: bool) -> None:
-            if not ok:  # the follower's back-off: from RETRY_BASE, doubling, capped
-                delay = min(FOLLOW_MAX_BACKOFF, RETRY_BASE * 2 ** min(failures, 16))
-                self.sim.after(delay, self._seed_sync, seed, release, failures + 1)
-                return
-            self.syncing.discard(key)
-            self.held[seed.url].add(release.file)
-            self._reached(release, seed)
-            if self.dht is not None:
-                self.dht.poke(seed.node)  # a synced root: the seed's DHT round
-            self._push(seed)
-
+    def _sync_fetch(
+        self, seed: Server, release: Release, ups: Sequence[Server], done: Callable[[bool], None]
+    ) -> None:
         fetch = self._p2p_fetch
-        fetch(seed.node, release.file, release.size, lambda out: kept(out.ok), [],
-              self.upstreams[seed.url])  # fmt: skip
+        fetch(seed.node, release.file, release.size, lambda out: done(out.ok), (), ups)
 
     # A seed is down while churn has it away or an outage holds it. Churn and
     # outages draw from their own random stream: every strategy sees the same.
@@ -595,8 +537,8 @@ class World:
 
     def _bring_up(self, seed: Server) -> None:
         seed.node.online = True
-        if self.kind == "p2pkg":
-            self._catch_up(seed)
+        if self.tree is not None:
+            self.tree.catch_up(seed)
         if self.dht is not None:
             self.dht.node_up(seed.node)
 
