@@ -163,6 +163,9 @@ class DhtRoles:
                 "announces": sum(a.announced for a in group) / n,
                 "rpcs": sum(a.traffic.rpcs for a in group) / n,
                 "bytes": sum(a.traffic.sent + a.traffic.received for a in group) / n,
+                # The old rule (a poke announced every key again), counted, not run:
+                # pokes x the keys held at the end — exact for seeds (their 256
+                # bins), an upper bound for caches (they held fewer earlier).
                 "announces_if_poke_sent_all": sum(a.pokes * len(a.keys()) for a in group) / n
                 + sum(a.announced for a in group) / n,
             }
