@@ -104,7 +104,7 @@ class World:
                 return 0.0005  # the LAN
             return float(rtt_ms[index[a.region]][index[b.region]]) / 1000.0
 
-        self.net = Network(self.sim, rtt)
+        self.net = Network(self.sim, rtt, float(scenario.get("network", {}).get("quantum", 0.0)))
         self.workload = Workload(scenario, rng)
         self.metrics = Metrics()
         o = scenario["origin"]
