@@ -236,3 +236,18 @@ def test_a_provider_lookup_finds_the_announced_providers_despite_dead_nodes() ->
     run = dht.lookup(client, key, start, Traffic(), want=16)
     assert {m.address for m in providers} <= set(run.result.providers)
     assert run.elapsed < 3.0 and run.rpcs < 60
+
+
+def test_with_a_quantum_rates_wait_at_most_one_quantum() -> None:
+    """The closed form again, rates solved every 10 ms: each client finishes within
+    one quantum of the exact time (its rate comes at the quantum's end)."""
+    sim = Sim(1)
+    net = Network(sim, lambda _a, _b: 0.05, quantum=0.01)
+    server = Node("server", "x", 100e6, 100e6)
+    done: list[float] = []
+    for i in range(10):
+        net.transfer(server, Node(f"c{i}", "x", 1e9, 1e9), 20e6, done.append, pytest.fail)
+    sim.run(10_000)
+    exact = 0.05 + 20e6 / (100e6 / 10)
+    assert len(done) == 10
+    assert all(exact <= t <= exact + 0.01 + 1e-9 for t in done)
