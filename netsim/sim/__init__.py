@@ -11,9 +11,9 @@ lookups are :class:`p2pkg.core.lookup.Lookup` over simulated RPCs, records
 (:mod:`netsim.sim.network`: exact max-min fair sharing of each node's up-
 and downlink, solved incrementally; a latency per region pair), the DHT's
 routing tables, and the world around the code (:mod:`netsim.sim.world`:
-origin, seeds with upload budgets subscribed in a tree, churn, outages and
-malicious peers, sites behind caches, CDN edges, clients in regions, new
-releases).
+origin, seeds with upload budgets subscribed in a tree
+(:mod:`netsim.sim.propagation`), churn, outages and malicious peers, sites
+behind caches, CDN edges, clients in regions, new releases).
 
 Why our own heap-based event loop rather than SimPy: the product code is
 not written as simulation processes and must not be (it is sans-IO: values
