@@ -65,8 +65,7 @@ def node_id(name: str) -> bytes:
     return b3(b"netsim/dht/" + name.encode())[:KEY_LEN]
 
 
-def _sample_ip() -> str:
-    return "10.100.100.100"  # as long as the longest member address
+SAMPLE_IP = "10.100.100.100"  # as long as the longest member address
 
 
 _SIZES: dict[tuple[str, int, int], int] = {}
@@ -78,7 +77,7 @@ def datagram(kind: str, nodes: int = 0, providers: int = 0) -> int:
     size = _SIZES.get(key)
     if size is None:
         ident = bytes(KEY_LEN)
-        contacts = [[ident, _sample_ip(), PORT]] * nodes
+        contacts = [[ident, SAMPLE_IP, PORT]] * nodes
         payload: Any
         if kind == "find_node":
             payload = ["find_node", [ident, ident]]
@@ -89,7 +88,7 @@ def datagram(kind: str, nodes: int = 0, providers: int = 0) -> int:
         elif kind == "nodes":
             payload = contacts
         elif kind == "providers":
-            payload = {"providers": [[_sample_ip(), PORT]] * providers, "nodes": contacts}
+            payload = {"providers": [[SAMPLE_IP, PORT]] * providers, "nodes": contacts}
         else:  # "ok": ADD_PROVIDER's answer
             payload = True
         size = _SIZES[key] = 1 + 20 + len(umsgpack.packb(payload)) + UDP_IP
@@ -132,11 +131,6 @@ class LookupRun:
     rpcs: int
 
 
-@dataclass
-class DhtStats:
-    announces: int = 0
-
-
 class SimDht:
     """Members, their routing tables and records, and lookups among them."""
 
@@ -157,7 +151,6 @@ class SimDht:
         self._answers: dict[tuple[int, bytes, bytes | None], list[Contact]] = {}
         self.limits = RoutingLimits()
         self.hints = HintRules()
-        self.stats = DhtStats()
 
     # ---------------------------------------------------------------- routing tables
 
@@ -298,7 +291,6 @@ class SimDht:
         ``traffic`` gets the announcer's side of it; returns the records stored.
         """
         run = self.lookup(member.node, key, self.nearest(member, key), traffic, exclude=member.id)
-        self.stats.announces += 1
         stored = 0
         at = self.now() + run.elapsed
         request, ok = datagram("add_provider"), datagram("ok")
@@ -317,4 +309,4 @@ class SimDht:
         return self.lookup(asker, own, [m.contact for m in bootstrap], traffic, exclude=own)
 
 
-__all__ = ["DhtStats", "Member", "SimDht", "Traffic", "datagram", "node_id"]
+__all__ = ["Member", "SimDht", "Traffic", "datagram", "node_id"]

@@ -76,14 +76,6 @@ class Node:
         self.uplink = Link(name + "/up", up)
         self.downlink = Link(name + "/down", down)
 
-    @property
-    def tx(self) -> dict[Flow, None]:
-        return self.uplink.flows
-
-    @property
-    def rx(self) -> dict[Flow, None]:
-        return self.downlink.flows
-
 
 class Flow:
     __slots__ = (

@@ -30,7 +30,6 @@ and outages — those draw from their own random stream):
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import random
@@ -501,8 +500,7 @@ class World:
     def _sync_fetch(
         self, seed: Server, release: Release, ups: Sequence[Server], done: Callable[[bool], None]
     ) -> None:
-        fetch = self._p2p_fetch
-        fetch(seed.node, release.file, release.size, lambda out: done(out.ok), (), ups)
+        self._p2p_fetch(seed.node, release.file, release.size, lambda out: done(out.ok), (), ups)
 
     # A seed is down while churn has it away or an outage holds it. Churn and
     # outages draw from their own random stream: every strategy sees the same.
@@ -581,13 +579,4 @@ def project_of(file: str) -> str:
     return file.rsplit("-", 1)[0]
 
 
-def rank_cdf(weights: list[int]) -> list[float]:
-    total = float(sum(weights))
-    return [c / total for c in itertools.accumulate(weights)]
-
-
-def sample_rank(cdf: list[float], rng: Any) -> int:
-    return bisect.bisect_left(cdf, rng.random())
-
-
-__all__ = ["Metrics", "World", "percentile", "rank_cdf", "sample_rank"]
+__all__ = ["Metrics", "World", "percentile", "project_of"]

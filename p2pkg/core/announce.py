@@ -8,7 +8,7 @@ it changed. It used to announce every key again: a full seed holds up to
 256 bin keys and syncs a root per release, so at a release a minute that
 was 256 announcements (each a lookup plus k ADD_PROVIDER) a minute for
 records that had not changed; netsim's ``pypi-10k`` counts the difference
-(docs/results.md, "Announce traffic").
+(docs/results.md, "The DHT").
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ class AnnouncePlan:
         no longer held are forgotten (held again later, they are new again).
         """
         held = dict.fromkeys(keys)
-        if len(self._due) > len(held) or any(k not in held for k in self._due):
-            self._due = {k: t for k, t in self._due.items() if k in held}
+        self._due = {k: t for k, t in self._due.items() if k in held}
         return [k for k in held if k not in self._due or now >= self._due[k]]
 
     def announced(self, key: bytes, now: float) -> None:

@@ -185,7 +185,8 @@ class DhtService:
                 if data is not None and plan.root_due(data, anyio.current_time()):
                     await self.put_root(data)
                     plan.root_put(data, anyio.current_time())
-            with anyio.move_on_after(plan.next_due(anyio.current_time()) - anyio.current_time()):
+            now = anyio.current_time()
+            with anyio.move_on_after(plan.next_due(now) - now):
                 await self._poked.wait()
 
     async def put_root(self, root: bytes) -> None:

@@ -79,6 +79,7 @@ def choose_providers(results: Iterable[LookupResult]) -> list[tuple[str, int]]:
         hints = set(result.hints)
         for address in result.providers:
             (unconfirmed if address in hints else confirmed).append(address)
+    vouched = set(confirmed)
     per_host: Counter[str] = Counter()
     out: dict[tuple[str, int], None] = {}
     hinted = 0
@@ -86,7 +87,7 @@ def choose_providers(results: Iterable[LookupResult]) -> list[tuple[str, int]]:
         host = host_key(address[0])
         if address in out or per_host[host] >= PER_HOST:
             continue
-        if address not in confirmed:
+        if address not in vouched:
             if hinted >= MAX_HINTS:
                 continue
             hinted += 1
